@@ -1,0 +1,40 @@
+# Two entry points (see README): `make demo` runs the main job on the built-in simulator, `make test` runs the
+# tests. Both bootstrap everything on a machine that has only Python 3.11, pip and make: uv is installed into
+# .tools/ from PyPI, then the locked environment into .venv/.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := .tools/bin/uv
+
+export UV_COMPILE_BYTECODE := 1
+export UV_PYTHON_DOWNLOADS := never
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_SERVER_LOGGING_LEVEL := CRITICAL
+export PREFECT_LOGGING_LEVEL ?= WARNING
+
+.PHONY: demo test lint bench clean
+
+demo: .venv/.synced
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} .venv/bin/ibkr demo
+
+test: .venv/.synced
+	.venv/bin/pytest
+
+lint: .venv/.synced
+	.venv/bin/ruff check .
+
+bench: .venv/.synced
+	.venv/bin/python bench/doctor_verdicts.py
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+clean:
+	rm -rf .venv .tools .prefect

@@ -1,0 +1,27 @@
+"""The `ibkr` command line: `ibkr data connect`, `ibkr sim ...`, `ibkr demo`.
+
+Heavy imports (Prefect, Great Expectations) stay inside the commands that need them so `--help` and the doctor
+start fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli.data import data_app
+from cli.demo import demo
+from cli.sim import sim_app
+
+app = typer.Typer(
+    help="Interactive Brokers research pipelines: TWS connectivity doctor, historical-bar ingestion into "
+    "Delta Lake, and backtests, orchestrated by Prefect. Connection settings come from IBKR_HOST, IBKR_PORT "
+    "and IBKR_CLIENT_ID (environment or .env).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+app.add_typer(sim_app, name="sim")
+app.command()(demo)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,66 @@
+"""What can go wrong while fetching one symbol, as types the flow can branch on.
+
+IB reports most historical-data problems as error 162 with different texts; ib_async turns a timeout into an
+empty list that looks exactly like "no data". These classes keep the cases apart so each gets its own handling:
+pacing -> back off and retry, no data -> an empty range, permissions -> fail the symbol, disconnect -> reconnect
+and resume.
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Base of every ingestion failure."""
+
+
+class SymbolError(IngestError):
+    """This symbol cannot be fetched; the other symbols of the run go on."""
+
+    def __init__(self, symbol: str, reason: str) -> None:
+        super().__init__(f"{symbol}: {reason}")
+        self.symbol = symbol
+        self.reason = reason
+
+
+class UnknownSymbolError(SymbolError):
+    """TWS has no such contract (error 200)."""
+
+
+class NoPermissionsError(SymbolError):
+    """The account lacks market data permissions for the symbol's exchange (162)."""
+
+
+class RequestRejectedError(SymbolError):
+    """TWS refused the request as malformed (321 / 10314): a bug or an unsupported combination."""
+
+
+class RetryableError(IngestError):
+    """Worth another try after a pause: pacing violations, timeouts, dropped connections."""
+
+
+class PacingViolationError(RetryableError):
+    """IB answered 162 'pacing violation' despite the client-side budget (another program shares the TWS?)."""
+
+
+class RequestTimeoutError(RetryableError):
+    """No answer in time: ib_async would have returned an empty list, indistinguishable from 'no data'."""
+
+
+class DisconnectedError(RetryableError):
+    """The socket dropped (TWS restart, network) or IB's servers are unreachable (1100)."""
+
+
+class RetriesExhaustedError(SymbolError):
+    """A retryable error kept happening; the symbol stops at its last stored bar and resumes on the next run."""
+
+
+class IngestIncompleteError(IngestError):
+    """Some symbols failed; the others were stored. Raised at the end of a run so the flow is marked failed."""
+
+    def __init__(self, report: object) -> None:
+        failed = getattr(report, "failed", [])
+        super().__init__("; ".join(f"{s.symbol}: {s.error}" for s in failed) or "ingestion incomplete")
+        self.report = report
+
+    def __reduce__(self) -> tuple[type[IngestIncompleteError], tuple[object]]:
+        return (IngestIncompleteError, (self.report,))

@@ -1,0 +1,230 @@
+"""Talking to TWS for ingestion: one read-only connection that survives drops, and requests whose failures come
+back as the typed errors of `ingest.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from ib_async import IB, BarData, Contract, ContractDetails, RequestError, Stock
+
+from config.settings import IBKRSettings
+from ingest.errors import (
+    DisconnectedError,
+    IngestError,
+    NoPermissionsError,
+    PacingViolationError,
+    RequestRejectedError,
+    RequestTimeoutError,
+    RetriesExhaustedError,
+    RetryableError,
+    UnknownSymbolError,
+)
+from ingest.pacing import PacedRequest, PacingBudget
+from ingest.plan import Chunk
+
+log = logging.getLogger("ibkr.ingest")
+
+T = TypeVar("T")
+CONNECTIVITY_LOST, CONNECTIVITY_RESTORED = 1100, {1101, 1102}
+CLIENT_ID_IN_USE = 326
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for retryable errors. Pacing violations wait longer: IB's penalty box lasts tens of seconds."""
+
+    max_attempts: int = 6
+    base_delay_s: float = 1.0
+    max_delay_s: float = 60.0
+    pacing_delay_s: float = 15.0
+    reconnect_deadline_s: float = 300.0
+    """How long to keep trying to reconnect: covers TWS's nightly restart (a minute or two)."""
+
+    def delay(self, attempt: int, error: Exception) -> float:
+        base = self.pacing_delay_s if isinstance(error, PacingViolationError) else self.base_delay_s
+        return min(self.max_delay_s, base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+class IBSession:
+    """A read-only ib_async connection that reconnects (with the next client id if TWS still holds ours)."""
+
+    def __init__(self, settings: IBKRSettings, policy: RetryPolicy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.client_id = settings.client_id
+        self.ib = IB()
+        self.ib.RaiseRequestErrors = True
+        self.connectivity = asyncio.Event()
+        self.connectivity.set()
+        self.reconnects = 0
+        self._recent_errors: list[int] = []
+        self.ib.errorEvent += self._on_error
+        self._connect_lock = asyncio.Lock()
+
+    def _on_error(self, req_id: int, code: int, text: str, _contract: Contract | None) -> None:
+        self._recent_errors.append(code)
+        if code == CONNECTIVITY_LOST:
+            log.warning("TWS lost connectivity to IB (1100); requests wait for 1101/1102")
+            self.connectivity.clear()
+        elif code in CONNECTIVITY_RESTORED:
+            log.info("TWS connectivity restored (%d)", code)
+            self.connectivity.set()
+
+    async def ensure_connected(self) -> None:
+        async with self._connect_lock:
+            if self.ib.isConnected():
+                return
+            deadline = asyncio.get_running_loop().time() + self.policy.reconnect_deadline_s
+            attempt = 0
+            while True:
+                attempt += 1
+                self._recent_errors.clear()
+                try:
+                    await self.ib.connectAsync(self.settings.host, self.settings.port, self.client_id,
+                                               timeout=self.settings.connect_timeout, readonly=True)
+                    self.connectivity.set()
+                    if attempt > 1 or self.reconnects:
+                        log.info("reconnected to TWS as client %d", self.client_id)
+                    return
+                except (OSError, TimeoutError) as exc:
+                    self.ib.disconnect()
+                    if CLIENT_ID_IN_USE in self._recent_errors:
+                        self.client_id += 1
+                        log.warning("client id in use; retrying as %d", self.client_id)
+                        continue
+                    if asyncio.get_running_loop().time() >= deadline:
+                        raise DisconnectedError(f"could not reconnect to TWS within "
+                                                f"{self.policy.reconnect_deadline_s:.0f} s: {exc!r}") from exc
+                    await asyncio.sleep(min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** attempt))
+
+    async def reconnect(self) -> None:
+        self.reconnects += 1
+        self.ib.disconnect()
+        await self.ensure_connected()
+
+    def close(self) -> None:
+        self.ib.disconnect()
+
+
+def classify(symbol: str, exc: RequestError) -> IngestError | None:
+    """Map an IB request error to a typed ingestion error; None means 'no data for this range'."""
+    text = exc.message.lower()
+    if exc.code == 162 and "pacing violation" in text:
+        return PacingViolationError(exc.message)
+    if exc.code == 162 and "returned no data" in text:
+        return None
+    if exc.code == 162 and "no market data permissions" in text:
+        return NoPermissionsError(symbol, exc.message)
+    if exc.code == 200:
+        return UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
+    if exc.code in {321, 10314}:
+        return RequestRejectedError(symbol, f"TWS rejected the request ({exc.code}): {exc.message}")
+    if exc.code in {1100, 2105, 366}:
+        return DisconnectedError(exc.message)
+    return RequestTimeoutError(f"error {exc.code}: {exc.message}")
+
+
+async def with_retries(session: IBSession, symbol: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call`, retrying retryable failures with backoff and reconnecting after disconnects."""
+    policy = session.policy
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            await session.ensure_connected()
+            return await call()
+        except RetryableError as exc:
+            if attempt == policy.max_attempts:
+                raise RetriesExhaustedError(symbol, f"{what}: {exc} (after {attempt} attempts)") from exc
+            delay = policy.delay(attempt, exc)
+            log.warning("%s %s: %s; retry %d/%d in %.1f s", symbol, what, exc, attempt, policy.max_attempts - 1,
+                        delay)
+            if isinstance(exc, DisconnectedError) and not session.ib.isConnected():
+                await asyncio.sleep(delay)
+                await session.reconnect()
+            else:
+                await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def _request(session: IBSession, symbol: str, awaitable: Awaitable[T], timeout: float | None) -> T | None:
+    """One request, optionally with a deadline; socket drops and IB errors become typed errors, and IB's
+    'no data' becomes None."""
+    try:
+        return await (asyncio.wait_for(awaitable, timeout) if timeout else awaitable)
+    except RequestError as exc:
+        error = classify(symbol, exc)
+        if error is None:
+            return None
+        raise error from exc
+    except TimeoutError as exc:
+        raise _silence(session, f"no answer within {timeout:.0f} s") from exc
+    except ConnectionError as exc:
+        raise DisconnectedError(f"connection dropped: {exc}") from exc
+
+
+def _silence(session: IBSession, what: str) -> RetryableError:
+    if not session.ib.isConnected():
+        return DisconnectedError(what + " (disconnected)")
+    if not session.connectivity.is_set():
+        return DisconnectedError(what + " (TWS lost connectivity to IB, 1100)")
+    return RequestTimeoutError(what)
+
+
+async def qualify(session: IBSession, symbol: str, timeout: float) -> ContractDetails:
+    async def call() -> ContractDetails:
+        details = await _request(session, symbol, session.ib.reqContractDetailsAsync(Stock(symbol, "SMART", "USD")),
+                                 timeout)
+        if not details:
+            raise UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
+        return details[0]
+
+    return await with_retries(session, symbol, "contract details", call)
+
+
+async def head_timestamp(session: IBSession, budget: PacingBudget, contract: Contract, *, what_to_show: str,
+                         use_rth: bool, timeout: float) -> datetime | None:
+    """IB's first available bar, which bounds a new symbol's backfill (a paced request in IB's books)."""
+
+    async def call() -> datetime | None:
+        await budget.acquire(PacedRequest(contract.conId, what_to_show, f"head {contract.conId} {what_to_show}"))
+        try:
+            head = await _request(session, contract.symbol, session.ib.reqHeadTimeStampAsync(
+                contract, whatToShow=what_to_show, useRTH=use_rth, formatDate=2), timeout)
+        finally:
+            budget.release()
+        return head.astimezone(UTC) if isinstance(head, datetime) else None  # IB answers [] on error
+
+    return await with_retries(session, contract.symbol, "head timestamp", call)
+
+
+async def fetch_chunk(session: IBSession, budget: PacingBudget, contract: Contract, chunk: Chunk, *,
+                      bar_size: str, what_to_show: str, use_rth: bool, timeout: float) -> list[BarData]:
+    """The bars of one planned request ([] when IB says it has none for the range: a holiday, a halt).
+
+    ib_async's own timeout cancels the request at TWS and returns an empty list; with RaiseRequestErrors on,
+    IB's real 'no data' raises instead, so an empty list here always means silence, never 'no data'.
+    """
+    identity = chunk.describe(contract.symbol, bar_size, what_to_show, use_rth)
+
+    async def call() -> list[BarData]:
+        await session.connectivity.wait()
+        await budget.acquire(PacedRequest(contract.conId, what_to_show, identity))
+        try:
+            bars = await _request(session, contract.symbol, session.ib.reqHistoricalDataAsync(
+                contract, endDateTime=chunk.end, durationStr=chunk.duration, barSizeSetting=bar_size,
+                whatToShow=what_to_show, useRTH=use_rth, formatDate=2, timeout=timeout), None)
+        finally:
+            budget.release()
+        if bars is None:
+            return []
+        if not bars:
+            raise _silence(session, f"no answer within {timeout:.0f} s")
+        return list(bars)
+
+    return await with_retries(session, contract.symbol, f"bars until {chunk.end:%Y-%m-%d %H:%M}", call)

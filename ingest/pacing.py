@@ -1,0 +1,125 @@
+"""Client-side pacing: wait before a historical request rather than be told 162 after it.
+
+IB counts requests per TWS login, not per process, so the budget lives in a small ledger file guarded by an
+exclusive `flock`: every flow on this machine that talks to the same TWS (host:port) draws from the same ledger.
+A lock file was chosen over Prefect's global concurrency limits because IB's rules are three sliding windows
+plus an identical-request rule, which a single slot-decay rate limit cannot express, and because the ledger
+works identically with or without a Prefect server (CLI runs, ephemeral tests, deployments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IDENTICAL_WINDOW_S = 15.0
+BURST_WINDOW_S = 2.0
+BURST_MAX = 5
+"""IB: six or more requests for one contract/exchange/tick type within two seconds violate; five is the most."""
+LONG_WINDOW_S = 600.0
+LONG_MAX = 60
+MAX_OPEN = 50
+SAFETY_S = 0.05
+"""Margin added to every computed wait so clock jitter between processes never lands a request on the edge."""
+
+
+@dataclass(frozen=True)
+class PacedRequest:
+    """What IB's rules look at: the contract and tick type (bursts), the full request (identical rule)."""
+
+    con_id: int
+    what_to_show: str
+    identity: str
+
+    @property
+    def weight(self) -> int:
+        return 2 if self.what_to_show.upper() == "BID_ASK" else 1
+
+
+def default_ledger_path(host: str, port: int) -> Path:
+    base = Path(os.environ.get("IBKR_PACING_DIR", Path.home() / ".cache" / "ibkr-flows" / "pacing"))
+    return base / f"{host.replace(':', '_')}_{port}.json"
+
+
+@dataclass
+class PacingBudget:
+    """IB's historical-data pacing rules as a shared, cross-process budget.
+
+    `time_scale` shrinks every window (tests and benchmarks run IB's 10-minute window in seconds against a
+    simulator configured with the same scale). Waiting is done outside the lock.
+    """
+
+    ledger: Path
+    time_scale: float = 1.0
+    clock: Callable[[], float] = time.time
+    waited_s: float = 0.0
+    granted: int = 0
+    _open: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_OPEN))
+
+    async def acquire(self, request: PacedRequest) -> None:
+        """Block until sending `request` breaks no rule, then record it. Pair with `release` (or use `slot`)."""
+        await self._open.acquire()
+        while (wait := await asyncio.to_thread(self._try_record, request)) > 0:
+            self.waited_s += wait
+            await asyncio.sleep(wait)
+        self.granted += 1
+
+    def release(self) -> None:
+        self._open.release()
+
+    def _try_record(self, request: PacedRequest) -> float:
+        """Under the file lock: 0 and the request recorded, or the seconds to wait before trying again."""
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.ledger, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                handle.seek(0)
+                text = handle.read()
+                events: list[list] = json.loads(text) if text.strip() else []
+                now = self.clock()
+                events = [e for e in events if now - e[0] < LONG_WINDOW_S * self.time_scale]
+                wait = self._wait_needed(events, request, now)
+                if wait <= 0:
+                    events.append([now, request.con_id, request.what_to_show.upper(), request.identity,
+                                   request.weight])
+                    handle.seek(0)
+                    handle.truncate()
+                    json.dump(events, handle)
+                return wait
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _wait_needed(self, events: list[list], request: PacedRequest, now: float) -> float:
+        scale = self.time_scale
+        waits = [0.0]
+        identical = [t for t, _, _, identity, _ in events if identity == request.identity]
+        if identical and now - identical[-1] < IDENTICAL_WINDOW_S * scale:
+            waits.append(identical[-1] + IDENTICAL_WINDOW_S * scale - now)
+        waits.append(_window_wait(
+            [(t, w) for t, con_id, what, _, w in events
+             if con_id == request.con_id and what == request.what_to_show.upper()],
+            now, BURST_WINDOW_S * scale, BURST_MAX, request.weight))
+        waits.append(_window_wait([(t, w) for t, _, _, _, w in events], now, LONG_WINDOW_S * scale, LONG_MAX,
+                                  request.weight))
+        wait = max(waits)
+        return wait + SAFETY_S * scale if wait > 0 else 0.0
+
+
+def _window_wait(events: list[tuple[float, int]], now: float, window: float, limit: int, weight: int) -> float:
+    """Seconds until `weight` more units fit in a sliding window already holding `events`."""
+    inside = sorted((t, w) for t, w in events if now - t < window)
+    used = sum(w for _, w in inside)
+    if used + weight <= limit:
+        return 0.0
+    excess = used + weight - limit
+    for t, w in inside:  # the oldest events leave the window first
+        excess -= w
+        if excess <= 0:
+            return t + window - now
+    return window

@@ -1,0 +1,83 @@
+"""Exchange sessions as IB serves bars for them: regular hours from the exchange calendar (holidays, half days),
+extended hours 04:00-20:00 New York (17:00 on half days)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import exchange_calendars as xcals
+import pandas as pd
+
+NEW_YORK = ZoneInfo("America/New_York")
+EXTENDED_OPEN = time(4, 0)
+EXTENDED_CLOSE = time(20, 0)
+HALF_DAY_EXTENDED_CLOSE = time(17, 0)
+CALENDAR_START = "1990-01-01"
+"""exchange_calendars starts 20 years back by default; replayed and generated history may go further."""
+
+
+@lru_cache(maxsize=8)
+def exchange_calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
+    return xcals.get_calendar(name, start=CALENDAR_START)
+
+
+@lru_cache(maxsize=8)
+def _regular_hours(calendar: str) -> dict[date, tuple[datetime, datetime]]:
+    """Every session's regular open and close, converted once (per-session calendar lookups are slow)."""
+    cal = exchange_calendar(calendar)
+    opens = cal.opens.dt.tz_localize("UTC") if cal.opens.dt.tz is None else cal.opens.dt.tz_convert("UTC")
+    closes = cal.closes.dt.tz_localize("UTC") if cal.closes.dt.tz is None else cal.closes.dt.tz_convert("UTC")
+    return {
+        label.date(): (o.to_pydatetime(), c.to_pydatetime())
+        for label, o, c in zip(cal.sessions, opens, closes, strict=True)
+    }
+
+
+def session_bounds(session: date | pd.Timestamp, use_rth: bool, calendar: str = "XNYS") -> tuple[datetime, datetime]:
+    """UTC [open, close) of one session's bars: regular hours, or IB's extended hours (KeyError if no session)."""
+    day = session.date() if isinstance(session, pd.Timestamp) else session
+    rth_open, rth_close = _regular_hours(calendar)[day]
+    if use_rth:
+        return rth_open, rth_close
+    close = HALF_DAY_EXTENDED_CLOSE if rth_close.astimezone(NEW_YORK).hour < 16 else EXTENDED_CLOSE
+    start = datetime.combine(day, EXTENDED_OPEN, tzinfo=NEW_YORK)
+    end = datetime.combine(day, close, tzinfo=NEW_YORK)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def sessions_between(start: datetime, end: datetime, calendar: str = "XNYS") -> list[date]:
+    """Sessions whose extended hours overlap [start, end), oldest first."""
+    cal = exchange_calendar(calendar)
+    first = max(pd.Timestamp(start.astimezone(NEW_YORK).date()) - pd.Timedelta(days=1), cal.first_session)
+    last = min(pd.Timestamp(end.astimezone(NEW_YORK).date()), cal.last_session)
+    if first > last:
+        return []
+    days = []
+    for label in cal.sessions_in_range(first, last):
+        open_, close = session_bounds(label, use_rth=False, calendar=calendar)
+        if open_ < end and close > start:
+            days.append(label.date())
+    return days
+
+
+def sessions_before(end: datetime, count: int, use_rth: bool, calendar: str = "XNYS") -> list[date]:
+    """The `count` most recent sessions that opened before `end`, oldest first (IB's "N D" duration)."""
+    cal = exchange_calendar(calendar)
+    last = min(pd.Timestamp(end.astimezone(NEW_YORK).date()), cal.last_session)
+    lookback = pd.Timedelta(days=count * 2 + 10)
+    labels = cal.sessions_in_range(max(last - lookback, cal.first_session), last)
+    opened = [label.date() for label in labels if session_bounds(label, use_rth, calendar)[0] < end]
+    return opened[-count:]
+
+
+def midnight_utc(day: date) -> datetime:
+    """Where daily and longer bars are stamped: IB sends a bare date, stored as that date at 00:00 UTC."""
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def session_day(instant: datetime) -> date:
+    """The New York date an instant belongs to (extended hours never cross midnight there)."""
+    return instant.astimezone(NEW_YORK).date()
+

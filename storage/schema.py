@@ -1,0 +1,58 @@
+"""Table schemas: the one definition of every column the project stores.
+
+Delta Lake (delta-rs) casts silently on write (floats to ints, strings to numbers, other time zones), so every
+frame is cast to these exact schemas and validated *before* it reaches a table (see `conform`).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+UTC_US = pl.Datetime("us", "UTC")
+
+BAR_KEY = ("con_id", "bar_size", "what_to_show", "use_rth", "ts")
+"""Natural key of a bar: one contract, one series (size, data type, session), one start time."""
+
+BAR_COLUMNS: dict[str, pl.DataType] = {
+    "symbol": pl.String(),
+    "con_id": pl.Int64(),
+    "exchange": pl.String(),
+    "primary_exchange": pl.String(),
+    "currency": pl.String(),
+    "bar_size": pl.String(),
+    "what_to_show": pl.String(),
+    "use_rth": pl.Boolean(),
+    "ts": UTC_US,
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+    "wap": pl.Float64(),
+    "bar_count": pl.Int64(),
+}
+"""A bar as fetched: `ts` is the bar's start in UTC; volume/wap/bar_count are -1 where IB has none (MIDPOINT,
+BID_ASK)."""
+
+LINEAGE_COLUMNS: dict[str, pl.DataType] = {
+    "ingested_at": UTC_US,
+    "flow_run_id": pl.String(),
+    "request": pl.String(),
+}
+"""Where a row came from: when, which flow run, and the exact historical request (`AAPL 1 min TRADES rth
+end=20240307-21:00:00 dur=1 D`)."""
+
+PARTITION_COLUMN = "month"
+"""`YYYY-MM` of `ts`: one symbol's date-range read touches few files, an upsert rewrites few, and a year of
+daily runs does not make thousands of tiny files (partitioning by symbol or by day measured worse)."""
+
+BARS_SCHEMA = pl.Schema({**BAR_COLUMNS, **LINEAGE_COLUMNS, PARTITION_COLUMN: pl.String()})
+
+QUARANTINE_SCHEMA = pl.Schema({
+    **BAR_COLUMNS,
+    **LINEAGE_COLUMNS,
+    "failed_check": pl.String(),
+    "check_detail": pl.String(),
+    "quarantined_at": UTC_US,
+})
+"""Rows that failed a blocking quality check: the row as received, which check, and why."""

@@ -1,0 +1,28 @@
+"""Prefect task around the doctor: a verdict artifact on every run, a typed failure when TWS is unusable."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from config.settings import IBKRSettings
+from doctor.diagnosis import Diagnosis, TWSConnectionError
+from doctor.preflight import diagnose
+
+ARTIFACT_KEY = "tws-preflight"
+
+
+@task(name="tws-preflight", task_run_name="tws-preflight {host}:{port}")
+def tws_preflight(host: str | None = None, port: int | None = None, client_id: int | None = None,
+                  retry_client_id: bool = False, check_data: bool = True) -> Diagnosis:
+    """Diagnose TWS; publish the verdict; raise `TWSConnectionError` (carrying it) unless usable.
+
+    Unset arguments fall back to IBKR_* settings, so deployments can leave them empty and follow the worker's
+    environment.
+    """
+    overrides = {k: v for k, v in {"host": host, "port": port, "client_id": client_id}.items() if v is not None}
+    diagnosis = diagnose(IBKRSettings(**overrides), retry_client_id=retry_client_id, check_data=check_data)
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=diagnosis.to_markdown(), description=diagnosis.summary)
+    if not diagnosis.ok:
+        raise TWSConnectionError(diagnosis)
+    return diagnosis

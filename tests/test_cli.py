@@ -1,0 +1,102 @@
+"""The `ibkr` command line, run as users run it: in-process via Typer, and the simulator as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from tests.conftest import free_port
+from tws_sim.control import ControlError, send_command
+from tws_sim.embedded import EmbeddedSimulator
+
+runner = CliRunner()
+
+
+def test_data_connect_json_healthy(sim: EmbeddedSimulator) -> None:
+    result = runner.invoke(app, ["data", "connect", "--host", sim.host, "--port", str(sim.port), "--json"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.output)
+    assert verdict["status"] == "healthy" and verdict["server_version"] == 178
+
+
+def test_data_connect_reads_ibkr_env(sim: EmbeddedSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IBKR_HOST / IBKR_PORT / IBKR_CLIENT_ID, the names the user's earlier CLI read."""
+    sim.update_faults(busy_client_ids={33})
+    monkeypatch.setenv("IBKR_HOST", sim.host)
+    monkeypatch.setenv("IBKR_PORT", str(sim.port))
+    monkeypatch.setenv("IBKR_CLIENT_ID", "33")
+    result = runner.invoke(app, ["data", "connect", "--json"])
+    verdict = json.loads(result.output)
+    assert verdict["failure_class"] == "client-id-in-use" and verdict["client_id"] == 33
+    assert result.exit_code == 17
+
+
+def test_data_connect_prints_the_fix(sim: EmbeddedSimulator) -> None:
+    sim.update_faults(connect="accept-silence")
+    result = runner.invoke(app, ["data", "connect", "--host", sim.host, "--port", str(sim.port)],
+                           env={"COLUMNS": "160"})
+    assert result.exit_code == 14
+    assert "handshake-silent" in result.output and "How to fix" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_help_explains_exit_codes() -> None:
+    result = runner.invoke(app, ["data", "connect", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "17 client id in use" in " ".join(result.output.split())
+
+
+@pytest.fixture
+def sim_process() -> Iterator[int]:
+    """`ibkr sim start` as a separate process, as a user would run it next to their own code."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.app", "sim", "start", "--port", str(port), "--control-port", str(port + 1),
+         "--fault", "read_only=true"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            send_command("127.0.0.1", port + 1, {"cmd": "status"}, timeout=1)
+            break
+        except ControlError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"simulator did not start: {proc.communicate()[1].decode()[-2000:]}")
+            time.sleep(0.2)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_sim_subprocess_faults_switch_at_run_time(sim_process: int) -> None:
+    port = sim_process
+    ctl = ["--port", str(port), "--control-port", str(port + 1)]
+    connect = ["data", "connect", "--host", "127.0.0.1", "--port", str(port), "--json"]
+    verdict = json.loads(runner.invoke(app, connect).output)
+    assert verdict["failure_class"] == "read-only-api"  # set at start with --fault
+
+    result = runner.invoke(app, ["sim", "set", "connect=accept-close", *ctl])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["faults"]["connect"] == "accept-close"
+    assert json.loads(runner.invoke(app, connect).output)["failure_class"] == "connection-rejected"
+
+    assert runner.invoke(app, ["sim", "reset", *ctl]).exit_code == 0
+    assert json.loads(runner.invoke(app, connect).output)["status"] == "healthy"
+
+    status = json.loads(runner.invoke(app, ["sim", "status", *ctl]).output)
+    assert status["connections_total"] >= 3 and status["requests"]["reqHistoricalData"] >= 1
+
+
+def test_sim_set_rejects_unknown_keys() -> None:
+    result = runner.invoke(app, ["sim", "set", "no_such_fault=1", "--port", str(free_port())])
+    assert result.exit_code != 0
+    assert "no_such_fault" in result.output

@@ -1,0 +1,71 @@
+"""The ingestion flow on a real (ephemeral) Prefect API: preflight first, artifacts, typed failures."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from storage.bars_table import table_version
+from storage.location import TableLocation
+
+from doctor.diagnosis import TWSConnectionError
+from ingest.errors import IngestIncompleteError
+from tws_sim.embedded import EmbeddedSimulator
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
+
+
+def _artifact_keys(flow_run_id) -> set[str]:  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.key for a in artifacts if a.key}
+
+
+def test_ingest_flow_stores_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.ingest import ingest_flow
+
+    monkeypatch.setenv("IBKR_PACING_DIR", str(tmp_path / "pacing"))
+    with EmbeddedSimulator(clock=lambda: NOW) as sim:
+        state = ingest_flow(symbols=["AAPL", "SPY"], start=datetime(2024, 7, 10, tzinfo=UTC), end=NOW,
+                            data_dir=str(tmp_path), host=sim.host, port=sim.port, client_id=90,
+                            return_state=True)
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert [s.rows_inserted for s in report.symbols] == [1170, 1170]
+    assert table_version(TableLocation(tmp_path)) is not None
+    keys = _artifact_keys(state.state_details.flow_run_id)
+    assert {"tws-preflight", "ingest-summary", "ingest-symbols", "ingest-progress"} <= keys
+
+
+def test_ingest_flow_fails_fast_when_tws_is_down(tmp_path: Path) -> None:
+    from flows.ingest import ingest_flow
+
+    with EmbeddedSimulator() as sim:
+        sim.update_faults(connect="accept-close")
+        state = ingest_flow(symbols=["AAPL"], data_dir=str(tmp_path), host=sim.host, port=sim.port,
+                            return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, TWSConnectionError)
+    assert str(error.diagnosis.failure_class) == "connection-rejected"
+    assert table_version(TableLocation(tmp_path)) is None  # nothing written
+
+
+def test_ingest_flow_with_an_unknown_symbol_ends_failed_but_stores_the_rest(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.ingest import ingest_flow
+
+    monkeypatch.setenv("IBKR_PACING_DIR", str(tmp_path / "pacing"))
+    with EmbeddedSimulator(clock=lambda: NOW) as sim:
+        state = ingest_flow(symbols=["AAPL", "NOPE"], start=datetime(2024, 7, 12, tzinfo=UTC), end=NOW,
+                            data_dir=str(tmp_path), host=sim.host, port=sim.port, client_id=91, return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, IngestIncompleteError)
+    assert "NOPE" in str(error)
+    assert error.report.symbols[0].rows_inserted == 390
