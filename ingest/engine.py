@@ -18,10 +18,6 @@ from typing import Any
 
 import polars as pl
 from ib_async import ContractDetails
-from quality.validate import validate_bars
-from storage.bars_table import merge_bars, watermarks
-from storage.location import TableLocation
-from storage.quarantine_table import append_quarantine
 
 from config.settings import IBKRSettings
 from ingest.convert import bars_to_frame
@@ -30,6 +26,10 @@ from ingest.fetch import IBSession, RetryPolicy, fetch_chunk, head_timestamp, qu
 from ingest.pacing import PacingBudget
 from ingest.plan import Chunk, plan_chunks, resume_start
 from market.bar_sizes import bar_step
+from quality.validate import validate_bars
+from storage.bars_table import merge_bars, watermarks
+from storage.location import TableLocation
+from storage.quarantine_table import append_quarantine
 
 log = logging.getLogger("ibkr.ingest")
 

@@ -25,8 +25,9 @@ BURST_MAX = 5
 LONG_WINDOW_S = 600.0
 LONG_MAX = 60
 MAX_OPEN = 50
-SAFETY_S = 0.05
-"""Margin added to every computed wait so clock jitter between processes never lands a request on the edge."""
+SAFETY_S = 0.25
+"""Margin added to every computed wait: a request is stamped when granted but TWS counts it when it arrives, and
+an event loop busy elsewhere can put a few hundred ms between the two. Negligible against IB's real windows."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class PacingBudget:
                     handle.seek(0)
                     handle.truncate()
                     json.dump(events, handle)
+                    handle.flush()  # before unlocking: a buffered write landing after it would interleave
                 return wait
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -108,7 +110,7 @@ class PacingBudget:
         waits.append(_window_wait([(t, w) for t, _, _, _, w in events], now, LONG_WINDOW_S * scale, LONG_MAX,
                                   request.weight))
         wait = max(waits)
-        return wait + SAFETY_S * scale if wait > 0 else 0.0
+        return wait + SAFETY_S if wait > 0 else 0.0
 
 
 def _window_wait(events: list[tuple[float, int]], now: float, window: float, limit: int, weight: int) -> float:

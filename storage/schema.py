@@ -34,6 +34,9 @@ BAR_COLUMNS: dict[str, pl.DataType] = {
 """A bar as fetched: `ts` is the bar's start in UTC; volume/wap/bar_count are -1 where IB has none (MIDPOINT,
 BID_ASK)."""
 
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume", "wap", "bar_count")
+"""The values IB may revise after the fact: a re-fetched bar differing in any of them replaces the stored one."""
+
 LINEAGE_COLUMNS: dict[str, pl.DataType] = {
     "ingested_at": UTC_US,
     "flow_run_id": pl.String(),

@@ -13,11 +13,11 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.runtime import flow_run
-from storage.location import TableLocation
 
 from config.settings import IBKRSettings
 from ingest.engine import IngestReport, IngestRequest, Progress, ingest_async
 from ingest.report import report_markdown, report_rows
+from storage.location import TableLocation
 
 PROGRESS_INTERVAL_S = 2.0
 progress_listeners: list[Progress] = []

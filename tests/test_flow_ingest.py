@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from storage.bars_table import table_version
-from storage.location import TableLocation
 
 from doctor.diagnosis import TWSConnectionError
 from ingest.errors import IngestIncompleteError
+from storage.bars_table import table_version
+from storage.location import TableLocation
 from tws_sim.embedded import EmbeddedSimulator
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

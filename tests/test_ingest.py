@@ -11,14 +11,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from storage.bars_table import scan_bars, table_version
-from storage.location import TableLocation
-from storage.quarantine_table import read_quarantine
+from ib_async import IB, Stock
 
 from config.settings import IBKRSettings
 from ingest.engine import IngestReport, IngestRequest, ingest_async
 from ingest.fetch import RetryPolicy
 from ingest.pacing import PacingBudget
+from storage.bars_table import scan_bars, table_version
+from storage.location import TableLocation
+from storage.quarantine_table import read_quarantine
 from tws_sim.embedded import EmbeddedSimulator
 
 NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)  # Friday evening, after the close
@@ -122,18 +123,29 @@ def test_zero_pacing_violations_on_a_time_scaled_backfill(tmp_path: Path) -> Non
         report = run(sim, TableLocation(tmp_path), ("AAPL", "MSFT", "SPY"), start=datetime(2024, 6, 6, tzinfo=UTC))
         snap = sim.snapshot()
     assert not report.failed
+    assert snap["pacing_violations_by_rule"] == {}
     assert snap["requests"]["reqHistoricalData"] == 75
     assert snap["pacing_violations"] == 0
     assert report.pacing_wait_s > 0
 
 
 def test_a_pacing_violation_is_backed_off_and_retried(tws: EmbeddedSimulator, tmp_path: Path) -> None:
-    """Another program shares the TWS: our budget thinks there is room, TWS says 162; nothing is lost."""
-    tws.update_faults(enforce_pacing=True, pacing_all_bar_sizes=True, time_scale=0.02)
+    """Another program on the same TWS has used up the 60-per-10-minutes budget (scaled to 3 s): our budget sees
+    nothing of it, TWS answers 162, the run backs off and retries, and nothing is lost."""
+    tws.update_faults(enforce_pacing=True, pacing_all_bar_sizes=True, time_scale=0.005)
+    other = IB()
+    other.connect(tws.host, tws.port, clientId=99, readonly=True, timeout=5)
+    for i in range(60):
+        contract = Stock(conId=(265598, 272093, 756733)[i % 3], exchange="SMART")
+        other.reqHistoricalData(contract, f"20240708-{14 + i // 60:02d}:{i % 60:02d}:00", "60 S", "1 min",
+                                "TRADES", True)
+    other.disconnect()
+    assert tws.snapshot()["pacing_violations"] == 0
+    patient = RetryPolicy(max_attempts=8, base_delay_s=0.05, max_delay_s=2.0, pacing_delay_s=0.5,
+                          reconnect_deadline_s=10)
     report = run(tws, TableLocation(tmp_path), ("AAPL",), start=datetime(2024, 7, 8, tzinfo=UTC),
-                 budget_scale=0.0001)
-    snap = tws.snapshot()
-    assert snap["pacing_violations"] > 0
+                 budget_scale=0.0001, policy=patient)
+    assert tws.snapshot()["pacing_violations"] > 0
     assert report.symbols[0].status == "ok" and report.symbols[0].rows_inserted == 390 * 5
 
 

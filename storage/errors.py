@@ -1,0 +1,22 @@
+"""Typed storage errors: each names the table and what to do about it."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every storage failure."""
+
+
+class NotADeltaTableError(StorageError):
+    """A table path that holds something other than a Delta table (or nothing, when reading)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path} is not a Delta table: {detail}")
+        self.path = path
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.path, str(self).split(": ", 1)[1]))
+
+
+class BarsSchemaError(StorageError):
+    """A frame that does not match the table's schema; nothing was written."""

@@ -1,0 +1,58 @@
+"""What every table module needs: does a path hold a Delta table, which version, and exact-schema casting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from deltalake import DeltaTable
+
+from storage.errors import BarsSchemaError, NotADeltaTableError
+
+
+def _delta_owned(entry: Path) -> bool:
+    """Files a Delta writer puts down (data files land before the first commit of a table being created)."""
+    return entry.name == "_delta_log" or "=" in entry.name or entry.suffix == ".parquet"
+
+
+def exists(path: str) -> bool:
+    """True for a Delta table; False for nothing, an empty directory or one a concurrent writer is creating;
+    an error for anything else, so a mistyped data directory never gets a table written among unrelated files."""
+    if DeltaTable.is_deltatable(path):
+        return True
+    local = Path(path)
+    if local.exists() and (not local.is_dir() or not all(_delta_owned(e) for e in local.iterdir())):
+        raise NotADeltaTableError(path, "it exists but has no _delta_log; point IBKR_DATA_DIR at a data directory "
+                                        "created by this project, or at an empty one")
+    return False
+
+
+def open_table(path: str, version: int | None = None) -> DeltaTable:
+    if not exists(path):
+        raise NotADeltaTableError(path, "no table there yet (run an ingestion first)")
+    return DeltaTable(path, version=version)
+
+
+def current_version(path: str) -> int | None:
+    return DeltaTable(path).version() if exists(path) else None
+
+
+def conform(frame: pl.DataFrame, schema: pl.Schema, *, what: str) -> pl.DataFrame:
+    """Cast `frame` to exactly `schema` (column order included), refusing what a silent cast would corrupt:
+    missing columns, values that do not convert, and naive or non-UTC timestamps."""
+    missing = [name for name in schema if name not in frame.columns]
+    if missing:
+        raise BarsSchemaError(f"{what}: missing column(s) {', '.join(missing)}")
+    columns = []
+    for name, dtype in schema.items():
+        column = frame[name]
+        if isinstance(dtype, pl.Datetime):
+            if not isinstance(column.dtype, pl.Datetime) or column.dtype.time_zone is None:
+                raise BarsSchemaError(f"{what}: column {name} must be a timezone-aware datetime, "
+                                      f"got {column.dtype}")
+            column = column.dt.convert_time_zone("UTC")
+        try:
+            columns.append(column.cast(dtype, strict=True))
+        except pl.exceptions.InvalidOperationError as exc:
+            raise BarsSchemaError(f"{what}: column {name} cannot be stored as {dtype}: {exc}") from exc
+    return pl.DataFrame(columns)
