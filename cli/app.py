@@ -1,4 +1,4 @@
-"""The `ibkr` command line: `ibkr data connect`, `ibkr sim ...`, `ibkr demo`.
+"""The `ibkr` command line: `ibkr data connect|ingest`, `ibkr backtest run`, `ibkr sim ...`, `ibkr demo`.
 
 Heavy imports (Prefect, Great Expectations) stay inside the commands that need them so `--help` and the doctor
 start fast.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from cli.backtest import backtest_app
 from cli.data import data_app
 from cli.demo import demo
 from cli.sim import sim_app
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(sim_app, name="sim")
+app.add_typer(backtest_app, name="backtest")
 app.command()(demo)
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from rich.markdown import Markdown
 
 from cli.render import render_diagnosis
 from doctor.diagnosis import Diagnosis, TWSConnectionError
+
+if TYPE_CHECKING:
+    from ingest.engine import IngestReport
 
 
 def demo(
@@ -26,7 +30,8 @@ def demo(
     Starts the simulator on a free loopback port, runs the `tws-health-check` Prefect flow against it (healthy),
     injects a fault (the client id held by another program) and shows the doctor's verdict and fix, then clears
     it and runs the `ingest-bars` flow: a few symbols x days of 1-minute bars into a Delta table, with quality
-    checks. Prefect runs in ephemeral mode unless PREFECT_API_URL points at a server.
+    checks; then the `backtest` flow on those bars. Prefect runs in ephemeral mode unless PREFECT_API_URL points
+    at a server.
     """
     from flows.health import tws_health_check
     from flows.ingest import ingest_flow
@@ -36,13 +41,13 @@ def demo(
     console = Console()
     failures: list[str] = []
     with EmbeddedSimulator() as sim:
-        console.rule(f"[bold]1/3 TWS preflight, healthy simulator on {sim.host}:{sim.port}")
+        console.rule(f"[bold]1/4 TWS preflight, healthy simulator on {sim.host}:{sim.port}")
         diagnosis = _run_health_check(tws_health_check, sim.host, sim.port, client_id)
         render_diagnosis(diagnosis, console)
         if not diagnosis.ok:
             failures.append("the healthy simulator was not diagnosed healthy")
 
-        console.rule(f"[bold]2/3 Injected fault: client id {client_id} held by another program")
+        console.rule(f"[bold]2/4 Injected fault: client id {client_id} held by another program")
         sim.update_faults(busy_client_ids={client_id})
         with _quiet_expected_failure():
             diagnosis = _run_health_check(tws_health_check, sim.host, sim.port, client_id)
@@ -52,7 +57,7 @@ def demo(
 
         sim.clear_faults()
         chosen = symbols or ["AAPL", "MSFT", "SPY"]
-        console.rule(f"[bold]3/3 Ingest {days} days of 1-minute bars for {', '.join(chosen)} into {data_dir}")
+        console.rule(f"[bold]3/4 Ingest {days} days of 1-minute bars for {', '.join(chosen)} into {data_dir}")
         state = ingest_flow(symbols=chosen, lookback_days=days, data_dir=data_dir, host=sim.host, port=sim.port,
                             client_id=client_id, return_state=True)
         outcome = state.result(raise_on_failure=False)
@@ -60,12 +65,36 @@ def demo(
             failures.append(f"ingestion failed: {outcome}")
         else:
             console.print(Markdown(report_markdown(outcome)))
+            failures += _backtest(console, chosen, outcome, data_dir)
 
     if failures:
         console.print(f"[bold red]demo failed: {'; '.join(failures)}")
         raise typer.Exit(1)
-    console.print("[bold green]demo complete: healthy verdict, the injected fault named with its fix, and bars "
-                  f"ingested into {data_dir}.")
+    console.print("[bold green]demo complete: healthy verdict, the injected fault named with its fix, bars "
+                  f"ingested into {data_dir}, and a backtest on them.")
+
+
+def _backtest(console: Console, symbols: list[str], report: IngestReport, data_dir: str) -> list[str]:
+    """Step 4: the `backtest` flow on what step 3 stored; returns what went wrong, if anything."""
+    from rich.table import Table
+
+    from backtest.report import metric_rows
+    from flows.backtest import backtest_flow
+
+    console.rule(f"[bold]4/4 Backtest sma_crossover 5/10 on {', '.join(symbols)} (the bars just ingested)")
+    end = report.started_at
+    state = backtest_flow(strategy="sma_crossover", params={"fast_period": 5, "slow_period": 10}, symbols=symbols,
+                          start=end - timedelta(days=14), end=end, data_dir=data_dir, return_state=True)
+    run = state.result(raise_on_failure=False)
+    if isinstance(run, BaseException):
+        return [f"backtest failed: {run}"]
+    table = Table("metric", *(s.symbol for s in run.results))
+    for row in metric_rows(run):
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(f"bars table version {run.table_version}; artifacts 'backtest-summary' (with the equity chart) "
+                  "and 'backtest-trades'; one row per symbol in the backtest_results table.")
+    return []
 
 
 @contextmanager
