@@ -192,12 +192,9 @@ async def head_timestamp(session: IBSession, budget: PacingBudget, contract: Con
     """IB's first available bar, which bounds a new symbol's backfill (a paced request in IB's books)."""
 
     async def call() -> datetime | None:
-        await budget.acquire(PacedRequest(contract.conId, what_to_show, f"head {contract.conId} {what_to_show}"))
-        try:
+        async with budget.slot(PacedRequest(contract.conId, what_to_show, f"head {contract.conId} {what_to_show}")):
             head = await _request(session, contract.symbol, session.ib.reqHeadTimeStampAsync(
                 contract, whatToShow=what_to_show, useRTH=use_rth, formatDate=2), timeout)
-        finally:
-            budget.release()
         return head.astimezone(UTC) if isinstance(head, datetime) else None  # IB answers [] on error
 
     return await with_retries(session, contract.symbol, "head timestamp", call)
@@ -214,13 +211,10 @@ async def fetch_chunk(session: IBSession, budget: PacingBudget, contract: Contra
 
     async def call() -> list[BarData]:
         await session.connectivity.wait()
-        await budget.acquire(PacedRequest(contract.conId, what_to_show, identity))
-        try:
+        async with budget.slot(PacedRequest(contract.conId, what_to_show, identity)):
             bars = await _request(session, contract.symbol, session.ib.reqHistoricalDataAsync(
                 contract, endDateTime=chunk.end, durationStr=chunk.duration, barSizeSetting=bar_size,
                 whatToShow=what_to_show, useRTH=use_rth, formatDate=2, timeout=timeout), None)
-        finally:
-            budget.release()
         if bars is None:
             return []
         if not bars:

@@ -14,9 +14,14 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 IDENTICAL_WINDOW_S = 15.0
 BURST_WINDOW_S = 2.0
@@ -63,51 +68,77 @@ class PacingBudget:
     granted: int = 0
     _open: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_OPEN))
 
-    async def acquire(self, request: PacedRequest) -> None:
-        """Block until sending `request` breaks no rule, then record it. Pair with `release` (or use `slot`)."""
+    @asynccontextmanager
+    async def slot(self, request: PacedRequest) -> AsyncIterator[None]:
+        """Hold a place for `request` from the moment no rule forbids sending it until its answer is in.
+
+        The ledger entry is stamped again when the answer arrives: TWS counts a request when it receives it, which
+        is after we grant it (by however long a busy event loop took to send it), so the later stamp keeps the
+        next window edge on the safe side."""
         await self._open.acquire()
-        while (wait := await asyncio.to_thread(self._try_record, request)) > 0:
-            self.waited_s += wait
-            await asyncio.sleep(wait)
-        self.granted += 1
+        token = uuid.uuid4().hex
+        granted = False
+        try:
+            while (wait := await asyncio.to_thread(self._try_record, request, token)) > 0:
+                self.waited_s += wait
+                await asyncio.sleep(wait)
+            granted = True
+            self.granted += 1
+            yield
+        finally:
+            if granted:
+                self._update_ledger(lambda events, now: self._restamp(events, token, now))
+            self._open.release()
 
-    def release(self) -> None:
-        self._open.release()
+    def _try_record(self, request: PacedRequest, token: str) -> float:
+        """0 and the request recorded, or the seconds to wait before trying again."""
 
-    def _try_record(self, request: PacedRequest) -> float:
-        """Under the file lock: 0 and the request recorded, or the seconds to wait before trying again."""
+        def record(events: list[list], now: float) -> float:
+            wait = self._wait_needed(events, request, now)
+            if wait <= 0:
+                events.append([now, request.con_id, request.what_to_show.upper(), request.identity, request.weight,
+                               token])
+            return wait
+
+        return self._update_ledger(record)
+
+    @staticmethod
+    def _restamp(events: list[list], token: str, now: float) -> None:
+        for event in events:
+            if event[5] == token:
+                event[0] = max(event[0], now)
+
+    def _update_ledger(self, change: Callable[[list[list], float], T]) -> T:
+        """Run `change` on the ledger's live events under the exclusive file lock, and write them back."""
         self.ledger.parent.mkdir(parents=True, exist_ok=True)
         with open(self.ledger, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 handle.seek(0)
                 text = handle.read()
-                events: list[list] = json.loads(text) if text.strip() else []
                 now = self.clock()
-                events = [e for e in events if now - e[0] < LONG_WINDOW_S * self.time_scale]
-                wait = self._wait_needed(events, request, now)
-                if wait <= 0:
-                    events.append([now, request.con_id, request.what_to_show.upper(), request.identity,
-                                   request.weight])
-                    handle.seek(0)
-                    handle.truncate()
-                    json.dump(events, handle)
-                    handle.flush()  # before unlocking: a buffered write landing after it would interleave
-                return wait
+                events = [e for e in (json.loads(text) if text.strip() else [])
+                          if now - e[0] < LONG_WINDOW_S * self.time_scale]
+                result = change(events, now)
+                handle.seek(0)
+                handle.truncate()
+                json.dump(events, handle)
+                handle.flush()  # before unlocking: a buffered write landing after it would interleave
+                return result
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _wait_needed(self, events: list[list], request: PacedRequest, now: float) -> float:
         scale = self.time_scale
         waits = [0.0]
-        identical = [t for t, _, _, identity, _ in events if identity == request.identity]
+        identical = [t for t, _, _, identity, *_ in events if identity == request.identity]
         if identical and now - identical[-1] < IDENTICAL_WINDOW_S * scale:
             waits.append(identical[-1] + IDENTICAL_WINDOW_S * scale - now)
         waits.append(_window_wait(
-            [(t, w) for t, con_id, what, _, w in events
+            [(t, w) for t, con_id, what, _, w, _ in events
              if con_id == request.con_id and what == request.what_to_show.upper()],
             now, BURST_WINDOW_S * scale, BURST_MAX, request.weight))
-        waits.append(_window_wait([(t, w) for t, _, _, _, w in events], now, LONG_WINDOW_S * scale, LONG_MAX,
+        waits.append(_window_wait([(t, w) for t, _, _, _, w, _ in events], now, LONG_WINDOW_S * scale, LONG_MAX,
                                   request.weight))
         wait = max(waits)
         return wait + SAFETY_S if wait > 0 else 0.0

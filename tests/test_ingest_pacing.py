@@ -19,7 +19,7 @@ class FakeClock:
 
 
 def _try(budget: PacingBudget, request: PacedRequest) -> float:
-    return budget._try_record(request)
+    return budget._try_record(request, request.identity)
 
 
 def test_burst_rule_allows_five_per_two_seconds(tmp_path: Path) -> None:
@@ -68,9 +68,22 @@ def test_acquire_waits_with_time_scale(tmp_path: Path) -> None:
 
     async def burst() -> None:
         for i in range(7):
-            await budget.acquire(PacedRequest(1, "TRADES", f"r{i}"))
-            budget.release()
+            async with budget.slot(PacedRequest(1, "TRADES", f"r{i}")):
+                pass
 
     asyncio.run(burst())
     assert budget.granted == 7
     assert budget.waited_s > 0.09  # the 6th waited ~2 s x 0.05
+
+
+def test_a_request_is_stamped_again_when_its_answer_arrives(tmp_path: Path) -> None:
+    """TWS counts a request on arrival, after we grant it: the window is measured from the later of the two."""
+    clock = FakeClock()
+    budget = PacingBudget(tmp_path / "ledger.json", clock=clock)
+
+    async def slow_answer() -> None:
+        async with budget.slot(PacedRequest(1, "TRADES", "slow")):
+            clock.now += 3.0  # granted at t0, answered at t0 + 3 s
+
+    asyncio.run(slow_answer())
+    assert _try(budget, PacedRequest(1, "TRADES", "slow")) == 15.0 + SAFETY_S  # 15 s from the answer, not the grant
