@@ -26,7 +26,13 @@ lint: .venv/.synced
 	.venv/bin/ruff check .
 
 bench: .venv/.synced
+	$(UV) sync --frozen --group bench --python $(PYTHON)
 	.venv/bin/python bench/doctor_verdicts.py
+	.venv/bin/python bench/pacing_backfill.py
+	.venv/bin/python bench/merge_bars.py
+	.venv/bin/python bench/quality_checks.py
+	.venv/bin/python bench/backtest_engine.py
+	.venv/bin/python bench/cli_backtest.py
 
 $(UV):
 	$(PYTHON) -m venv .tools

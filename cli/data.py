@@ -63,6 +63,8 @@ def ingest(
     start: Annotated[datetime | None, typer.Option(help="Start (UTC) for series never stored before.")] = None,
     end: Annotated[datetime | None, typer.Option(help="End (UTC, exclusive); default now.")] = None,
     lookback_days: Annotated[int, typer.Option(help="Default start: this many days before end.")] = 7,
+    quality_engine: Annotated[str, typer.Option(help="great_expectations, or polars (the same rules, faster).")
+                              ] = "great_expectations",
     data_dir: Annotated[str | None, typer.Option(help="Where the Delta tables live [env IBKR_DATA_DIR, ./data]")
                         ] = None,
     host: Annotated[str | None, typer.Option(help="TWS host [env IBKR_HOST]")] = None,
@@ -93,8 +95,8 @@ def ingest(
         progress_listeners.append(lambda done, planned: bar.update(job, completed=done, total=planned))
         try:
             state = ingest_flow(symbols=symbols, bar_size=bar_size, what_to_show=what_to_show, use_rth=rth,
-                                lookback_days=lookback_days, data_dir=data_dir, host=host, port=port,
-                                client_id=client_id, return_state=True, **aware)
+                                lookback_days=lookback_days, quality_engine=quality_engine, data_dir=data_dir,
+                                host=host, port=port, client_id=client_id, return_state=True, **aware)
         finally:
             progress_listeners.clear()
     outcome = state.result(raise_on_failure=False)

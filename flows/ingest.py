@@ -27,6 +27,7 @@ def ingest_flow(
     start: datetime | None = None,
     end: datetime | None = None,
     lookback_days: int = 7,
+    quality_engine: Literal["great_expectations", "polars"] = "great_expectations",
     data_dir: str | None = None,
     host: str | None = None,
     port: int | None = None,
@@ -45,6 +46,7 @@ def ingest_flow(
         use_rth=use_rth,
         start=start or ((end or datetime.now().astimezone()) - timedelta(days=lookback_days)),
         end=end,
+        quality_engine=quality_engine,
     )
     tws_preflight(host, port, client_id, check_data=False)
     report = ingest_bars(request, data_dir, host, port, client_id)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tws_sim.faults import Faults
-from tws_sim.server import TWSSimulator
+
+if TYPE_CHECKING:  # the CLI's client side (`ibkr sim set`) must not load the server and its bar generator
+    from tws_sim.server import TWSSimulator
 
 COMMANDS = ("status", "set", "reset", "drop", "restart", "lose-connectivity", "restore-connectivity")
 
