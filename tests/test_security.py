@@ -1,0 +1,50 @@
+"""The project only reads: no order API anywhere in its code, every connection read-only, loopback by default."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from config.settings import IBKRSettings
+from tws_sim.embedded import EmbeddedSimulator
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT_PACKAGES = ("alerts", "backtest", "cli", "config", "doctor", "flows", "ingest", "market", "quality", "storage",
+                   "tasks")
+"""Everything that acts as a TWS client (the simulator is the server side and must know order message ids)."""
+ORDER_APIS = {"placeOrder", "cancelOrder", "reqGlobalCancel", "bracketOrder", "oneCancelsAll", "whatIfOrder",
+              "whatIfOrderAsync", "exerciseOptions", "MarketOrder", "LimitOrder", "StopOrder", "StopLimitOrder",
+              "Order", "reqAutoOpenOrders"}
+CONNECT_CALLS = {"connect", "connectAsync"}
+
+
+def _client_modules() -> list[Path]:
+    return [p for package in CLIENT_PACKAGES if (ROOT / package).is_dir() for p in (ROOT / package).rglob("*.py")]
+
+
+def test_no_order_api_is_referenced() -> None:
+    offenders = []
+    for path in _client_modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            if name in ORDER_APIS:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert offenders == []
+
+
+def test_every_ib_connection_is_read_only() -> None:
+    calls = []
+    for path in _client_modules():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in CONNECT_CALLS:
+                readonly = {k.arg: k.value for k in node.keywords}.get("readonly")
+                calls.append((f"{path.relative_to(ROOT)}:{node.lineno}",
+                              isinstance(readonly, ast.Constant) and readonly.value is True))
+    assert calls, "the scan found no ib_async connect call: it is looking in the wrong place"
+    assert [where for where, read_only in calls if not read_only] == []
+
+
+def test_defaults_bind_and_point_to_loopback() -> None:
+    assert IBKRSettings().host == "127.0.0.1"
+    with EmbeddedSimulator() as sim:
+        assert sim.host == "127.0.0.1"
