@@ -64,6 +64,9 @@ class IBSession:
         self.connectivity = asyncio.Event()
         self.connectivity.set()
         self.reconnects = 0
+        self.generation = 0
+        """Counts successful connects, so that of several requests failing on one dead socket only the first
+        reconnects: the others see a newer generation and simply retry."""
         self._recent_errors: list[int] = []
         self.ib.errorEvent += self._on_error
         self._connect_lock = asyncio.Lock()
@@ -79,38 +82,54 @@ class IBSession:
 
     async def ensure_connected(self) -> None:
         async with self._connect_lock:
-            if self.ib.isConnected():
-                return
-            deadline = asyncio.get_running_loop().time() + self.policy.reconnect_deadline_s
-            attempt = 0
-            while True:
-                attempt += 1
-                self._recent_errors.clear()
-                try:
-                    await self.ib.connectAsync(self.settings.host, self.settings.port, self.client_id,
-                                               timeout=self.settings.connect_timeout, readonly=True)
-                    self.connectivity.set()
-                    if attempt > 1 or self.reconnects:
-                        log.info("reconnected to TWS as client %d", self.client_id)
-                    return
-                except (OSError, TimeoutError) as exc:
-                    self.ib.disconnect()
-                    if CLIENT_ID_IN_USE in self._recent_errors:
-                        self.client_id += 1
-                        log.warning("client id in use; retrying as %d", self.client_id)
-                        continue
-                    if asyncio.get_running_loop().time() >= deadline:
-                        raise DisconnectedError(f"could not reconnect to TWS within "
-                                                f"{self.policy.reconnect_deadline_s:.0f} s: {exc!r}") from exc
-                    await asyncio.sleep(min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** attempt))
+            await self._connect_unlocked()
 
-    async def reconnect(self) -> None:
-        self.reconnects += 1
-        self.ib.disconnect()
-        await self.ensure_connected()
+    async def _connect_unlocked(self) -> None:
+        if self.ib.isConnected():
+            return
+        deadline = asyncio.get_running_loop().time() + self.policy.reconnect_deadline_s
+        attempt = 0
+        while True:
+            attempt += 1
+            self._recent_errors.clear()
+            try:
+                await self.ib.connectAsync(self.settings.host, self.settings.port, self.client_id,
+                                           timeout=self.settings.connect_timeout, readonly=True)
+                self.connectivity.set()
+                self.generation += 1
+                if attempt > 1 or self.reconnects:
+                    log.info("reconnected to TWS as client %d", self.client_id)
+                return
+            except (OSError, TimeoutError) as exc:
+                self._drop()
+                if CLIENT_ID_IN_USE in self._recent_errors:
+                    self.client_id += 1
+                    log.warning("client id in use; retrying as %d", self.client_id)
+                    continue
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise DisconnectedError(f"could not reconnect to TWS within "
+                                            f"{self.policy.reconnect_deadline_s:.0f} s: {exc!r}") from exc
+                await asyncio.sleep(min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** attempt))
+
+    async def reconnect(self, failed_generation: int) -> None:
+        """Reconnect after a request failed on connection `failed_generation`, unless another request already
+        did."""
+        async with self._connect_lock:
+            if self.generation != failed_generation and self.ib.isConnected():
+                return
+            self.reconnects += 1
+            self._drop()
+            await self._connect_unlocked()
+
+    def _drop(self) -> None:
+        """ib_async's `disconnect()` raises on a socket that is open but not yet through the handshake."""
+        try:
+            self.ib.disconnect()
+        except ConnectionError:
+            self.ib.client.disconnect()
 
     def close(self) -> None:
-        self.ib.disconnect()
+        self._drop()
 
 
 def classify(symbol: str, exc: RequestError) -> IngestError | None:
@@ -135,8 +154,10 @@ async def with_retries(session: IBSession, symbol: str, what: str, call: Callabl
     """Run `call`, retrying retryable failures with backoff and reconnecting after disconnects."""
     policy = session.policy
     for attempt in range(1, policy.max_attempts + 1):
+        generation = session.generation
         try:
             await session.ensure_connected()
+            generation = session.generation
             return await call()
         except RetryableError as exc:
             if attempt == policy.max_attempts:
@@ -146,16 +167,19 @@ async def with_retries(session: IBSession, symbol: str, what: str, call: Callabl
                         delay)
             if isinstance(exc, DisconnectedError) and not session.ib.isConnected():
                 await asyncio.sleep(delay)
-                await session.reconnect()
+                await session.reconnect(generation)
             else:
                 await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 
-async def _request(session: IBSession, symbol: str, awaitable: Awaitable[T], timeout: float | None) -> T | None:
+async def _request(session: IBSession, symbol: str, send: Callable[[], Awaitable[T]], timeout: float | None
+                   ) -> T | None:
     """One request, optionally with a deadline; socket drops and IB errors become typed errors, and IB's
-    'no data' becomes None."""
+    'no data' becomes None. `send` is called inside the guard: ib_async writes some requests to the socket as
+    soon as they are called, so a connection that died a moment ago raises right there."""
     try:
+        awaitable = send()
         return await (asyncio.wait_for(awaitable, timeout) if timeout else awaitable)
     except RequestError as exc:
         error = classify(symbol, exc)
@@ -178,8 +202,8 @@ def _silence(session: IBSession, what: str) -> RetryableError:
 
 async def qualify(session: IBSession, symbol: str, timeout: float) -> ContractDetails:
     async def call() -> ContractDetails:
-        details = await _request(session, symbol, session.ib.reqContractDetailsAsync(Stock(symbol, "SMART", "USD")),
-                                 timeout)
+        details = await _request(
+            session, symbol, lambda: session.ib.reqContractDetailsAsync(Stock(symbol, "SMART", "USD")), timeout)
         if not details:
             raise UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
         return details[0]
@@ -193,7 +217,7 @@ async def head_timestamp(session: IBSession, budget: PacingBudget, contract: Con
 
     async def call() -> datetime | None:
         async with budget.slot(PacedRequest(contract.conId, what_to_show, f"head {contract.conId} {what_to_show}")):
-            head = await _request(session, contract.symbol, session.ib.reqHeadTimeStampAsync(
+            head = await _request(session, contract.symbol, lambda: session.ib.reqHeadTimeStampAsync(
                 contract, whatToShow=what_to_show, useRTH=use_rth, formatDate=2), timeout)
         return head.astimezone(UTC) if isinstance(head, datetime) else None  # IB answers [] on error
 
@@ -212,7 +236,7 @@ async def fetch_chunk(session: IBSession, budget: PacingBudget, contract: Contra
     async def call() -> list[BarData]:
         await session.connectivity.wait()
         async with budget.slot(PacedRequest(contract.conId, what_to_show, identity)):
-            bars = await _request(session, contract.symbol, session.ib.reqHistoricalDataAsync(
+            bars = await _request(session, contract.symbol, lambda: session.ib.reqHistoricalDataAsync(
                 contract, endDateTime=chunk.end, durationStr=chunk.duration, barSizeSetting=bar_size,
                 whatToShow=what_to_show, useRTH=use_rth, formatDate=2, timeout=timeout), None)
         if bars is None:

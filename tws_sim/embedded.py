@@ -95,6 +95,10 @@ class EmbeddedSimulator:
     def lose_connectivity(self, restore_after: float | None = None) -> None:
         asyncio.run_coroutine_threadsafe(self._server.lose_connectivity(restore_after), self._loop)
 
+    def force_pacing_violations(self, count: int) -> None:
+        """Answer the next `count` paced requests with 162, as when another program shares the TWS budget."""
+        self._sync(lambda: setattr(self._server, "forced_pacing_violations", count))
+
     def restore_connectivity(self) -> None:
         self._sync(self._server.restore_connectivity)
 

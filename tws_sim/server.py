@@ -126,6 +126,9 @@ class TWSSimulator:
         self._sessions: set[_Session] = set()
         self._order_ids = itertools.count(1)
         self.connectivity_lost = False
+        self.forced_pacing_violations = 0
+        """The next this-many paced requests get 162 whatever the rules say: another program on the same TWS login
+        has used up the budget this client cannot see."""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -478,6 +481,11 @@ class _Session:
     def _admit_paced(self, req_id: int, request: PacedRequest, *, small_bars: bool) -> bool:
         """Apply IB's pacing rules (when enforced) and count the request as open; False = answered with 162."""
         faults = self.sim.faults
+        if self.sim.forced_pacing_violations > 0:
+            self.sim.forced_pacing_violations -= 1
+            self.sim.counters.pacing_violations += 1
+            self.send(msg.error(req_id, msg.PACING_VIOLATION))
+            return False
         if faults.enforce_pacing and (small_bars or faults.pacing_all_bar_sizes):
             violation = self.sim.pacing.admit(request)
             if violation is not None:
