@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,7 +25,7 @@ from backtest.engine import BacktestConfig, BacktestResult, Mode, run_backtest
 from backtest.errors import BacktestError, NoBarsError
 from backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 from market.bar_sizes import bar_step
-from storage.bars_table import scan_bars
+from storage.bars_table import read_bars
 from storage.location import TableLocation
 from storage.results_table import result_row
 
@@ -64,6 +64,8 @@ class BacktestRequest:
                 raise BacktestError(f"{name} must be timezone-aware (UTC)")
         if self.start >= self.end:
             raise BacktestError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
+        if self.start > datetime.now(UTC):
+            raise BacktestError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: no bars can exist yet")
         if self.commission not in get_args(CommissionName):
             raise BacktestError(f"commission must be one of {', '.join(get_args(CommissionName))}, "
                                 f"got {self.commission!r}")
@@ -140,10 +142,9 @@ class MissingBarsError(NoBarsError):
 
 def load_bars(location: TableLocation, request: BacktestRequest, symbol: str, version: int | None
               ) -> tuple[pl.DataFrame, int]:
-    lazy, read_version = scan_bars(location, [symbol], bar_size=request.bar_size, start=request.start,
-                                   end=request.end, what_to_show=request.what_to_show, use_rth=request.use_rth,
-                                   version=version)
-    bars = lazy.select("ts", "open", "high", "low", "close", "volume").collect()
+    bars, read_version = read_bars(location, [symbol], columns=["ts", "open", "high", "low", "close", "volume"],
+                                   bar_size=request.bar_size, start=request.start, end=request.end,
+                                   what_to_show=request.what_to_show, use_rth=request.use_rth, version=version)
     if bars.is_empty():
         raise MissingBarsError(request, symbol, read_version)
     return bars, read_version

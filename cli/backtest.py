@@ -76,13 +76,14 @@ def run(
     """Backtest a strategy on stored bars and print its metrics and the execution time.
 
     Signals on bar close, fills at the next bar's open (no look-ahead). Exit codes: 0 done, 2 bad arguments,
-    3 no stored bars for the range (the message gives the `ibkr data ingest` command that fetches them).
+    3 no stored bars for the range (the message gives the `ibkr data ingest` command that fetches them),
+    4 a damaged bars table.
     """
     started = time.perf_counter()
     from backtest.errors import BacktestError
     from backtest.runner import BacktestRequest, MissingBarsError, run_request
     from market.bar_sizes import UnknownBarSizeError
-    from storage.errors import NotADeltaTableError
+    from storage.errors import CorruptTableError, NotADeltaTableError
     from storage.location import TableLocation
 
     console = Console(stderr=as_json)
@@ -98,6 +99,9 @@ def run(
     except (MissingBarsError, NotADeltaTableError) as exc:
         console.print(f"[red]no data:[/red] {exc}")
         raise typer.Exit(3) from None
+    except CorruptTableError as exc:
+        console.print(f"[red]damaged table:[/red] {exc}")
+        raise typer.Exit(4) from None
     except (BacktestError, UnknownBarSizeError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -82,6 +82,7 @@ def ingest(
 
     from doctor.diagnosis import TWSConnectionError
     from flows.ingest import ingest_flow
+    from ingest.engine import IngestRequest
     from ingest.errors import IngestIncompleteError
     from ingest.report import report_rows
     from tasks.ingest import progress_listeners
@@ -89,6 +90,12 @@ def ingest(
     console = Console()
     aware = {name: value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
              for name, value in {"start": start, "end": end}.items()}
+    try:  # the flow validates too; checking here answers bad input before Prefect starts
+        IngestRequest(symbols=tuple(s.strip().upper() for s in symbols), bar_size=bar_size, what_to_show=what_to_show,
+                      use_rth=rth, quality_engine=quality_engine, **aware)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         job = bar.add_task("ingest", total=None)

@@ -69,6 +69,10 @@ class IngestRequest:
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise ValueError(f"{name} must be timezone-aware (UTC), got {value!r}")
+        if self.start and self.start > datetime.now(UTC):
+            raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: IB has no bars there yet")
+        if self.quality_engine not in ("great_expectations", "polars"):
+            raise ValueError(f"quality_engine must be great_expectations or polars, got {self.quality_engine!r}")
         if self.start and self.end and self.start >= self.end:
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
 

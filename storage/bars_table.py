@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from storage.commits import with_commit_retries
-from storage.errors import BarsSchemaError
+from storage.errors import BarsSchemaError, CorruptTableError
 from storage.location import TableLocation
 from storage.schema import BAR_KEY, BARS_SCHEMA, PARTITION_COLUMN, PRICE_COLUMNS
 from storage.tables import conform, current_version, exists, open_table
@@ -129,6 +129,19 @@ def scan_bars(location: TableLocation, symbols: list[str], *, bar_size: str, sta
         .sort("symbol", "ts")
     )
     return lazy, read_version
+
+
+def read_bars(location: TableLocation, symbols: list[str], *, columns: list[str], bar_size: str, start: datetime,
+              end: datetime, what_to_show: str = "TRADES", use_rth: bool = True, version: int | None = None
+              ) -> tuple[pl.DataFrame, int]:
+    """`scan_bars`, collected: a data file the log references but that is gone or unreadable becomes a
+    `CorruptTableError` naming the table, not an arrow/parquet traceback."""
+    lazy, read_version = scan_bars(location, symbols, bar_size=bar_size, start=start, end=end,
+                                   what_to_show=what_to_show, use_rth=use_rth, version=version)
+    try:
+        return lazy.select(columns).collect(), read_version
+    except (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException) as exc:  # a torn parquet panics
+        raise CorruptTableError(location.bars, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 
 
 def table_version(location: TableLocation) -> int | None:

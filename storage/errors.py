@@ -20,3 +20,12 @@ class NotADeltaTableError(StorageError):
 
 class BarsSchemaError(StorageError):
     """A frame that does not match the table's schema; nothing was written."""
+
+
+class CorruptTableError(StorageError):
+    """A table whose log names data files that are missing or unreadable."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path} is damaged: {detail}. Restore the file from a backup, or read an earlier "
+                         f"version (time travel) that does not reference it")
+        self.path = path
