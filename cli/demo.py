@@ -30,8 +30,8 @@ def demo(
     Starts the simulator on a free loopback port, runs the `tws-health-check` Prefect flow against it (healthy),
     injects a fault (the client id held by another program) and shows the doctor's verdict and fix, then clears
     it and runs the `ingest-bars` flow: a few symbols x days of 1-minute bars into a Delta table, with quality
-    checks; then the `backtest` flow on those bars. Prefect runs in ephemeral mode unless PREFECT_API_URL points
-    at a server.
+    checks; then the `backtest` flow and a small `backtest-grid` on those bars. Prefect runs in ephemeral mode
+    unless PREFECT_API_URL points at a server.
     """
     from flows.health import tws_health_check
     from flows.ingest import ingest_flow
@@ -41,13 +41,13 @@ def demo(
     console = Console()
     failures: list[str] = []
     with EmbeddedSimulator() as sim:
-        console.rule(f"[bold]1/4 TWS preflight, healthy simulator on {sim.host}:{sim.port}")
+        console.rule(f"[bold]1/5 TWS preflight, healthy simulator on {sim.host}:{sim.port}")
         diagnosis = _run_health_check(tws_health_check, sim.host, sim.port, client_id)
         render_diagnosis(diagnosis, console)
         if not diagnosis.ok:
             failures.append("the healthy simulator was not diagnosed healthy")
 
-        console.rule(f"[bold]2/4 Injected fault: client id {client_id} held by another program")
+        console.rule(f"[bold]2/5 Injected fault: client id {client_id} held by another program")
         sim.update_faults(busy_client_ids={client_id})
         with _quiet_expected_failure():
             diagnosis = _run_health_check(tws_health_check, sim.host, sim.port, client_id)
@@ -57,7 +57,7 @@ def demo(
 
         sim.clear_faults()
         chosen = symbols or ["AAPL", "MSFT", "SPY"]
-        console.rule(f"[bold]3/4 Ingest {days} days of 1-minute bars for {', '.join(chosen)} into {data_dir}")
+        console.rule(f"[bold]3/5 Ingest {days} days of 1-minute bars for {', '.join(chosen)} into {data_dir}")
         state = ingest_flow(symbols=chosen, lookback_days=days, data_dir=data_dir, host=sim.host, port=sim.port,
                             client_id=client_id, return_state=True)
         outcome = state.result(raise_on_failure=False)
@@ -66,12 +66,13 @@ def demo(
         else:
             console.print(Markdown(report_markdown(outcome)))
             failures += _backtest(console, chosen, outcome, data_dir)
+            failures += _grid(console, chosen[0], outcome, data_dir)
 
     if failures:
         console.print(f"[bold red]demo failed: {'; '.join(failures)}")
         raise typer.Exit(1)
     console.print("[bold green]demo complete: healthy verdict, the injected fault named with its fix, bars "
-                  f"ingested into {data_dir}, and a backtest on them.")
+                  f"ingested into {data_dir}, a backtest and a parameter grid on them.")
 
 
 def _backtest(console: Console, symbols: list[str], report: IngestReport, data_dir: str) -> list[str]:
@@ -81,7 +82,7 @@ def _backtest(console: Console, symbols: list[str], report: IngestReport, data_d
     from backtest.report import metric_rows
     from flows.backtest import backtest_flow
 
-    console.rule(f"[bold]4/4 Backtest sma_crossover 5/10 on {', '.join(symbols)} (the bars just ingested)")
+    console.rule(f"[bold]4/5 Backtest sma_crossover 5/10 on {', '.join(symbols)} (the bars just ingested)")
     end = report.started_at
     state = backtest_flow(strategy="sma_crossover", params={"fast_period": 5, "slow_period": 10}, symbols=symbols,
                           start=end - timedelta(days=14), end=end, data_dir=data_dir, return_state=True)
@@ -119,3 +120,26 @@ def _run_health_check(flow, host: str, port: int, client_id: int) -> Diagnosis: 
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
+
+
+def _grid(console: Console, symbol: str, report: IngestReport, data_dir: str) -> list[str]:
+    """Step 5: a small SMA grid through the `backtest-grid` flow, with holdout and walk-forward."""
+    from flows.grid import backtest_grid
+
+    console.rule(f"[bold]5/5 Parameter grid: SMA fast 5..25 x slow 30..90 on {symbol}, 30% holdout, 2 folds")
+    end = report.started_at
+    state = backtest_grid(grid={"fast_period": {"start": 5, "stop": 25, "step": 5},
+                                "slow_period": {"start": 30, "stop": 90, "step": 10}},
+                          symbol=symbol, start=end - timedelta(days=14), end=end, folds=2, chunks=4,
+                          data_dir=data_dir, return_state=True)
+    grid_report = state.result(raise_on_failure=False)
+    if isinstance(grid_report, BaseException):
+        return [f"grid failed: {grid_report}"]
+    from backtest.report import format_value
+
+    best, oos = grid_report.best_metrics, grid_report.out_of_sample
+    console.print(f"{grid_report.combinations_tried} combinations in {grid_report.elapsed_s:.2f} s; best "
+                  f"{grid_report.best_params}: in-sample sharpe {format_value('sharpe', best.sharpe)}, "
+                  f"out-of-sample {format_value('sharpe', oos.sharpe if oos else None)}; deflated Sharpe "
+                  f"{format_value('sharpe', grid_report.deflated_sharpe)}; artifacts 'grid-summary' (with the heatmap) and 'grid-top'; every combination in grid_results.")
+    return []

@@ -9,12 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import polars as pl
-from deltalake import DeltaTable
 
-from storage.commits import with_commit_retries
 from storage.location import TableLocation
 from storage.schema import BAR_KEY, QUARANTINE_SCHEMA
-from storage.tables import conform, exists
+from storage.tables import conform, exists, insert_new_rows
 
 QUARANTINE_KEY = ("flow_run_id", *BAR_KEY, "failed_check")
 
@@ -27,19 +25,7 @@ def append_quarantine(location: TableLocation, frame: pl.DataFrame) -> int:
         frame = frame.with_columns(quarantined_at=pl.lit(datetime.now(UTC)))
     rows = conform(frame, QUARANTINE_SCHEMA, what="quarantine").unique(QUARANTINE_KEY, keep="first",
                                                                       maintain_order=True)
-    path = location.quarantine
-
-    def write() -> int:
-        if not exists(path):
-            rows.write_delta(path, mode="error")
-            return rows.height
-        predicate = " AND ".join(f"t.{k} = s.{k}" for k in QUARANTINE_KEY)
-        metrics = DeltaTable(path).merge(rows.to_arrow(), predicate, source_alias="s", target_alias="t") \
-            .when_not_matched_insert_all().execute()
-        return int(metrics.get("num_target_rows_inserted", 0))
-
-    inserted, _ = with_commit_retries(write, what="quarantine append")
-    return inserted
+    return insert_new_rows(location.quarantine, rows, QUARANTINE_KEY, what="quarantine append")
 
 
 def read_quarantine(location: TableLocation, flow_run_id: str | None = None) -> pl.DataFrame:

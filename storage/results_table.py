@@ -15,13 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
-from deltalake import DeltaTable
 
 from backtest.metrics import Metrics
-from storage.commits import with_commit_retries
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import conform, exists
+from storage.tables import conform, exists, insert_new_rows
 
 IDENTITY_COLUMNS: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -78,18 +76,7 @@ def append_backtest_results(location: TableLocation, rows: list[dict[str, Any]])
         return 0
     frame = conform(pl.DataFrame(rows, schema_overrides=dict(RESULTS_SCHEMA), strict=False), RESULTS_SCHEMA,
                     what="backtest results")
-    path = location.backtest_results
-
-    def write() -> int:
-        if not exists(path):
-            frame.write_delta(path, mode="error")
-            return frame.height
-        metrics = DeltaTable(path).merge(frame.to_arrow(), "t.run_id = s.run_id AND t.symbol = s.symbol",
-                                         source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
-        return int(metrics.get("num_target_rows_inserted", 0))
-
-    inserted, _ = with_commit_retries(write, what="backtest results append")
-    return inserted
+    return insert_new_rows(location.backtest_results, frame, ("run_id", "symbol"), what="backtest results append")
 
 
 def read_backtest_results(location: TableLocation) -> pl.DataFrame:

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 from deltalake import DeltaTable
 
+from storage.commits import with_commit_retries
 from storage.errors import BarsSchemaError, NotADeltaTableError
 
 
@@ -56,3 +57,22 @@ def conform(frame: pl.DataFrame, schema: pl.Schema, *, what: str) -> pl.DataFram
         except pl.exceptions.InvalidOperationError as exc:
             raise BarsSchemaError(f"{what}: column {name} cannot be stored as {dtype}: {exc}") from exc
     return pl.DataFrame(columns)
+
+
+def insert_new_rows(path: str, rows: pl.DataFrame, key: tuple[str, ...], *, what: str) -> int:
+    """Append the rows whose `key` is not in the table yet (creating it on first write): a retried task or a
+    re-run batch never stores a row twice. Returns how many rows were new."""
+    if rows.is_empty():
+        return 0
+
+    def write() -> int:
+        if not exists(path):
+            rows.write_delta(path, mode="error")
+            return rows.height
+        predicate = " AND ".join(f"t.{k} = s.{k}" for k in key)
+        metrics = DeltaTable(path).merge(rows.to_arrow(), predicate, source_alias="s", target_alias="t") \
+            .when_not_matched_insert_all().execute()
+        return int(metrics.get("num_target_rows_inserted", 0))
+
+    inserted, _ = with_commit_retries(write, what=what)
+    return inserted

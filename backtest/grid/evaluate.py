@@ -1,0 +1,212 @@
+"""Evaluate grid combinations on one symbol's bars: one row per combination, the parameters and its metrics.
+
+A row is, by definition, the `Metrics` that `run_backtest(bars, bar_size, replace(base, params=combination))`
+reports. Crossover strategies (any `AverageCrossover` that keeps the base class's trend rule) with the built-in
+cost and sizing models take the numba kernel, which computes each distinct moving average once with the strategy's
+own expression and reproduces the engine's fills exactly; anything else runs the engine once per combination.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
+from backtest.engine import BacktestConfig, _check_bars, run_backtest
+from backtest.errors import BacktestError
+from backtest.grid import kernel
+from backtest.grid.spec import Combination, GridSpec, GridSpecError
+from backtest.metrics import Annualization, Metrics, annualization, ratio
+from backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
+from backtest.strategies import Strategy
+from backtest.strategies.base import AverageCrossover
+
+_NOT_IN_TABLE = ("start", "end", "annualization")
+"""Metrics fields that are the same for every row of one evaluation (the report's best Metrics carries them)."""
+
+METRIC_COLUMNS: dict[str, pl.DataType] = {
+    f.name: pl.Int64() if typing.get_type_hints(Metrics)[f.name] is int else pl.Float64()
+    for f in dataclasses.fields(Metrics) if f.name not in _NOT_IN_TABLE
+}
+"""Every numeric `Metrics` field, named as in the backtest_results table; max_drawdown_duration in seconds."""
+
+AVERAGES_BYTES = 512 * 2**20
+"""Moving averages held at once; pairs needing more distinct periods are run in groups."""
+BLOCK_BYTES = 256 * 2**10
+"""Kernel block: the block's averages, opens and closes should stay in L2 while every pair passes over them."""
+
+
+def metric_row(metrics: Metrics) -> dict[str, Any]:
+    """A `Metrics` as a table row (the engine's side of the grid's equality)."""
+    values = {name: getattr(metrics, name) for name in METRIC_COLUMNS}
+    values["max_drawdown_duration"] = metrics.max_drawdown_duration.total_seconds()
+    return values
+
+
+def grid_base(spec: GridSpec, base: BacktestConfig | None) -> BacktestConfig:
+    """Cash, costs, sizing and mode shared by every combination; its parameters come from the grid only, so a
+    fixed parameter is a one-value axis and the spec's validation sees it."""
+    if base is None:
+        return BacktestConfig(spec.strategy)
+    if base.strategy != spec.strategy or base.params:
+        raise GridSpecError(f"the base config must be for {spec.strategy} with no params (got {base.strategy} with "
+                            f"{dict(base.params)}); put fixed parameters in the grid as one-value lists")
+    return base
+
+
+def combination_config(base: BacktestConfig, combination: Combination) -> BacktestConfig:
+    """The single-run config a grid row reproduces."""
+    return dataclasses.replace(base, params=combination)
+
+
+def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: BacktestConfig | None = None,
+                  combinations: Sequence[Combination] | None = None) -> pl.DataFrame:
+    """Rows for `combinations` (default: the whole grid; pass one of `spec.chunks()` to split the work) on one
+    symbol's bars, in the given order: the parameters, then `METRIC_COLUMNS`."""
+    base = grid_base(spec, base)
+    combinations = spec.combinations() if combinations is None else list(combinations)
+    annual = annualization(bar_size, base.bars_per_session)
+    _check_bars(bars, bar_size)
+    strategies = [spec.strategy_for(combination) for combination in combinations]
+    longest = max(strategies, key=lambda s: s.warmup_bars, default=None)
+    if longest is not None and bars.height < longest.warmup_bars + 3:
+        raise BacktestError(f"{longest} cannot trade on {bars.height} bars: it needs {longest.warmup_bars + 3} "
+                            "(warm-up, a bar to decide on, one to fill on and one to exit on)")
+    costs = _kernel_costs(base.commission, base.sizing)
+    if costs is not None and strategies and all(_is_plain_crossover(s) for s in strategies):
+        rows = _crossover_rows(bars, typing.cast(list[AverageCrossover], strategies), base, costs, annual)
+    else:
+        rows = [metric_row(run_backtest(bars, bar_size, combination_config(base, c)).metrics) for c in combinations]
+    params = {name: pl.Int64() if all(isinstance(v, int) for v in values) else pl.Float64()
+              for name, values in spec.axes.items()}
+    return pl.DataFrame([{**c, **row} for c, row in zip(combinations, rows, strict=True)],
+                        schema={**params, **METRIC_COLUMNS})
+
+
+def _is_plain_crossover(strategy: Strategy) -> bool:
+    cls = type(strategy)
+    return (isinstance(strategy, AverageCrossover) and cls.target is AverageCrossover.target
+            and cls.signals is Strategy.signals)
+
+
+def _kernel_costs(commission: CommissionModel, sizing: Sizing) -> tuple[int | float, ...] | None:
+    """The kernel's encoding of the cost and sizing models, None for models it does not know. Exact types only:
+    a subclass may charge differently."""
+    if isinstance(commission, IBKRFixed | IBKRTiered) and type(commission) in (IBKRFixed, IBKRTiered):
+        fee = (kernel.COMMISSION_PER_SHARE, commission.per_share, commission.minimum, commission.max_rate, 0.0)
+    elif type(commission) is PercentCommission:
+        fee = (kernel.COMMISSION_PERCENT, 0.0, 0.0, 0.0, commission.rate)
+    elif type(commission) is NoCommission:
+        fee = (kernel.COMMISSION_NONE, 0.0, 0.0, 0.0, 0.0)
+    else:
+        return None
+    if type(sizing) is AllIn:
+        size = (kernel.SIZING_ALL_IN, 0, 1.0)
+    elif type(sizing) is FixedShares:
+        size = (kernel.SIZING_FIXED_SHARES, sizing.n, 1.0)
+    elif type(sizing) is FixedFraction:
+        size = (kernel.SIZING_FIXED_FRACTION, 0, float(sizing.f))
+    else:
+        return None
+    return fee + size
+
+
+def _crossover_rows(bars: pl.DataFrame, strategies: list[AverageCrossover], base: BacktestConfig,
+                    costs: tuple[int | float, ...], annual: Annualization) -> list[dict[str, Any]]:
+    average = type(strategies[0]).average
+    ts = bars["ts"].to_numpy()
+    unit = np.datetime_data(ts.dtype)[0]
+    open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
+    close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
+    ticks = np.ascontiguousarray(ts.view(np.int64))
+    commission_kind, per_share, minimum, max_rate, rate, sizing, fixed_shares, fraction = costs
+    rows: list[dict[str, Any]] = [{}] * len(strategies)
+    for group in _period_groups(strategies, max(2, AVERAGES_BYTES // (8 * bars.height))):
+        periods = sorted({p for k in group for p in (strategies[k].fast_period, strategies[k].slow_period)})
+        row_of = {period: row for row, period in enumerate(periods)}
+        averages = np.ascontiguousarray(
+            bars.select(average("close", p).alias(str(p)) for p in periods).to_numpy().T, dtype=np.float64)
+        fast = np.array([row_of[strategies[k].fast_period] for k in group], dtype=np.int64)
+        slow = np.array([row_of[strategies[k].slow_period] for k in group], dtype=np.int64)
+        block = max(1024, BLOCK_BYTES // (8 * (len(periods) + 2)))
+        state_f, state_i = kernel.crossover_grid(
+            open_, close, ticks, averages, fast, slow, base.mode == "long_only", float(base.cash),
+            float(base.slippage_bps), int(commission_kind), float(per_share), float(minimum), float(max_rate),
+            float(rate), int(sizing), int(fixed_shares), float(fraction), int(block))
+        for k, sf, si in zip(group, state_f, state_i, strict=True):
+            rows[k] = _row(sf, si, close, float(base.cash), annual, unit)
+    return rows
+
+
+def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list[list[int]]:
+    """Indices of `strategies`, in order, cut into groups needing at most `max_periods` distinct averages."""
+    groups: list[list[int]] = [[]]
+    periods: set[int] = set()
+    for k, s in enumerate(strategies):
+        needed = periods | {s.fast_period, s.slow_period}
+        if len(needed) > max_periods and groups[-1]:
+            groups.append([])
+            needed = {s.fast_period, s.slow_period}
+        groups[-1].append(k)
+        periods = needed
+    return groups
+
+
+def _row(sf: np.ndarray, si: np.ndarray, close: np.ndarray, cash: float, annual: Annualization, unit: str
+         ) -> dict[str, Any]:
+    """`metrics.compute_metrics` from the kernel's sums, formula for formula."""
+    n = close.shape[0]
+    periods = n - 1
+    final = float(sf[kernel.F_PREV_EQUITY])  # the last bar's mark
+    mean = float(sf[kernel.F_SUM_R]) / periods
+    variance = (float(sf[kernel.F_SUM_R2]) - float(sf[kernel.F_SUM_R]) ** 2 / periods) / (periods - 1)
+    std = math.sqrt(max(variance, 0.0))
+    downside = math.sqrt(float(sf[kernel.F_SUM_DOWN2]) / periods)
+    sharpe = ratio(mean, std)
+    sortino = ratio(mean, downside)
+    growth = final / cash
+    annual_return = _annualized_return_pct(growth, annual.periods_per_year, periods)
+    max_drawdown = (float(sf[kernel.F_MIN_PEAK_RATIO]) - 1) * 100
+    longest = np.timedelta64(int(si[kernel.I_LONGEST_UNDERWATER]), unit) / np.timedelta64(1, "us")
+    trades = int(si[kernel.I_TRADES])
+    traded = trades > 0
+    return {
+        "bars": n,
+        "total_return_pct": (growth - 1) * 100,
+        "annualized_return_pct": annual_return,
+        "annualized_volatility_pct": std * math.sqrt(annual.periods_per_year) * 100,
+        "sharpe": None if sharpe is None else sharpe * math.sqrt(annual.periods_per_year),
+        "sortino": None if sortino is None else sortino * math.sqrt(annual.periods_per_year),
+        "calmar": ratio(annual_return, -max_drawdown),
+        "max_drawdown_pct": max_drawdown,
+        "max_drawdown_duration": timedelta(microseconds=int(longest)).total_seconds(),
+        "exposure_pct": int(si[kernel.I_EXPOSED]) / n * 100,
+        "trades": trades,
+        "win_rate_pct": int(si[kernel.I_WINS]) / trades * 100 if traded else None,
+        "best_trade_pct": float(sf[kernel.F_BEST_PCT]) if traded else None,
+        "worst_trade_pct": float(sf[kernel.F_WORST_PCT]) if traded else None,
+        "avg_trade_pct": float(sf[kernel.F_SUM_RETURN_PCT]) / trades if traded else None,
+        "profit_factor": ratio(float(sf[kernel.F_GROSS_PROFIT]), -float(sf[kernel.F_GROSS_LOSS])) if traded else None,
+        "expectancy": float(sf[kernel.F_SUM_PNL]) / trades if traded else None,
+        "buy_and_hold_return_pct": float(close[-1] / close[0] - 1) * 100,
+        "final_equity": final,
+        "commissions": float(sf[kernel.F_COMMISSIONS]),
+        "periods_per_year": annual.periods_per_year,
+    }
+
+
+def _annualized_return_pct(growth: float, periods_per_year: float, periods: int) -> float:
+    """metrics.annualized_return_pct for a known growth factor (that function wants the whole equity curve)."""
+    if growth <= 0:
+        return -100.0
+    try:
+        return (growth ** (periods_per_year / periods) - 1) * 100
+    except OverflowError:
+        return math.inf

@@ -1,0 +1,211 @@
+"""The crossover grid kernel: every (fast, slow) pair run through the engine's fill loop in one numba pass.
+
+It is a transcription of `engine.held_positions` + `engine.simulate` + the sums behind `metrics.compute_metrics`,
+operation for operation in the same order (slippage, commission, whole-share sizing, cash updates, equity marks,
+per-bar returns), so every fill, share count and equity value is bit-identical to the engine's. Metrics are
+accumulated while streaming instead of from a stored equity curve (running sums of returns and squared returns, the
+running peak and the longest stretch below it, trade sums), so memory is O(pairs), not O(pairs x bars).
+
+Cache blocking: bars are processed in blocks, and within a block every pair advances before the next block, so
+the block's moving averages are read from cache by all pairs instead of streamed from RAM once per pair. Each
+pair's state lives in a row of two arrays between blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+
+# Commission kinds: NONE is NoCommission, PER_SHARE is IBKR's schedule (Fixed or Tiered), PERCENT a value fraction.
+COMMISSION_NONE, COMMISSION_PER_SHARE, COMMISSION_PERCENT = 0, 1, 2
+# Sizing kinds: AllIn, FixedShares, FixedFraction.
+SIZING_ALL_IN, SIZING_FIXED_SHARES, SIZING_FIXED_FRACTION = 0, 1, 2
+
+# Float state per pair, row layout of the `state_f` array.
+(F_CASH, F_ENTRY_PRICE, F_ENTRY_FEE, F_PREV_EQUITY, F_PEAK, F_MIN_PEAK_RATIO, F_SUM_R, F_SUM_R2, F_SUM_DOWN2,
+ F_GROSS_PROFIT, F_GROSS_LOSS, F_SUM_PNL, F_SUM_RETURN_PCT, F_BEST_PCT, F_WORST_PCT, F_COMMISSIONS) = range(16)
+N_FLOAT = 16
+# Integer state per pair, row layout of the `state_i` array.
+(I_SHARES, I_SIDE, I_SIGNAL, I_HELD, I_LAST_PEAK, I_LONGEST_UNDERWATER, I_EXPOSED, I_TRADES, I_WINS) = range(9)
+N_INT = 9
+
+
+def _jit(function: Callable[..., Any]) -> Any:
+    """Compile with an on-disk cache (compilation takes seconds and would otherwise be paid by every process,
+    e.g. each Prefect task); without a writable cache location, compile per process instead of failing."""
+    try:
+        return numba.njit(cache=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(function)
+
+
+@_jit
+def _commission(kind: int, shares: int, price: float, per_share: float, minimum: float, max_rate: float,
+                rate: float) -> float:
+    """costs.IBKRFixed / IBKRTiered (`_per_share_order`), PercentCommission, NoCommission."""
+    if kind == COMMISSION_PER_SHARE:
+        if shares == 0:
+            return 0.0
+        return min(max(shares * per_share, minimum), max_rate * shares * price)
+    if kind == COMMISSION_PERCENT:
+        return rate * shares * price
+    return 0.0
+
+
+@_jit
+def _affordable_shares(budget: float, price: float, kind: int, per_share: float, minimum: float, max_rate: float,
+                       rate: float) -> int:
+    """sizing.affordable_shares, step for step."""
+    if budget <= 0 or price <= 0:
+        return 0
+    shares = int(np.floor(budget / price))
+    while shares > 0:
+        excess = shares * price + _commission(kind, shares, price, per_share, minimum, max_rate, rate) - budget
+        if not excess > 0:
+            break
+        shares -= max(1, int(np.ceil(excess / price)))
+    shares = max(shares, 0)
+    while (shares + 1) * price + _commission(kind, shares + 1, price, per_share, minimum, max_rate, rate) <= budget:
+        shares += 1
+    return shares
+
+
+@_jit
+def _size(cash: float, price: float, sizing: int, fixed_shares: int, fraction: float, kind: int, per_share: float,
+          minimum: float, max_rate: float, rate: float) -> int:
+    """sizing.AllIn / FixedShares / FixedFraction."""
+    if sizing == SIZING_FIXED_FRACTION:
+        return _affordable_shares(fraction * cash, price, kind, per_share, minimum, max_rate, rate)
+    affordable = _affordable_shares(cash, price, kind, per_share, minimum, max_rate, rate)
+    if sizing == SIZING_FIXED_SHARES:
+        return min(fixed_shares, affordable)
+    return affordable
+
+
+@_jit
+def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, averages: np.ndarray, fast: np.ndarray,
+                   slow: np.ndarray, long_only: bool, cash: float, slippage_bps: float, commission_kind: int,
+                   per_share: float, minimum: float, max_rate: float, rate: float, sizing: int, fixed_shares: int,
+                   fraction: float, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run pair k = (averages[fast[k]], averages[slow[k]]) for every k; returns the final (state_f, state_i).
+
+    `averages` rows are moving averages of `close`, NaN where undefined; `ts` is int64 in the bars' time unit.
+    """
+    n = close.shape[0]
+    pairs = fast.shape[0]
+    state_f = np.zeros((pairs, N_FLOAT))
+    state_i = np.zeros((pairs, N_INT), dtype=np.int64)
+    state_f[:, F_CASH] = cash
+    state_f[:, F_PEAK] = cash
+    state_f[:, F_MIN_PEAK_RATIO] = 1.0
+    state_f[:, F_BEST_PCT] = -np.inf
+    state_f[:, F_WORST_PCT] = np.inf
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        opens = open_[start:stop]
+        closes = close[start:stop]
+        for k in range(pairs):
+            _advance(start, n, opens, closes, ts, averages[fast[k], start:stop], averages[slow[k], start:stop],
+                     state_f[k], state_i[k], long_only, slippage_bps, commission_kind, per_share, minimum, max_rate,
+                     rate, sizing, fixed_shares, fraction)
+    return state_f, state_i
+
+
+@_jit
+def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, fast: np.ndarray,
+             slow: np.ndarray, sf: np.ndarray, si: np.ndarray, long_only: bool, slippage_bps: float,
+             commission_kind: int, per_share: float, minimum: float, max_rate: float, rate: float, sizing: int,
+             fixed_shares: int, fraction: float) -> None:
+    """One pair over one block of bars (global bars start..start + len(closes)), state in and out of sf/si.
+
+    Per bar, in the engine's order: the target held during the bar is the previous close's signal (flat on the
+    first and last bar); a change of target fills at this bar's open (close the old position, then open the new
+    one sized from the cash left); the account is marked at the close; then this close's signal is decided. The
+    signal is stored already clipped to the mode: in long-only mode a tie then keeps "flat" where the engine keeps
+    -1 and clips it, the same target.
+    """
+    cash, entry_price, entry_fee = sf[F_CASH], sf[F_ENTRY_PRICE], sf[F_ENTRY_FEE]
+    prev_equity, peak, min_ratio = sf[F_PREV_EQUITY], sf[F_PEAK], sf[F_MIN_PEAK_RATIO]
+    sum_r, sum_r2, sum_down2 = sf[F_SUM_R], sf[F_SUM_R2], sf[F_SUM_DOWN2]
+    low_water = _low_water(peak, min_ratio)
+    shares, side, signal, held = si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD]
+    last_peak, longest, exposed = si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED]
+    short = 0 if long_only else -1  # engine.held_positions: a -1 target is flat in long-only mode
+    for j in range(closes.shape[0]):
+        bar = start + j
+        target = 0 if bar == n - 1 else signal
+        if target != held:
+            price = opens[j]
+            if shares != 0:
+                fill = price * (1 + (-side) * slippage_bps / 10_000)
+                fee = _commission(commission_kind, abs(shares), fill, per_share, minimum, max_rate, rate)
+                cash += shares * fill - fee
+                _record_trade(sf, si, side * abs(shares) * (fill - entry_price) - (entry_fee + fee),
+                              abs(shares) * entry_price, entry_fee + fee)
+                shares = 0
+            if target != 0:
+                fill = price * (1 + target * slippage_bps / 10_000)
+                size = _size(cash, fill, sizing, fixed_shares, fraction, commission_kind, per_share, minimum,
+                             max_rate, rate)
+                if size:
+                    entry_fee = _commission(commission_kind, size, fill, per_share, minimum, max_rate, rate)
+                    cash -= target * size * fill + entry_fee
+                    shares, side, entry_price = target * size, target, fill
+            held = target
+        equity = cash + shares * closes[j]
+        if shares != 0:
+            exposed += 1
+        if bar > 0 and equity != prev_equity:  # else the return is exactly 0 and adds nothing
+            r = equity / prev_equity - 1
+            sum_r += r
+            sum_r2 += r * r
+            down = min(r, 0.0)  # branch-free: the sign of a return is a coin flip the CPU cannot predict
+            sum_down2 += down * down
+        prev_equity = equity
+        if equity >= peak:  # drawdown exactly 0: metrics.max_drawdown_duration's "at peak"
+            if bar > last_peak + 1:
+                longest = max(longest, ts[bar] - ts[last_peak])
+            peak, last_peak = equity, bar
+            low_water = _low_water(peak, min_ratio)
+        elif equity < low_water:
+            min_ratio = min(min_ratio, equity / peak)
+            low_water = _low_water(peak, min_ratio)
+        if fast[j] > slow[j]:
+            signal = 1
+        elif fast[j] < slow[j]:
+            signal = short
+    sf[F_CASH], sf[F_ENTRY_PRICE], sf[F_ENTRY_FEE] = cash, entry_price, entry_fee
+    sf[F_PREV_EQUITY], sf[F_PEAK], sf[F_MIN_PEAK_RATIO] = prev_equity, peak, min_ratio
+    sf[F_SUM_R], sf[F_SUM_R2], sf[F_SUM_DOWN2] = sum_r, sum_r2, sum_down2
+    si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD] = shares, side, signal, held
+    si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED] = last_peak, longest, exposed
+    if start + closes.shape[0] == n and n - 1 > last_peak + 1:  # underwater to the end: the last bar closes it
+        si[I_LONGEST_UNDERWATER] = max(longest, ts[n - 1] - ts[last_peak])
+
+
+@_jit
+def _low_water(peak: float, min_ratio: float) -> float:
+    """An equity at or above this cannot set a new minimum of equity / peak: it is above peak * min_ratio by
+    1e-15 relative, more than the few roundings in between, so the division is skipped on all but new lows."""
+    level = peak * min_ratio
+    return level + abs(level) * 1e-15
+
+
+@_jit
+def _record_trade(sf: np.ndarray, si: np.ndarray, pnl: float, entry_value: float, commission: float) -> None:
+    """engine._trades_frame's pnl and return_pct, folded into metrics.trade_stats' sums."""
+    return_pct = pnl / entry_value * 100
+    si[I_TRADES] += 1
+    if pnl > 0:
+        si[I_WINS] += 1
+        sf[F_GROSS_PROFIT] += pnl
+    elif pnl < 0:
+        sf[F_GROSS_LOSS] += pnl
+    sf[F_SUM_PNL] += pnl
+    sf[F_SUM_RETURN_PCT] += return_pct
+    sf[F_BEST_PCT] = max(sf[F_BEST_PCT], return_pct)
+    sf[F_WORST_PCT] = min(sf[F_WORST_PCT], return_pct)
+    sf[F_COMMISSIONS] += commission
