@@ -141,5 +141,6 @@ def _grid(console: Console, symbol: str, report: IngestReport, data_dir: str) ->
     console.print(f"{grid_report.combinations_tried} combinations in {grid_report.elapsed_s:.2f} s; best "
                   f"{grid_report.best_params}: in-sample sharpe {format_value('sharpe', best.sharpe)}, "
                   f"out-of-sample {format_value('sharpe', oos.sharpe if oos else None)}; deflated Sharpe "
-                  f"{format_value('sharpe', grid_report.deflated_sharpe)}; artifacts 'grid-summary' (with the heatmap) and 'grid-top'; every combination in grid_results.")
+                  f"{format_value('sharpe', grid_report.deflated_sharpe)}; artifacts 'grid-summary' (with the "
+                  "heatmap) and 'grid-top'; every combination in grid_results.")
     return []
