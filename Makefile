@@ -33,6 +33,7 @@ bench: .venv/.synced
 	.venv/bin/python bench/quality_checks.py
 	.venv/bin/python bench/backtest_engine.py
 	.venv/bin/python bench/cli_backtest.py
+	.venv/bin/python bench/grid_sma.py
 
 $(UV):
 	$(PYTHON) -m venv .tools
