@@ -43,16 +43,37 @@ def _all_rows(location: TableLocation) -> pl.DataFrame:
     return lazy.collect()
 
 
-@pytest.mark.parametrize("kill_after_s", [0.02, 0.2, 0.45, 0.7])
-def test_sigkill_during_merge_leaves_a_readable_table_and_a_rerun_completes(kill_after_s: float,
-                                                                            tmp_path: Path) -> None:
-    location = TableLocation(tmp_path)
+def _seed(location: TableLocation) -> None:
     merge_bars(location, pl.concat([make_bars(s, START, 80_000) for s in ("AAPL", "MSFT", "SPY")]))
-    before = table_version(location)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+
+
+def _start_writer(path: Path) -> subprocess.Popen[str]:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True, start_new_session=True)
     assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
-    time.sleep(kill_after_s)
+    return writer
+
+
+@pytest.fixture(scope="module")
+def merge_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """How long the writer takes from "ready" to exit on this machine (the MERGE plus interpreter teardown), so
+    kills land at fractions of it rather than at guesses."""
+    path = tmp_path_factory.mktemp("timing")
+    _seed(TableLocation(path))
+    writer = _start_writer(path)
+    started = time.perf_counter()
+    writer.wait(timeout=120)
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.25, 0.45, 0.65])
+def test_sigkill_during_merge_leaves_a_readable_table_and_a_rerun_completes(fraction: float, merge_seconds: float,
+                                                                            tmp_path: Path) -> None:
+    location = TableLocation(tmp_path)
+    _seed(location)
+    before = table_version(location)
+    writer = _start_writer(tmp_path)
+    time.sleep(fraction * merge_seconds)
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=30)
     assert writer.returncode == -signal.SIGKILL, "the MERGE finished before the kill: lower the delay"
