@@ -266,6 +266,18 @@ def test_drop_after_n_messages(fixed_sim: EmbeddedSimulator) -> None:
     client.disconnect()
 
 
+def test_drop_at_a_given_time(fixed_sim: EmbeddedSimulator) -> None:
+    fixed_sim.update_faults(drop_after_seconds=0.3)
+    client = IB()
+    client.connect(fixed_sim.host, fixed_sim.port, clientId=32, readonly=True, timeout=5)
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):
+        client.sleep(2)
+    assert 0.2 < time.monotonic() - started < 1.5
+    assert not client.isConnected()
+    client.disconnect()
+
+
 def test_connectivity_lost_then_restored_events(ib: IB, fixed_sim: EmbeddedSimulator) -> None:
     codes: list[int] = []
     ib.errorEvent += lambda _req, code, _msg, _c: codes.append(code)

@@ -50,6 +50,8 @@ class Faults:
     """Answer order-related requests with 321 (TWS 'Read-Only API' checkbox)."""
     drop_after_messages: int | None = None
     """Close each connection after it has received this many client messages (handshake excluded)."""
+    drop_after_seconds: float | None = None
+    """Close each connection this many seconds after its API session started (a drop at a given time)."""
     latency_seconds: float = 0.0
     """Delay before answering every data request (contract details, head timestamp, historical data)."""
     farm_down: bool = False
@@ -130,8 +132,9 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
             changes[key] = {kind: int(n) for kind, _, n in pairs}
         elif isinstance(current, set):
             changes[key] = {int(i) for i in items} if key == "busy_client_ids" else set(items)
-        elif key == "drop_after_messages":
-            changes[key] = int(raw) if raw.strip() not in {"", "none", "off"} else None
+        elif key in ("drop_after_messages", "drop_after_seconds"):
+            number = int if key == "drop_after_messages" else float
+            changes[key] = number(raw) if raw.strip() not in {"", "none", "off"} else None
         elif isinstance(current, float):
             changes[key] = float(raw)
         else:

@@ -361,6 +361,12 @@ class _Session:
         self.ready = True
         if self.sim.connectivity_lost:
             self.send(msg.error(msg.NO_REQUEST, msg.CONNECTIVITY_LOST))
+        if self.sim.faults.drop_after_seconds is not None:
+            asyncio.get_running_loop().call_later(self.sim.faults.drop_after_seconds, self._drop_on_time)
+
+    def _drop_on_time(self) -> None:
+        log.info("dropping client %s: its connection time is up (fault)", self.client_id)
+        self.close()
 
     def _current_time(self, fields: list[str]) -> None:
         self.send([msg.CURRENT_TIME, 1, int(self.sim.clock().timestamp())])
