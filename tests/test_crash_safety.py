@@ -124,3 +124,51 @@ def test_a_reader_sees_one_version_while_a_writer_commits(tmp_path: Path) -> Non
     merge_bars(location, make_bars("AAPL", START + timedelta(minutes=1000), 1000))  # commits before the read runs
     assert lazy.collect().height == 1000  # the pinned version, not the newer one
     assert table_version(location) == version + 1
+
+
+def test_two_ingestions_and_compactions_on_one_table_all_land(tmp_path: Path) -> None:
+    """Two ingestion runs (separate connections, overlapping symbols) while a compaction loops on the table."""
+    import asyncio
+
+    from config.settings import IBKRSettings
+    from ingest.engine import IngestRequest, ingest_async
+    from ingest.pacing import PacingBudget
+    from tws_sim.embedded import EmbeddedSimulator
+
+    now = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
+    location = TableLocation(tmp_path)
+    merge_bars(location, make_bars("SPY", datetime(2024, 6, 3, 13, 30, tzinfo=UTC), 10))  # a table to compact
+    reports = {}
+    ingesting = threading.Event()
+
+    with EmbeddedSimulator(clock=lambda: now) as sim:
+        def ingest(name: str, symbols: tuple[str, ...], client_id: int) -> None:
+            request = IngestRequest(symbols=symbols, start=datetime(2024, 6, 17, tzinfo=UTC), end=now,
+                                    quality_engine="polars")
+            settings = IBKRSettings(host=sim.host, port=sim.port, client_id=client_id, connect_timeout=2.0)
+            budget = PacingBudget(tmp_path / "pacing.json", time_scale=0.001)
+            reports[name] = asyncio.run(ingest_async(request, location, settings, flow_run_id=name, budget=budget))
+
+        def compact_while_ingesting() -> None:
+            while ingesting.is_set():
+                compact(location.bars)
+                time.sleep(0.05)
+
+        ingesting.set()
+        runs = [threading.Thread(target=ingest, args=("first", ("AAPL", "MSFT"), 81)),
+                threading.Thread(target=ingest, args=("second", ("MSFT", "QQQ"), 82))]
+        compactor = threading.Thread(target=compact_while_ingesting)
+        for t in [*runs, compactor]:
+            t.start()
+        for t in runs:
+            t.join()
+        ingesting.clear()
+        compactor.join()
+
+    assert all(not r.failed for r in reports.values()), {k: [s.error for s in r.failed] for k, r in reports.items()}
+    lazy, _ = scan_bars(location, ["AAPL", "MSFT", "QQQ"], bar_size="1 min", start=datetime(2024, 6, 17, tzinfo=UTC),
+                        end=now)
+    rows = lazy.collect()
+    sessions = 390 * 18 - 180  # 18 sessions 2024-06-17..07-12 (no 06-19, no 07-04); 07-03 is a half day
+    assert dict(rows.group_by("symbol").len().iter_rows()) == {"AAPL": sessions, "MSFT": sessions, "QQQ": sessions}
+    assert rows.select(pl.struct("symbol", "ts").is_unique().all()).item()
