@@ -11,6 +11,8 @@ from statistics import NormalDist
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import backtest.grid.evaluate as grid_evaluate
 from backtest import engine
@@ -312,3 +314,21 @@ def test_run_grid_accepts_a_chunked_evaluation() -> None:
     assert split.results.equals(whole.results)
     assert (split.best_params, split.out_of_sample, split.plateau_score) == (
         whole.best_params, whole.out_of_sample, whole.plateau_score)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), fast=st.integers(2, 15), gap=st.integers(1, 30),
+       mode=st.sampled_from(["long_only", "long_short"]),
+       commission=st.sampled_from([IBKRFixed(), NoCommission(), PercentCommission(0.0005)]),
+       ties=st.booleans())
+def test_grid_agrees_with_single_runs_for_any_series(seed: int, fast: int, gap: int, mode: Mode,
+                                                      commission: CommissionModel, ties: bool) -> None:
+    """Property: for any price series and any (fast, slow) pair, the kernel's row is the single run's metrics."""
+    bars = whole_dollars(400, seed) if ties else walk(400, seed)
+    combination = {"fast_period": fast, "slow_period": fast + gap}
+    spec = GridSpec("sma_crossover", {k: [v] for k, v in combination.items()})
+    base = BacktestConfig("sma_crossover", commission=commission, mode=mode, cash=10_000.0)
+    row = evaluate_grid(bars, "5 mins", spec, base).row(0, named=True)
+    single = engine.run_backtest(bars, "5 mins", BacktestConfig("sma_crossover", combination, cash=10_000.0,
+                                                                 commission=commission, mode=mode))
+    assert_rows_equal(row, metric_row(single.metrics))
