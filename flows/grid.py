@@ -3,6 +3,7 @@ cell with its overfitting checks, every combination stored."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import polars as pl
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from backtest.engine import Mode
 from backtest.grid import GridReport, GridSpec, run_grid
@@ -23,7 +24,23 @@ DEFAULT_GRID = {"fast_period": {"start": 5, "stop": 50, "step": 5}, "slow_period
                                                                                    "step": 10}}
 
 
-@flow(name="backtest-grid", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def grid_task_runner() -> TaskRunner:
+    """Threads by default (numba and polars release the GIL; two cores, two threads). `IBKR_GRID_RUNNER=dask`
+    selects prefect-dask: `IBKR_DASK_ADDRESS=tcp://host:8786` for an existing cluster (its workers need this
+    project importable and PREFECT_API_URL set), otherwise a temporary LocalCluster. Read when the flow module is
+    imported, so a deployment sets it in its work pool's environment."""
+    if os.environ.get("IBKR_GRID_RUNNER", "threads") != "dask":
+        return ThreadPoolTaskRunner(max_workers=int(os.environ.get("IBKR_GRID_THREADS", "2")))
+    from prefect_dask import DaskTaskRunner
+
+    address = os.environ.get("IBKR_DASK_ADDRESS")
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": int(os.environ.get("IBKR_DASK_WORKERS", "2")),
+                                          "threads_per_worker": 1, "dashboard_address": None})
+
+
+@flow(name="backtest-grid", log_prints=True, task_runner=grid_task_runner())
 def backtest_grid(
     strategy: str = "sma_crossover",
     grid: dict[str, Any] = DEFAULT_GRID,
