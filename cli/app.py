@@ -1,4 +1,5 @@
-"""The `ibkr` command line: `ibkr data connect|ingest`, `ibkr backtest run`, `ibkr sim ...`, `ibkr demo`.
+"""The `ibkr` command line: `ibkr data connect|ingest`, `ibkr backtest run`, `ibkr sim ...`, `ibkr demo`,
+`ibkr up|down` (a local Prefect server with the deployments), `ibkr alerts sync`.
 
 Heavy imports (Prefect, Great Expectations) stay inside the commands that need them so `--help` and the doctor
 start fast.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import typer
 
+from cli.alerts import alerts_app
 from cli.backtest import backtest_app
 from cli.data import data_app
 from cli.demo import demo
 from cli.sim import sim_app
+from cli.stack import down, up
 
 app = typer.Typer(
     help="Interactive Brokers research pipelines: TWS connectivity doctor, historical-bar ingestion into "
@@ -23,7 +26,10 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(sim_app, name="sim")
 app.add_typer(backtest_app, name="backtest")
+app.add_typer(alerts_app, name="alerts")
 app.command()(demo)
+app.command()(up)
+app.command()(down)
 
 if __name__ == "__main__":
     app()

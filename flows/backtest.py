@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from alerts.hooks import alert_on_tws_failure
 from backtest.engine import Mode
 from backtest.runner import BacktestRequest, BacktestRun, CommissionName, SizingName
 from flows.ingest import BarSize, WhatToShow
@@ -14,7 +15,7 @@ from tasks.backtest import publish_backtest, run_backtest_task, store_backtest_r
 from tasks.ingest import table_location
 
 
-@flow(name="backtest", log_prints=True)
+@flow(name="backtest", log_prints=True, on_failure=[alert_on_tws_failure])
 def backtest_flow(
     strategy: str = "sma_crossover",
     params: dict[str, Any] = {"fast_period": 5, "slow_period": 10},  # noqa: B006 - literal default for the UI form

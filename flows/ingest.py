@@ -7,10 +7,11 @@ from typing import Literal
 
 from prefect import flow
 
+from alerts.hooks import alert_on_tws_failure, notify_tws_recovery
 from ingest.engine import IngestReport, IngestRequest
 from ingest.errors import IngestIncompleteError
 from tasks.ingest import ingest_bars, publish_ingest_report
-from tasks.preflight import tws_preflight
+from tasks.preflight_events import tws_preflight
 
 BarSize = Literal["1 secs", "5 secs", "10 secs", "15 secs", "30 secs", "1 min", "2 mins", "3 mins", "5 mins",
                   "10 mins", "15 mins", "20 mins", "30 mins", "1 hour", "2 hours", "3 hours", "4 hours", "8 hours",
@@ -18,7 +19,7 @@ BarSize = Literal["1 secs", "5 secs", "10 secs", "15 secs", "30 secs", "1 min", 
 WhatToShow = Literal["TRADES", "MIDPOINT", "BID_ASK", "ADJUSTED_LAST", "BID", "ASK"]
 
 
-@flow(name="ingest-bars", log_prints=True)
+@flow(name="ingest-bars", log_prints=True, on_failure=[alert_on_tws_failure], on_completion=[notify_tws_recovery])
 def ingest_flow(
     symbols: list[str] = ["AAPL", "MSFT", "SPY"],  # noqa: B006 - Prefect needs a literal default for the UI form
     bar_size: BarSize = "1 min",
