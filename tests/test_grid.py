@@ -162,7 +162,7 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
                                          sizing: Sizing, cash: float, slippage_bps: float,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Sampled combinations of a 15 x 16 grid against `run_backtest`. The kernel path must compute them (the
-    grid's own access to the engine is cut), across several bar blocks and moving-average groups."""
+    grid's own access to the engine is cut), across several bar blocks, moving-average groups and threads."""
     spec = GridSpec(strategy, CROSSOVER_GRID)
     base = BacktestConfig(strategy, cash=cash, commission=commission, slippage_bps=slippage_bps, sizing=sizing,
                           mode=mode)
@@ -173,6 +173,7 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
         patch.setattr(grid_evaluate, "run_backtest", pytest.fail)
         patch.setattr(grid_evaluate, "BLOCK_BYTES", 0)  # 1024-bar blocks: 3 for 2500 bars
         patch.setattr(grid_evaluate, "AVERAGES_BYTES", 8 * bars.height * 6)  # at most 6 averages at a time
+        patch.setattr(grid_evaluate, "KERNEL_THREADS", 3)  # pairs split over three threads per group
         table = evaluate_grid(bars, "5 mins", spec, base, sample)
     assert table.columns == [*spec.axes, *METRIC_COLUMNS]
     assert table["trades"].sum() > 100
@@ -182,6 +183,18 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
             strategy, combination, cash=cash, commission=commission, slippage_bps=slippage_bps, sizing=sizing,
             mode=mode))
         assert_rows_equal(row, metric_row(single.metrics))
+
+
+@settings(max_examples=60, deadline=None)
+@given(closes=st.lists(st.floats(0.01, 1e6), min_size=1, max_size=300),
+       periods=st.lists(st.integers(1, 40), min_size=1, max_size=4))
+def test_numpy_sma_is_the_polars_sma_bit_for_bit(closes: list[float], periods: list[int]) -> None:
+    """The grid builds SMAs with `sma_rows`; the engine with the `sma` expression. Same bits, same crossings."""
+    from backtest.strategies.sma_crossover import sma, sma_rows
+
+    frame = pl.DataFrame({"close": closes})
+    expected = [frame.select(sma("close", p)).to_series().fill_null(np.nan).to_numpy() for p in periods]
+    np.testing.assert_array_equal(sma_rows(np.array(closes), periods), np.array(expected))
 
 
 def test_kernel_compiles_without_a_cache_location() -> None:

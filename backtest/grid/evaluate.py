@@ -3,15 +3,20 @@
 A row is, by definition, the `Metrics` that `run_backtest(bars, bar_size, replace(base, params=combination))`
 reports. Crossover strategies (any `AverageCrossover` that keeps the base class's trend rule) with the built-in
 cost and sizing models take the numba kernel, which computes each distinct moving average once with the strategy's
-own expression and reproduces the engine's fills exactly; anything else runs the engine once per combination.
+own expression (or its bit-identical numpy twin, `average_rows`) and reproduces the engine's fills exactly;
+anything else runs the engine once per combination.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
+import os
 import typing
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +44,8 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
 
 AVERAGES_BYTES = 512 * 2**20
 """Moving averages held at once; pairs needing more distinct periods are run in groups."""
+KERNEL_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+"""Threads the kernel's pairs are split over: the cores this process may use."""
 BLOCK_BYTES = 256 * 2**10
 """Kernel block: the block's averages, opens and closes should stay in L2 while every pair passes over them."""
 
@@ -120,7 +127,6 @@ def _kernel_costs(commission: CommissionModel, sizing: Sizing) -> tuple[int | fl
 
 def _crossover_rows(bars: pl.DataFrame, strategies: list[AverageCrossover], base: BacktestConfig,
                     costs: tuple[int | float, ...], annual: Annualization) -> list[dict[str, Any]]:
-    average = type(strategies[0]).average
     ts = bars["ts"].to_numpy()
     unit = np.datetime_data(ts.dtype)[0]
     open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
@@ -131,18 +137,43 @@ def _crossover_rows(bars: pl.DataFrame, strategies: list[AverageCrossover], base
     for group in _period_groups(strategies, max(2, AVERAGES_BYTES // (8 * bars.height))):
         periods = sorted({p for k in group for p in (strategies[k].fast_period, strategies[k].slow_period)})
         row_of = {period: row for row, period in enumerate(periods)}
-        averages = np.ascontiguousarray(
-            bars.select(average("close", p).alias(str(p)) for p in periods).to_numpy().T, dtype=np.float64)
+        averages = _averages(bars, type(strategies[0]), close, periods)
         fast = np.array([row_of[strategies[k].fast_period] for k in group], dtype=np.int64)
         slow = np.array([row_of[strategies[k].slow_period] for k in group], dtype=np.int64)
         block = max(1024, BLOCK_BYTES // (8 * (len(periods) + 2)))
-        state_f, state_i = kernel.crossover_grid(
-            open_, close, ticks, averages, fast, slow, base.mode == "long_only", float(base.cash),
-            float(base.slippage_bps), int(commission_kind), float(per_share), float(minimum), float(max_rate),
-            float(rate), int(sizing), int(fixed_shares), float(fraction), int(block))
+        options = (base.mode == "long_only", float(base.cash), float(base.slippage_bps), int(commission_kind),
+                   float(per_share), float(minimum), float(max_rate), float(rate), int(sizing), int(fixed_shares),
+                   float(fraction), int(block))
+        run = functools.partial(_run_kernel, open_, close, ticks, averages, fast, slow, options)
+        slices = _thread_slices(len(group), KERNEL_THREADS)
+        with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="grid-kernel") as pool:
+            results = list(pool.map(run, slices))
+        state_f = np.concatenate([f for f, _ in results])
+        state_i = np.concatenate([i for _, i in results])
         for k, sf, si in zip(group, state_f, state_i, strict=True):
             rows[k] = _row(sf, si, close, float(base.cash), annual, unit)
     return rows
+
+
+def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.ndarray, periods: list[int]
+              ) -> np.ndarray:
+    """One row per period: the strategy's numpy average where it has one, else its polars expression."""
+    rows = strategy.average_rows(close, periods)
+    if rows is not None:
+        return rows
+    return np.ascontiguousarray(
+        bars.select(strategy.average("close", p).alias(str(p)) for p in periods).to_numpy().T, dtype=np.float64)
+
+
+def _run_kernel(open_: np.ndarray, close: np.ndarray, ticks: np.ndarray, averages: np.ndarray, fast: np.ndarray,
+                slow: np.ndarray, options: tuple[Any, ...], pairs: slice) -> tuple[np.ndarray, np.ndarray]:
+    return kernel.crossover_grid(open_, close, ticks, averages, fast[pairs], slow[pairs], *options)
+
+
+def _thread_slices(pairs: int, threads: int) -> list[slice]:
+    """Contiguous, near-equal runs of pairs, one per thread (fewer when there are fewer pairs than threads)."""
+    bounds = np.linspace(0, pairs, min(threads, pairs) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list[list[int]]:

@@ -35,11 +35,13 @@ N_INT = 9
 
 def _jit(function: Callable[..., Any]) -> Any:
     """Compile with an on-disk cache (compilation takes seconds and would otherwise be paid by every process,
-    e.g. each Prefect task); without a writable cache location, compile per process instead of failing."""
+    e.g. each Prefect task); without a writable cache location, compile per process instead of failing. The GIL
+    is released so that threads (the evaluator's, Prefect's thread task runner) run pairs on every core: numba's
+    own `parallel=True` is not used because its default threading layer aborts when called from two threads."""
     try:
-        return numba.njit(cache=True)(function)
+        return numba.njit(cache=True, nogil=True)(function)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(function)
+        return numba.njit(nogil=True)(function)
 
 
 @_jit

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Self, get_type_hints
 
+import numpy as np
 import polars as pl
 
 from backtest.errors import StrategyParameterError
@@ -121,6 +122,13 @@ class AverageCrossover(Strategy):
     @abstractmethod
     def average(column: str, period: int) -> pl.Expr:
         """The moving average of `column` over `period` bars, null until it has `period` values."""
+
+    @staticmethod
+    def average_rows(values: np.ndarray, periods: Sequence[int]) -> np.ndarray | None:
+        """`average` of a numpy array for each period, one row each, bit for bit (NaN for null); None where only
+        the expression exists. The grid evaluator uses it to build many averages of a long series straight into
+        one array, without a polars frame and its copies in between."""
+        return None
 
     def validate(self) -> None:
         require_positive(self, "fast_period", "slow_period")
