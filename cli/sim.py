@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from tws_sim.control import ControlError, send_command
+
+T = TypeVar("T")
 
 sim_app = typer.Typer(
     help="A local TWS / IB Gateway simulator speaking the real API wire protocol (server version 178). Point "
@@ -59,8 +62,8 @@ def start(
     ctl_port = _control_port(port, control_port)
 
     async def serve() -> None:
-        await sim.start()
-        control = await serve_control(sim, "127.0.0.1", ctl_port)
+        await _listening(sim.start(), host, port)
+        control = await _listening(serve_control(sim, "127.0.0.1", ctl_port), "127.0.0.1", ctl_port)
         typer.echo(f"TWS simulator on {host}:{port} (listening: {sim.listening}), control on 127.0.0.1:{ctl_port}; "
                    f"faults: {json.dumps(faults.to_json())}", err=True)
         try:
@@ -73,6 +76,16 @@ def start(
         asyncio.run(serve())
     except KeyboardInterrupt:
         typer.echo("simulator stopped", err=True)
+
+
+async def _listening(start: Awaitable[T], host: str, port: int) -> T:
+    """Start a listener; a port that cannot be bound is a one-line error (exit 1), not a traceback."""
+    try:
+        return await start
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}; choose another port "
+                   "(`--port`, `--control-port`)", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _command(request: dict[str, Any], port: int, control_port: int | None) -> None:

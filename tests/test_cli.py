@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -54,32 +55,32 @@ def test_help_explains_exit_codes() -> None:
 
 
 @pytest.fixture
-def sim_process() -> Iterator[int]:
-    """`ibkr sim start` as a separate process, as a user would run it next to their own code."""
-    port = free_port()
+def sim_process() -> Iterator[tuple[int, int]]:
+    """`ibkr sim start` as a separate process, as a user would run it next to their own code; (port, control)."""
+    port, control = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.app", "sim", "start", "--port", str(port), "--control-port", str(port + 1),
+        [sys.executable, "-m", "cli.app", "sim", "start", "--port", str(port), "--control-port", str(control),
          "--fault", "read_only=true"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while True:
         try:
-            send_command("127.0.0.1", port + 1, {"cmd": "status"}, timeout=1)
+            send_command("127.0.0.1", control, {"cmd": "status"}, timeout=1)
             break
         except ControlError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 pytest.fail(f"simulator did not start: {proc.communicate()[1].decode()[-2000:]}")
             time.sleep(0.2)
-    yield port
+    yield port, control
     proc.terminate()
     proc.wait(timeout=10)
 
 
-def test_sim_subprocess_faults_switch_at_run_time(sim_process: int) -> None:
-    port = sim_process
-    ctl = ["--port", str(port), "--control-port", str(port + 1)]
+def test_sim_subprocess_faults_switch_at_run_time(sim_process: tuple[int, int]) -> None:
+    port, control = sim_process
+    ctl = ["--port", str(port), "--control-port", str(control)]
     connect = ["data", "connect", "--host", "127.0.0.1", "--port", str(port), "--json"]
     verdict = json.loads(runner.invoke(app, connect).output)
     assert verdict["failure_class"] == "read-only-api"  # set at start with --fault
@@ -94,6 +95,18 @@ def test_sim_subprocess_faults_switch_at_run_time(sim_process: int) -> None:
 
     status = json.loads(runner.invoke(app, ["sim", "status", *ctl]).output)
     assert status["connections_total"] >= 3 and status["requests"]["reqHistoricalData"] >= 1
+
+
+def test_sim_start_on_a_busy_port_is_a_clear_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "cli.app", "sim", "start", "--port", str(port)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "already in use" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_sim_set_rejects_unknown_keys() -> None:
