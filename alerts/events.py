@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from alerts.failures import tws_error_in
-from alerts.messages import AlertMessage, failure_alert, recovery_notice, target_of
+from alerts.messages import AlertMessage, describe_run, failure_alert, recovery_notice, target_of
 from alerts.tws_status import record_verdict
 from doctor.diagnosis import Diagnosis
 
@@ -52,7 +52,7 @@ def publish_verdict(diagnosis: Diagnosis, seen_by: str | None = None) -> None:
 
 
 def _seen_by() -> str | None:
-    return f"flow run '{flow_run.name}' of {flow_run.flow_name}" if flow_run.id else None
+    return describe_run(flow_run.name, flow_run.flow_name) if flow_run.id else None
 
 
 def emit_on_completion(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> None:

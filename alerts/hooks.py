@@ -17,14 +17,10 @@ from prefect.states import State
 
 from alerts.failures import tws_error_in
 from alerts.ledger import load_ledger, save_ledger
-from alerts.messages import failure_alert, recovery_notice, target_of
+from alerts.messages import describe_run, failure_alert, recovery_notice, target_of
 from alerts.notify import deliver
 from alerts.settings import AlertSettings
 from config.settings import IBKRSettings
-
-
-def _seen_by(flow: Flow[..., Any], flow_run: FlowRun) -> str:
-    return f"flow run '{flow_run.name}' of {flow.name}"
 
 
 def alert_on_tws_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -43,7 +39,7 @@ def alert_on_tws_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[A
         logger.info("TWS %s: %s already alerted less than %.0f s ago; no new alert", target, failure_class,
                     settings.window_seconds)
         return
-    if deliver(failure_alert(diagnosis, seen_by=_seen_by(flow, flow_run)), refs, logger):
+    if deliver(failure_alert(diagnosis, seen_by=describe_run(flow_run.name, flow.name)), refs, logger):
         ledger.record(target, failure_class, now)
         save_ledger(ledger)
 
@@ -59,13 +55,13 @@ def notify_tws_recovery(flow: Flow[..., Any], flow_run: FlowRun, state: State[An
     resolved = ledger.resolve(target)
     if not resolved:
         return
-    notice = recovery_notice(target, [a.failure_class for a in resolved], seen_by=_seen_by(flow, flow_run))
+    notice = recovery_notice(target, [a.failure_class for a in resolved],
+                             seen_by=describe_run(flow_run.name, flow.name))
     if deliver(notice, refs, flow_run_logger(flow_run, flow)):
         save_ledger(ledger)
 
 
 def _preflight_target(flow_run: FlowRun) -> str:
     """The TWS the run's preflight checked: its host/port parameters, else the IBKR_* settings it fell back to."""
-    overrides = {k: flow_run.parameters[k] for k in ("host", "port") if flow_run.parameters.get(k) is not None}
-    settings = IBKRSettings(**overrides)
+    settings = IBKRSettings.with_overrides(host=flow_run.parameters.get("host"), port=flow_run.parameters.get("port"))
     return f"{settings.host}:{settings.port}"

@@ -24,6 +24,11 @@ def target_of(diagnosis: Diagnosis) -> str:
     return f"{diagnosis.host}:{diagnosis.port}"
 
 
+def describe_run(flow_run_name: str, flow_name: str) -> str:
+    """Which run noticed the failure, as alerts name it."""
+    return f"flow run '{flow_run_name}' of {flow_name}"
+
+
 def failure_alert(diagnosis: Diagnosis, seen_by: str | None = None) -> AlertMessage:
     """TWS is unusable: what is wrong and how to fix it, in the doctor's words."""
     target = target_of(diagnosis)

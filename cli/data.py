@@ -41,9 +41,7 @@ def connect(
     from doctor.preflight import diagnose
 
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL)
-    overrides = {k: v for k, v in {"host": host, "port": port, "client_id": client_id,
-                                   "connect_timeout": timeout}.items() if v is not None}
-    settings = IBKRSettings(**overrides)
+    settings = IBKRSettings.with_overrides(host=host, port=port, client_id=client_id, connect_timeout=timeout)
     diagnosis = diagnose(settings, retry_client_id=retry_client_id, check_data=data_check)
     if as_json:
         typer.echo(json.dumps(diagnosis.to_json(), indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Self
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,3 +35,9 @@ class IBKRSettings(BaseSettings):
     )
     data_timeout: float = Field(10.0, gt=0, description="seconds the doctor waits for its one historical request")
     probe_symbol: str = Field("SPY", description="symbol of the doctor's tiny historical-data request")
+
+    @classmethod
+    def with_overrides(cls, **values: Any) -> Self:
+        """The environment's settings with the given values on top; None means "not given", so optional flow
+        parameters and CLI options fall back to IBKR_* instead of replacing them with nothing."""
+        return cls(**{name: value for name, value in values.items() if value is not None})

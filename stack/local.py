@@ -150,7 +150,8 @@ def up(options: UpOptions, echo: Echo) -> StackState:
     logs = home / "logs"
     if options.api_url is None:
         port = options.port or _free_port()
-        _ensure_port_free(port)
+        if options.port is not None:
+            _ensure_port_free(port)
         api_url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
     else:
         api_url, ui_url = options.api_url.rstrip("/"), None

@@ -32,8 +32,7 @@ def table_location(data_dir: str | None) -> TableLocation:
 def ingest_bars(request: IngestRequest, data_dir: str | None = None, host: str | None = None,
                 port: int | None = None, client_id: int | None = None) -> IngestReport:
     """Fetch, check and store bars for every symbol; per-symbol failures are in the report, not raised."""
-    overrides = {k: v for k, v in {"host": host, "port": port, "client_id": client_id}.items() if v is not None}
-    settings = IBKRSettings(**overrides)
+    settings = IBKRSettings.with_overrides(host=host, port=port, client_id=client_id)
     return asyncio.run(_ingest_with_progress(request, table_location(data_dir), settings))
 
 

@@ -20,8 +20,8 @@ def tws_preflight(host: str | None = None, port: int | None = None, client_id: i
     Unset arguments fall back to IBKR_* settings, so deployments can leave them empty and follow the worker's
     environment.
     """
-    overrides = {k: v for k, v in {"host": host, "port": port, "client_id": client_id}.items() if v is not None}
-    diagnosis = diagnose(IBKRSettings(**overrides), retry_client_id=retry_client_id, check_data=check_data)
+    settings = IBKRSettings.with_overrides(host=host, port=port, client_id=client_id)
+    diagnosis = diagnose(settings, retry_client_id=retry_client_id, check_data=check_data)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=diagnosis.to_markdown(), description=diagnosis.summary)
     if not diagnosis.ok:
         raise TWSConnectionError(diagnosis)

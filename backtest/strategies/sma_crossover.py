@@ -17,7 +17,7 @@ def sma(column: str, period: int) -> pl.Expr:
 
     Computed as a difference of running sums times the reciprocal of the period (polars `cum_sum` adds
     sequentially, bit-identical to `numpy.cumsum`; the reciprocal is written out because polars turns a division by
-    a literal into that multiplication anyway), so `sma_values` gets exactly the same values and crossings.
+    a literal into that multiplication anyway), so `sma_rows` gets exactly the same values and crossings.
     """
     running = pl.col(column).cum_sum()
     mean = (running - running.shift(period, fill_value=0.0)) * (1 / period)
