@@ -17,7 +17,6 @@ import os
 import typing
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from backtest.engine import BacktestConfig, _check_bars, run_backtest
 from backtest.errors import BacktestError
 from backtest.grid import kernel
 from backtest.grid.spec import Combination, GridSpec, GridSpecError
-from backtest.metrics import Annualization, Metrics, annualization, ratio
+from backtest.metrics import Annualization, Metrics, annualization
 from backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 from backtest.strategies import Strategy
 from backtest.strategies.base import AverageCrossover
@@ -150,8 +149,8 @@ def _crossover_rows(bars: pl.DataFrame, strategies: list[AverageCrossover], base
             results = list(pool.map(run, slices))
         state_f = np.concatenate([f for f, _ in results])
         state_i = np.concatenate([i for _, i in results])
-        for k, sf, si in zip(group, state_f, state_i, strict=True):
-            rows[k] = _row(sf, si, close, float(base.cash), annual, unit)
+        for k, row in zip(group, _rows(state_f, state_i, close, float(base.cash), annual, unit), strict=True):
+            rows[k] = row
     return rows
 
 
@@ -190,47 +189,58 @@ def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list
     return groups
 
 
-def _row(sf: np.ndarray, si: np.ndarray, close: np.ndarray, cash: float, annual: Annualization, unit: str
-         ) -> dict[str, Any]:
-    """`metrics.compute_metrics` from the kernel's sums, formula for formula."""
+def _rows(state_f: np.ndarray, state_i: np.ndarray, close: np.ndarray, cash: float, annual: Annualization,
+          unit: str) -> list[dict[str, Any]]:
+    """`metrics.compute_metrics` from the kernel's sums, formula for formula, for every pair at once (numpy runs
+    the same IEEE operations as the scalar formulas, so the bit-identical fields stay so)."""
     n = close.shape[0]
     periods = n - 1
-    final = float(sf[kernel.F_PREV_EQUITY])  # the last bar's mark
-    mean = float(sf[kernel.F_SUM_R]) / periods
-    variance = (float(sf[kernel.F_SUM_R2]) - float(sf[kernel.F_SUM_R]) ** 2 / periods) / (periods - 1)
-    std = math.sqrt(max(variance, 0.0))
-    downside = math.sqrt(float(sf[kernel.F_SUM_DOWN2]) / periods)
-    sharpe = ratio(mean, std)
-    sortino = ratio(mean, downside)
-    growth = final / cash
-    annual_return = _annualized_return_pct(growth, annual.periods_per_year, periods)
-    max_drawdown = (float(sf[kernel.F_MIN_PEAK_RATIO]) - 1) * 100
-    longest = np.timedelta64(int(si[kernel.I_LONGEST_UNDERWATER]), unit) / np.timedelta64(1, "us")
-    trades = int(si[kernel.I_TRADES])
-    traded = trades > 0
-    return {
-        "bars": n,
-        "total_return_pct": (growth - 1) * 100,
-        "annualized_return_pct": annual_return,
-        "annualized_volatility_pct": std * math.sqrt(annual.periods_per_year) * 100,
-        "sharpe": None if sharpe is None else sharpe * math.sqrt(annual.periods_per_year),
-        "sortino": None if sortino is None else sortino * math.sqrt(annual.periods_per_year),
-        "calmar": ratio(annual_return, -max_drawdown),
-        "max_drawdown_pct": max_drawdown,
-        "max_drawdown_duration": timedelta(microseconds=int(longest)).total_seconds(),
-        "exposure_pct": int(si[kernel.I_EXPOSED]) / n * 100,
-        "trades": trades,
-        "win_rate_pct": int(si[kernel.I_WINS]) / trades * 100 if traded else None,
-        "best_trade_pct": float(sf[kernel.F_BEST_PCT]) if traded else None,
-        "worst_trade_pct": float(sf[kernel.F_WORST_PCT]) if traded else None,
-        "avg_trade_pct": float(sf[kernel.F_SUM_RETURN_PCT]) / trades if traded else None,
-        "profit_factor": ratio(float(sf[kernel.F_GROSS_PROFIT]), -float(sf[kernel.F_GROSS_LOSS])) if traded else None,
-        "expectancy": float(sf[kernel.F_SUM_PNL]) / trades if traded else None,
-        "buy_and_hold_return_pct": float(close[-1] / close[0] - 1) * 100,
-        "final_equity": final,
-        "commissions": float(sf[kernel.F_COMMISSIONS]),
-        "periods_per_year": annual.periods_per_year,
-    }
+    ppy = annual.periods_per_year
+    f = {name: state_f[:, getattr(kernel, f"F_{name}")] for name in (
+        "PREV_EQUITY", "SUM_R", "SUM_R2", "SUM_DOWN2", "MIN_PEAK_RATIO", "BEST_PCT", "WORST_PCT", "SUM_RETURN_PCT",
+        "GROSS_PROFIT", "GROSS_LOSS", "SUM_PNL", "COMMISSIONS")}
+    trades = state_i[:, kernel.I_TRADES]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        final = f["PREV_EQUITY"]  # the last bar's mark
+        mean = f["SUM_R"] / periods
+        std = np.sqrt(np.maximum((f["SUM_R2"] - f["SUM_R"] ** 2 / periods) / (periods - 1), 0.0))
+        downside = np.sqrt(f["SUM_DOWN2"] / periods)
+        growth = final / cash
+        annual_return = np.array([_annualized_return_pct(g, ppy, periods) for g in growth.tolist()])  # libm pow
+        max_drawdown = (f["MIN_PEAK_RATIO"] - 1) * 100
+        longest_us = state_i[:, kernel.I_LONGEST_UNDERWATER].astype(f"m8[{unit}]") / np.timedelta64(1, "us")
+        untraded = trades == 0
+        columns = {
+            "bars": np.full(len(trades), n),
+            "total_return_pct": (growth - 1) * 100,
+            "annualized_return_pct": annual_return,
+            "annualized_volatility_pct": std * math.sqrt(ppy) * 100,
+            "sharpe": _ratios(mean, std) * math.sqrt(ppy),
+            "sortino": _ratios(mean, downside) * math.sqrt(ppy),
+            "calmar": _ratios(annual_return, -max_drawdown),
+            "max_drawdown_pct": max_drawdown,
+            "max_drawdown_duration": longest_us.astype(np.int64) / 10**6,  # whole microseconds, as the engine's
+            "exposure_pct": state_i[:, kernel.I_EXPOSED] / n * 100,
+            "trades": trades,
+            "win_rate_pct": np.ma.masked_where(untraded, state_i[:, kernel.I_WINS] / trades * 100),
+            "best_trade_pct": np.ma.masked_where(untraded, f["BEST_PCT"]),
+            "worst_trade_pct": np.ma.masked_where(untraded, f["WORST_PCT"]),
+            "avg_trade_pct": np.ma.masked_where(untraded, f["SUM_RETURN_PCT"] / trades),
+            "profit_factor": _ratios(f["GROSS_PROFIT"], -f["GROSS_LOSS"], untraded),
+            "expectancy": np.ma.masked_where(untraded, f["SUM_PNL"] / trades),
+            "buy_and_hold_return_pct": np.full(len(trades), float(close[-1] / close[0] - 1) * 100),
+            "final_equity": final,
+            "commissions": f["COMMISSIONS"],
+            "periods_per_year": np.full(len(trades), ppy),
+        }
+    lists = [values.tolist() for values in columns.values()]  # masked entries become None
+    return [dict(zip(columns, row, strict=True)) for row in zip(*lists, strict=True)]
+
+
+def _ratios(numerator: np.ndarray, denominator: np.ndarray, missing: np.ndarray | bool = False
+            ) -> np.ma.MaskedArray:
+    """`metrics.ratio` elementwise (x / 0 is +/-inf there as here), masked where it is None (0 / 0) or `missing`."""
+    return np.ma.masked_array(numerator / denominator, mask=missing | ((numerator == 0) & (denominator == 0)))
 
 
 def _annualized_return_pct(growth: float, periods_per_year: float, periods: int) -> float:

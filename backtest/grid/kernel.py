@@ -8,7 +8,8 @@ running peak and the longest stretch below it, trade sums), so memory is O(pairs
 
 Cache blocking: bars are processed in blocks, and within a block every pair advances before the next block, so
 the block's moving averages are read from cache by all pairs instead of streamed from RAM once per pair. Each
-pair's state lives in a row of two arrays between blocks.
+pair's state lives in a row of two arrays between blocks. Within a block a pair is walked from fill to fill
+(see `_advance`), not bar by bar: fills are rare, and between two of them shares and cash are constant.
 """
 
 from __future__ import annotations
@@ -33,15 +34,18 @@ N_FLOAT = 16
 N_INT = 9
 
 
-def _jit(function: Callable[..., Any]) -> Any:
+def _jit(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Compile with an on-disk cache (compilation takes seconds and would otherwise be paid by every process,
     e.g. each Prefect task); without a writable cache location, compile per process instead of failing. The GIL
     is released so that threads (the evaluator's, Prefect's thread task runner) run pairs on every core: numba's
-    own `parallel=True` is not used because its default threading layer aborts when called from two threads."""
+    own `parallel=True` is not used because its default threading layer aborts when called from two threads.
+    `options` go to numba (`@_jit(fastmath=...)`)."""
+    if function is None:
+        return lambda f: _jit(f, **options)
     try:
-        return numba.njit(cache=True, nogil=True)(function)
+        return numba.njit(cache=True, nogil=True, **options)(function)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(function)
+        return numba.njit(nogil=True, **options)(function)
 
 
 @_jit
@@ -105,22 +109,24 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, average
     state_f[:, F_MIN_PEAK_RATIO] = 1.0
     state_f[:, F_BEST_PCT] = -np.inf
     state_f[:, F_WORST_PCT] = np.inf
+    above = np.zeros(block // 8 + 1, dtype=np.uint64)  # the block's crossing masks, see _run_end
+    below = np.zeros_like(above)
     for start in range(0, n, block):
         stop = min(start + block, n)
         opens = open_[start:stop]
         closes = close[start:stop]
         for k in range(pairs):
             _advance(start, n, opens, closes, ts, averages[fast[k], start:stop], averages[slow[k], start:stop],
-                     state_f[k], state_i[k], long_only, slippage_bps, commission_kind, per_share, minimum, max_rate,
-                     rate, sizing, fixed_shares, fraction)
+                     above, below, state_f[k], state_i[k], long_only, slippage_bps, commission_kind, per_share,
+                     minimum, max_rate, rate, sizing, fixed_shares, fraction)
     return state_f, state_i
 
 
 @_jit
 def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, fast: np.ndarray,
-             slow: np.ndarray, sf: np.ndarray, si: np.ndarray, long_only: bool, slippage_bps: float,
-             commission_kind: int, per_share: float, minimum: float, max_rate: float, rate: float, sizing: int,
-             fixed_shares: int, fraction: float) -> None:
+             slow: np.ndarray, above: np.ndarray, below: np.ndarray, sf: np.ndarray, si: np.ndarray, long_only: bool,
+             slippage_bps: float, commission_kind: int, per_share: float, minimum: float, max_rate: float, rate: float,
+             sizing: int, fixed_shares: int, fraction: float) -> None:
     """One pair over one block of bars (global bars start..start + len(closes)), state in and out of sf/si.
 
     Per bar, in the engine's order: the target held during the bar is the previous close's signal (flat on the
@@ -128,6 +134,13 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     one sized from the cash left); the account is marked at the close; then this close's signal is decided. The
     signal is stored already clipped to the mode: in long-only mode a tie then keeps "flat" where the engine keeps
     -1 and clips it, the same target.
+
+    The bars are walked in runs: the block's comparisons of the two averages are made up front (a vectorized
+    loop), `_run_end` finds the first close after a fill whose signal changes the target, eight bars per step, and
+    the bars up to it hold the same shares and cash. A flat run's equity is its cash on every bar, so only its
+    first bar is marked (returns 0, the same side of the peak throughout): in long-only mode about half the bars
+    cost nothing but their comparisons. A held run's returns are summed four bars at a time (`_held_run`); its
+    bars go through the peak rules one by one only if one of them may set a new peak or a new low.
     """
     cash, entry_price, entry_fee = sf[F_CASH], sf[F_ENTRY_PRICE], sf[F_ENTRY_FEE]
     prev_equity, peak, min_ratio = sf[F_PREV_EQUITY], sf[F_PEAK], sf[F_MIN_PEAK_RATIO]
@@ -136,7 +149,14 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     shares, side, signal, held = si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD]
     last_peak, longest, exposed = si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED]
     short = 0 if long_only else -1  # engine.held_positions: a -1 target is flat in long-only mode
-    for j in range(closes.shape[0]):
+    m = closes.shape[0]
+    above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
+    for j in range(m):
+        above_bytes[j] = fast[j] > slow[j]
+        below_bytes[j] = fast[j] < slow[j]
+    last = min(m, n - 1 - start) - 1  # a run ends here at the latest: bar n - 1 is always flat, a run of its own
+    j = 0
+    while j < m:
         bar = start + j
         target = 0 if bar == n - 1 else signal
         if target != held:
@@ -157,14 +177,17 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
                     cash -= target * size * fill + entry_fee
                     shares, side, entry_price = target * size, target, fill
             held = target
-        equity = cash + shares * closes[j]
-        if shares != 0:
-            exposed += 1
+        e = _run_end(above, below, j, last, held != 1, held != short)  # the run: bars j..e hold these shares
+        if fast[e] > slow[e]:
+            signal = 1
+        elif fast[e] < slow[e]:
+            signal = short
+        equity = cash + shares * closes[j]  # the run's first bar, marked against the bar before it
         if bar > 0 and equity != prev_equity:  # else the return is exactly 0 and adds nothing
             r = equity / prev_equity - 1
             sum_r += r
             sum_r2 += r * r
-            down = min(r, 0.0)  # branch-free: the sign of a return is a coin flip the CPU cannot predict
+            down = min(r, 0.0)
             sum_down2 += down * down
         prev_equity = equity
         if equity >= peak:  # drawdown exactly 0: metrics.max_drawdown_duration's "at peak"
@@ -175,10 +198,29 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
         elif equity < low_water:
             min_ratio = min(min_ratio, equity / peak)
             low_water = _low_water(peak, min_ratio)
-        if fast[j] > slow[j]:
-            signal = 1
-        elif fast[j] < slow[j]:
-            signal = short
+        if shares != 0 and e > j:  # the rest of a held run
+            run_r, run_r2, run_down2, touched = _held_run(closes, j + 1, e + 1, cash, float(shares), peak, low_water)
+            sum_r += run_r
+            sum_r2 += run_r2
+            sum_down2 += run_down2
+            if touched:  # a new peak or low in the run: the first bar's peak rules, bar by bar (written out twice:
+                for b in range(j + 1, e + 1):  # as a tuple-returning helper they cost 15% of the kernel)
+                    equity = cash + shares * closes[b]
+                    if equity >= peak:
+                        bar = start + b
+                        if bar > last_peak + 1:
+                            longest = max(longest, ts[bar] - ts[last_peak])
+                        peak, last_peak = equity, bar
+                        low_water = _low_water(peak, min_ratio)
+                    elif equity < low_water:
+                        min_ratio = min(min_ratio, equity / peak)
+                        low_water = _low_water(peak, min_ratio)
+            prev_equity = cash + shares * closes[e]
+        if shares != 0:
+            exposed += e - j + 1
+        elif e > j and equity >= peak:  # a flat run at the peak stays there to its end
+            last_peak = start + e
+        j = e + 1
     sf[F_CASH], sf[F_ENTRY_PRICE], sf[F_ENTRY_FEE] = cash, entry_price, entry_fee
     sf[F_PREV_EQUITY], sf[F_PEAK], sf[F_MIN_PEAK_RATIO] = prev_equity, peak, min_ratio
     sf[F_SUM_R], sf[F_SUM_R2], sf[F_SUM_DOWN2] = sum_r, sum_r2, sum_down2
@@ -186,6 +228,33 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED] = last_peak, longest, exposed
     if start + closes.shape[0] == n and n - 1 > last_peak + 1:  # underwater to the end: the last bar closes it
         si[I_LONGEST_UNDERWATER] = max(longest, ts[n - 1] - ts[last_peak])
+
+
+@_jit(error_model="numpy", fastmath={"reassoc", "nsz"})
+def _held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
+              ) -> tuple[float, float, float, bool]:
+    """Bars lo..hi - 1 of a held run (same shares, same cash): the sums of their returns, squared returns and
+    squared downside returns, and whether any may set a new peak or a new low.
+
+    Reassociating the sums (the `reassoc` flag) lets the loop run four bars per instruction, divisions included;
+    the sums are not bit-identical to the engine's anyway (numpy sums pairwise). The peak test has a 1e-12
+    margin so that no rounding can hide a bar that the exact, bar-by-bar peak rules must see.
+    """
+    near_peak = peak - abs(peak) * 1e-12
+    near_low = low_water + abs(low_water) * 1e-12
+    sum_r = 0.0
+    sum_r2 = 0.0
+    sum_down2 = 0.0
+    touched = 0
+    for b in range(lo, hi):
+        equity = cash + shares * closes[b]
+        r = equity / (cash + shares * closes[b - 1]) - 1
+        sum_r += r
+        sum_r2 += r * r
+        down = min(r, 0.0)
+        sum_down2 += down * down
+        touched += (equity >= near_peak) | (equity < near_low)
+    return sum_r, sum_r2, sum_down2, touched > 0
 
 
 @_jit
@@ -211,3 +280,33 @@ def _record_trade(sf: np.ndarray, si: np.ndarray, pnl: float, entry_value: float
     sf[F_BEST_PCT] = max(sf[F_BEST_PCT], return_pct)
     sf[F_WORST_PCT] = min(sf[F_WORST_PCT], return_pct)
     sf[F_COMMISSIONS] += commission
+
+
+ALL_BYTES = np.uint64(0xFFFFFFFFFFFFFFFF)
+FROM_BYTE = np.array([ALL_BYTES << np.uint64(8 * b) for b in range(8)], dtype=np.uint64)
+"""FROM_BYTE[b]: the bytes b..7 of a word."""
+
+
+@_jit
+def _run_end(above: np.ndarray, below: np.ndarray, j: int, last: int, watch_above: bool, watch_below: bool) -> int:
+    """The first bar in j..last whose close changes the signal, else last (j if j >= last).
+
+    `above` and `below` hold one byte per bar of the block, 1 where fast > slow (resp. fast < slow), eight bars to
+    a word; the signal changes where a watched mask has a 1 (a cross above changes nothing while long, and so on),
+    so runs are skipped a word at a time. Bytes past `last` may be stale: a hit there is clipped to `last`.
+    """
+    if j >= last:
+        return j
+    watched_above = ALL_BYTES if watch_above else np.uint64(0)
+    watched_below = ALL_BYTES if watch_below else np.uint64(0)
+    word, final = j >> 3, last >> 3
+    hits = ((above[word] & watched_above) | (below[word] & watched_below)) & FROM_BYTE[j & 7]
+    while hits == 0 and word < final:
+        word += 1
+        hits = (above[word] & watched_above) | (below[word] & watched_below)
+    if hits == 0:
+        return last
+    byte = 0
+    while (hits >> np.uint64(8 * byte)) & np.uint64(1) == 0:
+        byte += 1
+    return min(word * 8 + byte, last)
