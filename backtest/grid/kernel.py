@@ -182,7 +182,7 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
             signal = 1
         elif fast[e] < slow[e]:
             signal = short
-        equity = cash + shares * closes[j]  # the run's first bar, marked against the bar before it
+        equity = cash + shares * closes[j]  # the run's first bar: its return is against the bar before it
         if bar > 0 and equity != prev_equity:  # else the return is exactly 0 and adds nothing
             r = equity / prev_equity - 1
             sum_r += r
@@ -190,32 +190,27 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
             down = min(r, 0.0)
             sum_down2 += down * down
         prev_equity = equity
-        if equity >= peak:  # drawdown exactly 0: metrics.max_drawdown_duration's "at peak"
-            if bar > last_peak + 1:
-                longest = max(longest, ts[bar] - ts[last_peak])
-            peak, last_peak = equity, bar
-            low_water = _low_water(peak, min_ratio)
-        elif equity < low_water:
-            min_ratio = min(min_ratio, equity / peak)
-            low_water = _low_water(peak, min_ratio)
+        marked = j + 1  # bars j..marked - 1 go through the peak rules one by one
         if shares != 0 and e > j:  # the rest of a held run
-            run_r, run_r2, run_down2, touched = _held_run(closes, j + 1, e + 1, cash, float(shares), peak, low_water)
+            run_r, run_r2, run_down2, touched = _held_run(
+                closes, j + 1, e + 1, cash, float(shares), peak,
+                max(low_water, _low_water(max(peak, equity), min_ratio)))  # the highest low-water after bar j
             sum_r += run_r
             sum_r2 += run_r2
             sum_down2 += run_down2
-            if touched:  # a new peak or low in the run: the first bar's peak rules, bar by bar (written out twice:
-                for b in range(j + 1, e + 1):  # as a tuple-returning helper they cost 15% of the kernel)
-                    equity = cash + shares * closes[b]
-                    if equity >= peak:
-                        bar = start + b
-                        if bar > last_peak + 1:
-                            longest = max(longest, ts[bar] - ts[last_peak])
-                        peak, last_peak = equity, bar
-                        low_water = _low_water(peak, min_ratio)
-                    elif equity < low_water:
-                        min_ratio = min(min_ratio, equity / peak)
-                        low_water = _low_water(peak, min_ratio)
+            if touched:
+                marked = e + 1
             prev_equity = cash + shares * closes[e]
+        for b in range(j, marked):
+            equity = cash + shares * closes[b]
+            if equity >= peak:  # drawdown exactly 0: metrics.max_drawdown_duration's "at peak"
+                if start + b > last_peak + 1:
+                    longest = max(longest, ts[start + b] - ts[last_peak])
+                peak, last_peak = equity, start + b
+                low_water = _low_water(peak, min_ratio)
+            elif equity < low_water:
+                min_ratio = min(min_ratio, equity / peak)
+                low_water = _low_water(peak, min_ratio)
         if shares != 0:
             exposed += e - j + 1
         elif e > j and equity >= peak:  # a flat run at the peak stays there to its end
@@ -234,7 +229,8 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
 def _held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
               ) -> tuple[float, float, float, bool]:
     """Bars lo..hi - 1 of a held run (same shares, same cash): the sums of their returns, squared returns and
-    squared downside returns, and whether any may set a new peak or a new low.
+    squared downside returns, and whether any may set a new peak or a new low (given the lowest peak and the
+    highest low-water mark the bars before them can have left).
 
     Reassociating the sums (the `reassoc` flag) lets the loop run four bars per instruction, divisions included;
     the sums are not bit-identical to the engine's anyway (numpy sums pairwise). The peak test has a 1e-12
