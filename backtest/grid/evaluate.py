@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
 import os
 import typing
@@ -144,11 +143,14 @@ def _crossover_rows(bars: pl.DataFrame, strategies: list[AverageCrossover], base
                    float(per_share), float(minimum), float(max_rate), float(rate), int(sizing), int(fixed_shares),
                    float(fraction), int(block))
         run = functools.partial(_run_kernel, open_, close, ticks, averages, fast, slow, options)
-        slices = _thread_slices(len(group), KERNEL_THREADS)
+        # every thread takes every T-th pair: pairs with a short fast average trade far more often, and a
+        # contiguous split gave one thread ~20 % more work
+        slices = [slice(t, None, KERNEL_THREADS) for t in range(min(KERNEL_THREADS, len(group)))]
+        state_f = np.empty((len(group), kernel.N_FLOAT))
+        state_i = np.empty((len(group), kernel.N_INT), dtype=np.int64)
         with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="grid-kernel") as pool:
-            results = list(pool.map(run, slices))
-        state_f = np.concatenate([f for f, _ in results])
-        state_i = np.concatenate([i for _, i in results])
+            for pairs, (f, i) in zip(slices, pool.map(run, slices), strict=True):
+                state_f[pairs], state_i[pairs] = f, i
         for k, row in zip(group, _rows(state_f, state_i, close, float(base.cash), annual, unit), strict=True):
             rows[k] = row
     return rows
@@ -166,13 +168,8 @@ def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.nd
 
 def _run_kernel(open_: np.ndarray, close: np.ndarray, ticks: np.ndarray, averages: np.ndarray, fast: np.ndarray,
                 slow: np.ndarray, options: tuple[Any, ...], pairs: slice) -> tuple[np.ndarray, np.ndarray]:
-    return kernel.crossover_grid(open_, close, ticks, averages, fast[pairs], slow[pairs], *options)
-
-
-def _thread_slices(pairs: int, threads: int) -> list[slice]:
-    """Contiguous, near-equal runs of pairs, one per thread (fewer when there are fewer pairs than threads)."""
-    bounds = np.linspace(0, pairs, min(threads, pairs) + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    return kernel.crossover_grid(open_, close, ticks, averages, np.ascontiguousarray(fast[pairs]),
+                                 np.ascontiguousarray(slow[pairs]), *options)
 
 
 def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list[list[int]]:
