@@ -242,9 +242,10 @@ def _held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, 
     sum_r2 = 0.0
     sum_down2 = 0.0
     touched = 0
-    for b in range(lo, hi):
-        equity = cash + shares * closes[b]
-        r = equity / (cash + shares * closes[b - 1]) - 1
+    run = closes[lo - 1:hi]  # from 1: numba's negative-index check on run[b - 1] would stop vectorization
+    for b in range(1, run.shape[0]):
+        equity = cash + shares * run[b]
+        r = equity / (cash + shares * run[b - 1]) - 1
         sum_r += r
         sum_r2 += r * r
         down = min(r, 0.0)
@@ -295,14 +296,14 @@ def _run_end(above: np.ndarray, below: np.ndarray, j: int, last: int, watch_abov
         return j
     watched_above = ALL_BYTES if watch_above else np.uint64(0)
     watched_below = ALL_BYTES if watch_below else np.uint64(0)
-    word, final = j >> 3, last >> 3
+    word, final = np.uint64(j >> 3), np.uint64(last >> 3)  # unsigned: numba skips its negative-index check
     hits = ((above[word] & watched_above) | (below[word] & watched_below)) & FROM_BYTE[j & 7]
     while hits == 0 and word < final:
-        word += 1
+        word += np.uint64(1)
         hits = (above[word] & watched_above) | (below[word] & watched_below)
     if hits == 0:
         return last
     byte = 0
     while (hits >> np.uint64(8 * byte)) & np.uint64(1) == 0:
         byte += 1
-    return min(word * 8 + byte, last)
+    return min(int(word) * 8 + byte, last)
