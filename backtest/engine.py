@@ -182,15 +182,11 @@ def _check_bars(bars: pl.DataFrame, bar_size: str) -> None:
     ts_type = bars.schema["ts"]
     if not isinstance(ts_type, pl.Datetime) or ts_type.time_zone != "UTC":
         raise BacktestError(f"ts must be Datetime in UTC, got {ts_type}")
-    problems = bars.select(
-        unordered=(pl.col("ts").diff() <= pl.duration(microseconds=0)).any(),
-        bad_prices=pl.any_horizontal(
-            (pl.col(column).is_null() | pl.col(column).is_nan() | (pl.col(column) <= 0)).any()
-            for column in PRICE_COLUMNS),
-    ).row(0, named=True)
-    if problems["unordered"]:
-        raise BacktestError("bars must be sorted by ts with no repeated timestamps")
-    if problems["bad_prices"]:
+    # numpy, not a polars query: a grid evaluates many symbols and this ran 2 ms of its ~35 ms per 100k bars
+    ts = bars["ts"]
+    if ts.null_count() or (np.diff(ts.to_numpy().view(np.int64)) <= 0).any():
+        raise BacktestError("bars must be sorted by ts with no missing or repeated timestamps")
+    if not all((bars[column].to_numpy() > 0).all() for column in PRICE_COLUMNS):  # null is NaN here; NaN > 0 is False
         raise BacktestError("bars have null, NaN or non-positive prices")
 
 

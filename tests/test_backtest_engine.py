@@ -309,6 +309,23 @@ def test_config_and_data_errors() -> None:
         run_backtest(bars, "1 minute", BacktestConfig("sma_crossover"))
 
 
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("low", None, "null, NaN or non-positive prices"),
+    ("high", float("nan"), "null, NaN or non-positive prices"),
+    ("open", 0.0, "null, NaN or non-positive prices"),
+    ("close", -1.0, "null, NaN or non-positive prices"),
+    ("ts", None, "no missing or repeated timestamps"),
+    ("ts", START + 4 * DAY, "no missing or repeated timestamps"),  # bar 5's time again
+])
+def test_bad_bar_values_are_refused(column: str, value: object, message: str) -> None:
+    bars = random_bars(50, seed=1)
+    bad = bars.with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.lit(value, dtype=bars.schema[column]))
+                            .otherwise(pl.col(column)).alias(column))
+    assert bad.height == bars.height and not bad.equals(bars)
+    with pytest.raises(BacktestError, match=message):
+        run_backtest(bad, "1 day", BacktestConfig("sma_crossover"))
+
+
 def test_annualization_basis() -> None:
     assert annualization("1 min").periods_per_year == 252 * 390
     assert annualization("1 min").description.startswith("1 min bars, 390 bars per RTH session, 252 sessions per year")
