@@ -86,12 +86,13 @@ def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: Backt
                             "(warm-up, a bar to decide on, one to fill on and one to exit on)")
     costs = _kernel_costs(base.commission, base.sizing)
     if costs is not None and strategies and all(_is_plain_crossover(s) for s in strategies):
-        rows = _crossover_rows(bars, typing.cast(list[AverageCrossover], strategies), base, costs, annual)
+        metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, costs, annual)
     else:
         rows = [metric_row(run_backtest(bars, bar_size, combination_config(base, c)).metrics) for c in combinations]
+        metrics = {name: [row[name] for row in rows] for name in METRIC_COLUMNS}
     params = {name: pl.Int64() if all(isinstance(v, int) for v in values) else pl.Float64()
               for name, values in spec.axes.items()}
-    return pl.DataFrame([{**c, **row} for c, row in zip(combinations, rows, strict=True)],
+    return pl.DataFrame({**{name: [c[name] for c in combinations] for name in params}, **metrics},
                         schema={**params, **METRIC_COLUMNS})
 
 
@@ -123,15 +124,15 @@ def _kernel_costs(commission: CommissionModel, sizing: Sizing) -> tuple[int | fl
     return fee + size
 
 
-def _crossover_rows(bars: pl.DataFrame, strategies: list[AverageCrossover], base: BacktestConfig,
-                    costs: tuple[int | float, ...], annual: Annualization) -> list[dict[str, Any]]:
+def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], base: BacktestConfig,
+                       costs: tuple[int | float, ...], annual: Annualization) -> dict[str, list[Any]]:
     ts = bars["ts"].to_numpy()
     unit = np.datetime_data(ts.dtype)[0]
     open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
     close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
     ticks = np.ascontiguousarray(ts.view(np.int64))
     commission_kind, per_share, minimum, max_rate, rate, sizing, fixed_shares, fraction = costs
-    rows: list[dict[str, Any]] = [{}] * len(strategies)
+    columns: dict[str, list[Any]] = {name: [] for name in METRIC_COLUMNS}
     for group in _period_groups(strategies, max(2, AVERAGES_BYTES // (8 * bars.height))):
         periods = sorted({p for k in group for p in (strategies[k].fast_period, strategies[k].slow_period)})
         row_of = {period: row for row, period in enumerate(periods)}
@@ -151,9 +152,9 @@ def _crossover_rows(bars: pl.DataFrame, strategies: list[AverageCrossover], base
         with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="grid-kernel") as pool:
             for pairs, (f, i) in zip(slices, pool.map(run, slices), strict=True):
                 state_f[pairs], state_i[pairs] = f, i
-        for k, row in zip(group, _rows(state_f, state_i, close, float(base.cash), annual, unit), strict=True):
-            rows[k] = row
-    return rows
+        for name, values in _columns(state_f, state_i, close, float(base.cash), annual, unit).items():
+            columns[name].extend(values)  # the groups are consecutive runs of the strategies
+    return columns
 
 
 def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.ndarray, periods: list[int]
@@ -186,8 +187,8 @@ def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list
     return groups
 
 
-def _rows(state_f: np.ndarray, state_i: np.ndarray, close: np.ndarray, cash: float, annual: Annualization,
-          unit: str) -> list[dict[str, Any]]:
+def _columns(state_f: np.ndarray, state_i: np.ndarray, close: np.ndarray, cash: float, annual: Annualization,
+             unit: str) -> dict[str, list[Any]]:
     """`metrics.compute_metrics` from the kernel's sums, formula for formula, for every pair at once (numpy runs
     the same IEEE operations as the scalar formulas, so the bit-identical fields stay so)."""
     n = close.shape[0]
@@ -230,8 +231,7 @@ def _rows(state_f: np.ndarray, state_i: np.ndarray, close: np.ndarray, cash: flo
             "commissions": f["COMMISSIONS"],
             "periods_per_year": np.full(len(trades), ppy),
         }
-    lists = [values.tolist() for values in columns.values()]  # masked entries become None
-    return [dict(zip(columns, row, strict=True)) for row in zip(*lists, strict=True)]
+    return {name: values.tolist() for name, values in columns.items()}  # masked entries become None
 
 
 def _ratios(numerator: np.ndarray, denominator: np.ndarray, missing: np.ndarray | bool = False
