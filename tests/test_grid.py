@@ -171,7 +171,7 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
     sample = [combinations[i] for i in rng.choice(len(combinations), 12, replace=False)]
     with monkeypatch.context() as patch:
         patch.setattr(grid_evaluate, "run_backtest", pytest.fail)
-        patch.setattr(grid_evaluate, "BLOCK_BYTES", 0)  # 1024-bar blocks: 3 for 2500 bars
+        patch.setattr(grid_evaluate, "BLOCK_BARS", 1000)  # 3 blocks for 2500 bars
         patch.setattr(grid_evaluate, "AVERAGES_BYTES", 8 * bars.height * 6)  # at most 6 averages at a time
         patch.setattr(grid_evaluate, "KERNEL_THREADS", 3)  # pairs split over three threads per group
         table = evaluate_grid(bars, "5 mins", spec, base, sample)
@@ -314,8 +314,10 @@ def test_run_grid_reports_and_walk_forward_never_looks_ahead() -> None:
 
 
 def test_run_grid_accepts_a_chunked_evaluation() -> None:
-    """How a flow fans out: each chunk is evaluated separately (e.g. one Prefect task each) and concatenated."""
-    bars = walk(1500, 11)
+    """How a flow fans out: each chunk is evaluated separately (e.g. one Prefect task each) and concatenated. The
+    rows are the same to the last bit however the grid is cut: a chunk needs fewer averages than the whole grid,
+    and the kernel's blocks (where a held run's sums are cut) must not depend on that. 5000 bars: several blocks."""
+    bars = walk(5000, 11)
     spec = GridSpec("ema_crossover", {"fast_period": range(3, 20, 4), "slow_period": range(10, 60, 10)})
     base = BacktestConfig("ema_crossover", mode="long_short")
 
