@@ -398,7 +398,8 @@ class _Session:
     def _req_ids(self, fields: list[str]) -> None:
         self.send([msg.NEXT_VALID_ID, 1, self.sim.next_order_id()])
 
-    def _place_order(self, fields: list[str]) -> None:
+    def _reject_order(self, fields: list[str]) -> None:
+        """A client's placeOrder message (id 3) gets error 201: the simulator, like this project, never trades."""
         self.send(msg.error(int(fields[1]) if fields[1].isdigit() else msg.NO_REQUEST, msg.ORDER_REJECTED))
 
     # -- data requests ---------------------------------------------------------------------------------------
@@ -592,7 +593,7 @@ class _Session:
         return pl.DataFrame(rows + extra, schema=bars.schema).sort("ts", maintain_order=True)
 
     _handlers: ClassVar[dict[int, Callable[[_Session, list[str]], None]]] = {
-        3: _place_order,
+        3: _reject_order,
         5: _open_orders,
         6: _account_updates,
         7: _executions,
