@@ -56,8 +56,12 @@ def desired_automations(block_ids: Sequence[UUID], window: timedelta) -> list[Au
 
 
 def _definition(automation: AutomationCore) -> dict[str, Any]:
-    """What makes two automations equivalent: everything but server-assigned ids."""
-    data = automation.model_dump(mode="json", include=set(AutomationCore.model_fields) - {"owner_resource"})
+    """What makes two automations equivalent: everything but server-assigned ids.
+
+    Python mode, not JSON: the trigger's `expect` and `for_each` are sets, and a JSON dump lists a set in its
+    iteration order, which can differ between a set read back from the server and the same set built here.
+    """
+    data = automation.model_dump(include=set(AutomationCore.model_fields) - {"owner_resource"})
     data["trigger"].pop("id", None)
     return data
 

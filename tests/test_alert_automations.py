@@ -63,6 +63,25 @@ def test_sync_creates_then_changes_nothing_then_updates(clean_automations: None)
     assert (action.subject, action.body) == ("{{ event.payload.subject }}", "{{ event.payload.body }}")
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_definition_ignores_the_order_a_set_comes_back_in(reverse: bool) -> None:
+    """The server returns `for_each` as a list in its own order; read back, it must still equal the wanted set.
+
+    A JSON comparison failed this for some hash seeds (a redeploy then reported the alert automation `updated`,
+    which resets its dedupe state); the test fails the same way under such a seed if sets are compared as lists.
+    """
+    from uuid import UUID
+
+    from prefect.events.schemas.automations import AutomationCore
+
+    from alerts.automations import _definition, desired_automations
+
+    wanted = desired_automations([UUID(int=1)], timedelta(hours=1))[0]
+    stored = wanted.model_dump(mode="json")
+    stored["trigger"]["for_each"] = sorted(stored["trigger"]["for_each"], reverse=reverse)
+    assert _definition(AutomationCore.model_validate(stored)) == _definition(wanted)
+
+
 def test_sync_removes_duplicates(clean_automations: None) -> None:
     from prefect.client.orchestration import get_client
     from prefect.events.schemas.automations import AutomationCore
