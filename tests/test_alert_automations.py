@@ -9,10 +9,18 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
-from alerts.automations import ALERT_AUTOMATION, RECOVERY_AUTOMATION, SyncOutcome, sync_automations
+from alerts.automations import (
+    ALERT_AUTOMATION,
+    RECOVERY_AUTOMATION,
+    SyncOutcome,
+    _definition,
+    desired_automations,
+    sync_automations,
+)
 from alerts.blocks import AlertConfigError, BlockRef
 from alerts.events import FAILURE_CLASS_LABEL, RECOVERED_EVENT, UNHEALTHY_EVENT
 
@@ -70,11 +78,7 @@ def test_definition_ignores_the_order_a_set_comes_back_in(reverse: bool) -> None
     A JSON comparison failed this for some hash seeds (a redeploy then reported the alert automation `updated`,
     which resets its dedupe state); the test fails the same way under such a seed if sets are compared as lists.
     """
-    from uuid import UUID
-
     from prefect.events.schemas.automations import AutomationCore
-
-    from alerts.automations import _definition, desired_automations
 
     wanted = desired_automations([UUID(int=1)], timedelta(hours=1))[0]
     stored = wanted.model_dump(mode="json")
