@@ -238,8 +238,13 @@ def _columns(state_f: np.ndarray, state_i: np.ndarray, close: np.ndarray, cash: 
 
 def _ratios(numerator: np.ndarray, denominator: np.ndarray, missing: np.ndarray | bool = False
             ) -> np.ma.MaskedArray:
-    """`metrics.ratio` elementwise (x / 0 is +/-inf there as here), masked where it is None (0 / 0) or `missing`."""
-    return np.ma.masked_array(numerator / denominator, mask=missing | ((numerator == 0) & (denominator == 0)))
+    """`metrics.ratio` elementwise, masked where it is None (0 / 0) or `missing`.
+
+    x / 0 takes the numerator's sign, as there: a plain division would give -inf for x / -0.0, the zero that
+    negating an untouched loss or drawdown sum produces.
+    """
+    quotient = np.where(denominator == 0, np.copysign(np.inf, numerator), numerator / denominator)
+    return np.ma.masked_array(quotient, mask=missing | ((numerator == 0) & (denominator == 0)))
 
 
 def _annualized_return_pct(growth: float, periods_per_year: float, periods: int) -> float:
