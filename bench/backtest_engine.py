@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from backtest.costs import CommissionModel, IBKRFixed, NoCommission
-from backtest.engine import BacktestConfig, BacktestResult, run_backtest
+from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, NoCommission
+from ibkr_flows.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 
 COMMISSIONS: dict[str, CommissionModel] = {"IBKR Fixed": IBKRFixed(), "none": NoCommission()}
 """With costs, a random walk bleeds the account until entries no longer fit in the cash and stop; without them

@@ -35,7 +35,7 @@ ARGS = ["backtest", "run", "--strategy", "sma_crossover", "--symbol", "AAPL", "-
 PROBE = """
 import sys, time
 started = time.perf_counter()
-from cli.app import app
+from ibkr_flows.cli.app import app
 imported = time.perf_counter() - started
 try:
     app(sys.argv[1:], standalone_mode=False)

@@ -16,9 +16,9 @@ from typing import Any
 
 from ib_async import IB
 
-from config.settings import IBKRSettings
-from doctor.preflight import diagnose
-from tws_sim.embedded import EmbeddedSimulator
+from ibkr_flows.doctor.preflight import diagnose
+from ibkr_flows.settings import IBKRSettings
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 
 SCENARIOS: list[tuple[str, dict[str, Any]]] = [
     ("healthy", {}),

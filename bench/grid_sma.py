@@ -41,10 +41,10 @@ from typing import Generic, TypeVar
 import numpy as np
 import polars as pl
 
-from backtest.costs import IBKRFixed
-from backtest.engine import BacktestConfig, run_backtest
-from backtest.grid import GridSpec, combination_config, evaluate_grid
 from bench.backtest_engine import minute_bars
+from ibkr_flows.backtest.costs import IBKRFixed
+from ibkr_flows.backtest.engine import BacktestConfig, run_backtest
+from ibkr_flows.backtest.grid import GridSpec, combination_config, evaluate_grid
 
 T = TypeVar("T")
 SPEC = GridSpec("sma_crossover", {"fast_period": range(5, 51, 5), "slow_period": range(20, 201, 10)})

@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config.settings import IBKRSettings
-from ingest.engine import IngestRequest, ingest_async
-from ingest.pacing import BURST_MAX, BURST_WINDOW_S, LONG_MAX, LONG_WINDOW_S, PacingBudget
-from market.sessions import sessions_between
+from ibkr_flows.ib.sessions import sessions_between
+from ibkr_flows.ingest.engine import IngestRequest, ingest_async
+from ibkr_flows.ingest.pacing import BURST_MAX, BURST_WINDOW_S, LONG_MAX, LONG_WINDOW_S, PacingBudget
+from ibkr_flows.settings import IBKRSettings
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.location import TableLocation
-from tws_sim.embedded import EmbeddedSimulator
 
 UNIVERSE = ("AAPL", "MSFT", "SPY", "QQQ", "IBM", "NVDA")
 END = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)

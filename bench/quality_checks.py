@@ -18,10 +18,10 @@ from functools import partial
 
 import polars as pl
 
-from market.sessions import session_bounds, sessions_between
-from quality.checks import BarSeries, Sessions, rules
-from quality.gx_suite import run_suite
-from quality.validate import validate_bars
+from ibkr_flows.ib.sessions import session_bounds, sessions_between
+from ibkr_flows.quality.checks import BarSeries, Sessions, rules
+from ibkr_flows.quality.gx_suite import run_suite
+from ibkr_flows.quality.validate import validate_bars
 from storage.schema import BAR_COLUMNS
 
 BAR_SIZE = "1 min"

@@ -7,10 +7,10 @@ from typing import Any
 
 from prefect import flow
 
-from alerts.hooks import alert_on_tws_failure
-from backtest.engine import Mode
-from backtest.runner import BacktestRequest, BacktestRun, CommissionName, SizingName
 from flows.ingest import BarSize, WhatToShow
+from ibkr_flows.alerts.hooks import alert_on_tws_failure
+from ibkr_flows.backtest.engine import Mode
+from ibkr_flows.backtest.runner import BacktestRequest, BacktestRun, CommissionName, SizingName
 from tasks.backtest import publish_backtest, run_backtest_task, store_backtest_results
 from tasks.ingest import table_location
 

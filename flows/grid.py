@@ -13,10 +13,10 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from backtest.engine import Mode
-from backtest.grid import GridReport, GridSpec, run_grid
-from backtest.runner import BacktestRequest, CommissionName, SizingName
 from flows.ingest import BarSize, WhatToShow
+from ibkr_flows.backtest.engine import Mode
+from ibkr_flows.backtest.grid import GridReport, GridSpec, run_grid
+from ibkr_flows.backtest.runner import BacktestRequest, CommissionName, SizingName
 from tasks.grid import evaluate_chunk, load_grid_bars, publish_grid, store_grid_results
 from tasks.ingest import table_location
 

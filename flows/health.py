@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from alerts.hooks import alert_on_tws_failure, notify_tws_recovery
-from doctor.diagnosis import Diagnosis
+from ibkr_flows.alerts.hooks import alert_on_tws_failure, notify_tws_recovery
+from ibkr_flows.doctor.diagnosis import Diagnosis
 from tasks.preflight_events import tws_preflight
 
 

@@ -7,9 +7,9 @@ from typing import Literal
 
 from prefect import flow
 
-from alerts.hooks import alert_on_tws_failure, notify_tws_recovery
-from ingest.engine import IngestReport, IngestRequest
-from ingest.errors import IngestIncompleteError
+from ibkr_flows.alerts.hooks import alert_on_tws_failure, notify_tws_recovery
+from ibkr_flows.ingest.engine import IngestReport, IngestRequest
+from ibkr_flows.ingest.errors import IngestIncompleteError
 from tasks.ingest import ingest_bars, publish_ingest_report
 from tasks.preflight_events import tws_preflight
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from backtest.grid import METRIC_COLUMNS
 from storage.location import TableLocation
+from storage.results_table import NUMERIC_METRIC_COLUMNS
 from storage.schema import UTC_US
 from storage.tables import conform, exists, insert_new_rows
 
@@ -29,13 +29,13 @@ GRID_IDENTITY: dict[str, pl.DataType] = {
     "bars_version": pl.Int64(),
     "code_version": pl.String(),
 }
-GRID_RESULTS_SCHEMA = pl.Schema({**GRID_IDENTITY, **METRIC_COLUMNS})
+GRID_RESULTS_SCHEMA = pl.Schema({**GRID_IDENTITY, **NUMERIC_METRIC_COLUMNS})
 
 
 def grid_rows(results: pl.DataFrame, axes: list[str], identity: dict[str, Any]) -> pl.DataFrame:
     """A ranked `evaluate_grid` table as grid_results rows: the parameters folded into JSON, rank from order."""
     params = [json.dumps(row, sort_keys=True) for row in results.select(axes).iter_rows(named=True)]
-    frame = results.select(list(METRIC_COLUMNS)).with_columns(
+    frame = results.select(list(NUMERIC_METRIC_COLUMNS)).with_columns(
         pl.Series("params", params), pl.int_range(1, results.height + 1).alias("rank"),
         *[pl.lit(v).alias(k) for k, v in {**identity, "created_at": datetime.now(UTC)}.items()])
     return conform(frame, GRID_RESULTS_SCHEMA, what="grid results")

@@ -1,22 +1,21 @@
 """The backtest_results table: one row per (run, symbol), so any result can be traced to its inputs and re-run.
 
 Identity columns say what ran on which data (strategy, parameters as JSON, range, bars-table version, code
-version); the metric columns are the engine's `Metrics`, typed, so results can be filtered and ranked in SQL or
-polars without parsing. Appends are insert-if-absent on (run_id, symbol): a retried task never doubles a run.
+version); the metric columns are every field of the engine's `Metrics`, typed, so results can be filtered and
+ranked in SQL or polars without parsing. The schema is defined here (storage is the bottom layer and imports no
+engine); a test keeps it equal to `Metrics`. Appends are insert-if-absent on (run_id, symbol): a retried task
+never doubles a run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
 
-from backtest.metrics import Metrics
 from storage.location import TableLocation
 from storage.schema import UTC_US
 from storage.tables import conform, exists, insert_new_rows
@@ -43,28 +42,48 @@ IDENTITY_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
-def _metric_dtype(annotation: Any) -> pl.DataType:
-    base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation) \
-        if isinstance(annotation, types.UnionType) else annotation
-    return {datetime: UTC_US, timedelta: pl.Float64(), int: pl.Int64(), float: pl.Float64(), str: pl.String()}[base]
-
-
-METRIC_COLUMNS: dict[str, pl.DataType] = {
-    f.name: _metric_dtype(hint) for f, hint in
-    ((f, typing.get_type_hints(Metrics)[f.name]) for f in dataclasses.fields(Metrics))
+RUN_METRIC_COLUMNS: dict[str, pl.DataType] = {
+    "start": UTC_US,
+    "end": UTC_US,
 }
-"""Every `Metrics` field; durations are stored in seconds."""
+"""Metrics that describe the evaluated range: the same for every combination of one grid evaluation."""
+NUMERIC_METRIC_COLUMNS: dict[str, pl.DataType] = {
+    "bars": pl.Int64(),
+    "total_return_pct": pl.Float64(),
+    "annualized_return_pct": pl.Float64(),
+    "annualized_volatility_pct": pl.Float64(),
+    "sharpe": pl.Float64(),
+    "sortino": pl.Float64(),
+    "calmar": pl.Float64(),
+    "max_drawdown_pct": pl.Float64(),
+    "max_drawdown_duration": pl.Float64(),
+    "exposure_pct": pl.Float64(),
+    "trades": pl.Int64(),
+    "win_rate_pct": pl.Float64(),
+    "best_trade_pct": pl.Float64(),
+    "worst_trade_pct": pl.Float64(),
+    "avg_trade_pct": pl.Float64(),
+    "profit_factor": pl.Float64(),
+    "expectancy": pl.Float64(),
+    "buy_and_hold_return_pct": pl.Float64(),
+    "final_equity": pl.Float64(),
+    "commissions": pl.Float64(),
+    "periods_per_year": pl.Float64(),
+}
+"""Every numeric metric, shared with the grid_results table; `max_drawdown_duration` in seconds."""
+METRIC_COLUMNS: dict[str, pl.DataType] = {
+    **RUN_METRIC_COLUMNS,
+    **NUMERIC_METRIC_COLUMNS,
+    "annualization": pl.String(),
+}
+"""Every field of the engine's `Metrics`, in its order."""
 
 RESULTS_SCHEMA = pl.Schema({**IDENTITY_COLUMNS, **METRIC_COLUMNS})
 
 
-def metric_values(metrics: Metrics) -> dict[str, Any]:
-    values = dataclasses.asdict(metrics)
-    return {k: v.total_seconds() if isinstance(v, timedelta) else v for k, v in values.items()}
-
-
-def result_row(*, identity: dict[str, Any], metrics: Metrics) -> dict[str, Any]:
-    row = {**identity, **metric_values(metrics)}
+def result_row(*, identity: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One row from a run's identity and its metric values (as `METRIC_COLUMNS` names them)."""
+    row = {**identity, **metrics}
     row["params"] = json.dumps(row["params"], sort_keys=True) if not isinstance(row["params"], str) else row["params"]
     row.setdefault("created_at", datetime.now(UTC))
     return row

@@ -6,9 +6,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from backtest.charts import equity_chart_png
-from backtest.report import run_markdown, trade_rows
-from backtest.runner import BacktestRequest, BacktestRun, run_request
+from ibkr_flows.backtest.charts import equity_chart_png
+from ibkr_flows.backtest.report import run_markdown, trade_rows
+from ibkr_flows.backtest.runner import BacktestRequest, BacktestRun, run_request
 from storage.location import TableLocation
 from storage.results_table import append_backtest_results
 

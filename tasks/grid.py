@@ -11,11 +11,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from backtest.engine import BacktestConfig
-from backtest.grid import Combination, GridReport, GridSpec, evaluate_grid
-from backtest.grid.publish import grid_markdown, heatmap_png
-from backtest.report import format_value
-from backtest.runner import BacktestRequest, code_version, load_bars
+from ibkr_flows.backtest.engine import BacktestConfig
+from ibkr_flows.backtest.grid import Combination, GridReport, GridSpec, evaluate_grid
+from ibkr_flows.backtest.grid.publish import grid_markdown, heatmap_png
+from ibkr_flows.backtest.report import format_value
+from ibkr_flows.backtest.runner import BacktestRequest, code_version, load_bars
 from storage.grid_results_table import append_grid_results, grid_rows
 from storage.location import TableLocation
 

@@ -14,9 +14,9 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from config.settings import IBKRSettings
-from ingest.engine import IngestReport, IngestRequest, Progress, ingest_async
-from ingest.report import report_markdown, report_rows
+from ibkr_flows.ingest.engine import IngestReport, IngestRequest, Progress, ingest_async
+from ibkr_flows.ingest.report import report_markdown, report_rows
+from ibkr_flows.settings import IBKRSettings
 from storage.location import TableLocation
 
 PROGRESS_INTERVAL_S = 2.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from config.settings import IBKRSettings
-from doctor.diagnosis import Diagnosis, TWSConnectionError
-from doctor.preflight import diagnose
+from ibkr_flows.doctor.diagnosis import Diagnosis, TWSConnectionError
+from ibkr_flows.doctor.preflight import diagnose
+from ibkr_flows.settings import IBKRSettings
 
 ARTIFACT_KEY = "tws-preflight"
 

@@ -3,7 +3,7 @@ the server's alert automations react to. `tasks.preflight` stays free of alertin
 
 from __future__ import annotations
 
-from alerts.events import emit_on_completion, emit_on_failure
+from ibkr_flows.alerts.events import emit_on_completion, emit_on_failure
 from tasks.preflight import tws_preflight as _tws_preflight
 
 tws_preflight = _tws_preflight.with_options(on_completion=[emit_on_completion], on_failure=[emit_on_failure])

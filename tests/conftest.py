@@ -23,8 +23,8 @@ os.environ["IBKR_PACING_DIR"] = str(Path(tempfile.mkdtemp(prefix="ibkr-flows-pac
 for _name in ("IBKR_HOST", "IBKR_PORT", "IBKR_CLIENT_ID"):
     os.environ.pop(_name, None)
 
-from config.settings import IBKRSettings  # noqa: E402
-from tws_sim.embedded import EmbeddedSimulator  # noqa: E402
+from ibkr_flows.settings import IBKRSettings  # noqa: E402
+from ibkr_flows.sim.embedded import EmbeddedSimulator  # noqa: E402
 
 
 def free_port() -> int:

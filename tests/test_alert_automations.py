@@ -13,7 +13,7 @@ from uuid import UUID
 
 import pytest
 
-from alerts.automations import (
+from ibkr_flows.alerts.automations import (
     ALERT_AUTOMATION,
     RECOVERY_AUTOMATION,
     SyncOutcome,
@@ -21,8 +21,8 @@ from alerts.automations import (
     desired_automations,
     sync_automations,
 )
-from alerts.blocks import AlertConfigError, BlockRef
-from alerts.events import FAILURE_CLASS_LABEL, RECOVERED_EVENT, UNHEALTHY_EVENT
+from ibkr_flows.alerts.blocks import AlertConfigError, BlockRef
+from ibkr_flows.alerts.events import FAILURE_CLASS_LABEL, RECOVERED_EVENT, UNHEALTHY_EVENT
 
 BLOCK = BlockRef("custom-webhook", "automation-test")
 
@@ -115,7 +115,7 @@ def test_sync_refuses_missing_or_wrong_blocks(clean_automations: None) -> None:
 def test_cli_alerts_sync_needs_a_server(tmp_path: Path) -> None:
     """In ephemeral mode the automations would never fire: refuse instead of pretending."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "cli.app", "alerts", "sync", "--alert-block", str(BLOCK)],
+    result = subprocess.run([sys.executable, "-m", "ibkr_flows.cli.app", "alerts", "sync", "--alert-block", str(BLOCK)],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "PREFECT_API_URL is not set" in result.stderr

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from alerts.blocks import AlertConfigError, BlockRef, parse_block_refs
-from alerts.ledger import LEDGER_VARIABLE, AlertLedger
-from alerts.messages import failure_alert
-from alerts.tws_status import STATUS_VARIABLE, record_verdict
-from doctor.preflight import diagnose
+from ibkr_flows.alerts.blocks import AlertConfigError, BlockRef, parse_block_refs
+from ibkr_flows.alerts.ledger import LEDGER_VARIABLE, AlertLedger
+from ibkr_flows.alerts.messages import failure_alert
+from ibkr_flows.alerts.tws_status import STATUS_VARIABLE, record_verdict
+from ibkr_flows.doctor.preflight import diagnose
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 from tests.conftest import settings_for
 from tests.webhook_receiver import WebhookReceiver, webhook_receiver
-from tws_sim.embedded import EmbeddedSimulator
 
 pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")  # Apprise, for Slack
 TOKEN = f"tok-{uuid.uuid4().hex}"

@@ -13,13 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from backtest.costs import IBKRFixed, IBKRTiered, NoCommission, PercentCommission, slipped_price
-from backtest.engine import BacktestConfig, run_backtest
-from backtest.errors import BacktestError, NoBarsError, StrategyParameterError, UnknownStrategyError
-from backtest.metrics import annualization
-from backtest.sizing import AllIn, FixedFraction, FixedShares, affordable_shares
-from backtest.strategies import STRATEGIES, Strategy, register, strategy_params
-from market.bar_sizes import UnknownBarSizeError
+from ibkr_flows.backtest.costs import IBKRFixed, IBKRTiered, NoCommission, PercentCommission, slipped_price
+from ibkr_flows.backtest.engine import BacktestConfig, run_backtest
+from ibkr_flows.backtest.errors import BacktestError, NoBarsError, StrategyParameterError, UnknownStrategyError
+from ibkr_flows.backtest.metrics import annualization
+from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, affordable_shares
+from ibkr_flows.backtest.strategies import STRATEGIES, Strategy, register, strategy_params
+from ibkr_flows.ib.historical import UnknownBarSizeError
 
 START = datetime(2024, 1, 2, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -172,9 +172,9 @@ def test_no_future_bar_changes_past_trades(name: str) -> None:
 
 
 def test_indicators_match_reference_implementations() -> None:
-    from backtest.strategies.ema_crossover import ema
-    from backtest.strategies.rsi_reversion import wilder_rsi
-    from backtest.strategies.sma_crossover import sma
+    from ibkr_flows.backtest.strategies.ema_crossover import ema
+    from ibkr_flows.backtest.strategies.rsi_reversion import wilder_rsi
+    from ibkr_flows.backtest.strategies.sma_crossover import sma
 
     bars = random_bars(300, seed=9)
     close = bars["close"].to_numpy()

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from backtest.engine import BacktestConfig, run_backtest
-from backtest.runner import BacktestRequest, load_bars
-from cli.app import app
-from config.settings import IBKRSettings
-from ingest.engine import IngestRequest, ingest_async
-from ingest.pacing import PacingBudget
+from ibkr_flows.backtest.engine import BacktestConfig, run_backtest
+from ibkr_flows.backtest.runner import BacktestRequest, load_bars
+from ibkr_flows.cli.app import app
+from ibkr_flows.ingest.engine import IngestRequest, ingest_async
+from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.settings import IBKRSettings
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import table_version
 from storage.location import TableLocation
 from storage.results_table import read_backtest_results
-from tws_sim.embedded import EmbeddedSimulator
 
 NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
 OLD_FLAGS = ["backtest", "run", "--strategy", "sma_crossover", "--symbol", "AAPL", "--start", "2024-07-11 19:01:00",

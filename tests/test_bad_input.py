@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cli.app import app
-from quality.validate import validate_bars
+from ibkr_flows.cli.app import app
+from ibkr_flows.quality.validate import validate_bars
 from storage.bars_table import merge_bars
 from storage.location import TableLocation
 from storage.schema import BAR_COLUMNS

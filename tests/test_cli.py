@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from ibkr_flows.cli.app import app
+from ibkr_flows.sim.control import ControlError, send_command
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 from tests.conftest import free_port
-from tws_sim.control import ControlError, send_command
-from tws_sim.embedded import EmbeddedSimulator
 
 runner = CliRunner()
 
@@ -59,8 +59,8 @@ def sim_process() -> Iterator[tuple[int, int]]:
     """`ibkr sim start` as a separate process, as a user would run it next to their own code; (port, control)."""
     port, control = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.app", "sim", "start", "--port", str(port), "--control-port", str(control),
-         "--fault", "read_only=true"],
+        [sys.executable, "-m", "ibkr_flows.cli.app", "sim", "start", "--port", str(port),
+         "--control-port", str(control), "--fault", "read_only=true"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -102,7 +102,7 @@ def test_sim_start_on_a_busy_port_is_a_clear_error() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "cli.app", "sim", "start", "--port", str(port)],
+        result = subprocess.run([sys.executable, "-m", "ibkr_flows.cli.app", "sim", "start", "--port", str(port)],
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "already in use" in result.stderr

@@ -140,10 +140,10 @@ def test_two_ingestions_and_compactions_on_one_table_all_land(tmp_path: Path) ->
     """Two ingestion runs (separate connections, overlapping symbols) while a compaction loops on the table."""
     import asyncio
 
-    from config.settings import IBKRSettings
-    from ingest.engine import IngestRequest, ingest_async
-    from ingest.pacing import PacingBudget
-    from tws_sim.embedded import EmbeddedSimulator
+    from ibkr_flows.ingest.engine import IngestRequest, ingest_async
+    from ibkr_flows.ingest.pacing import PacingBudget
+    from ibkr_flows.settings import IBKRSettings
+    from ibkr_flows.sim.embedded import EmbeddedSimulator
 
     now = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
     location = TableLocation(tmp_path)

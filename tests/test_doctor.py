@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 from ib_async import IB
 
-from doctor.diagnosis import FailureClass, Status
-from doctor.preflight import diagnose
+from ibkr_flows.doctor.diagnosis import FailureClass, Status
+from ibkr_flows.doctor.preflight import diagnose
+from ibkr_flows.sim.embedded import EmbeddedSimulator
+from ibkr_flows.sim.faults import Faults
 from tests.conftest import free_port, settings_for
-from tws_sim.embedded import EmbeddedSimulator
-from tws_sim.faults import Faults
 
 
 def _steps(diagnosis) -> list[str]:  # type: ignore[no-untyped-def]
@@ -75,7 +75,7 @@ def test_host_unreachable() -> None:
 
 
 def settings_for_host(host: str, port: int):  # type: ignore[no-untyped-def]
-    from config.settings import IBKRSettings
+    from ibkr_flows.settings import IBKRSettings
 
     return IBKRSettings(host=host, port=port, probe_timeout=1.0, connect_timeout=2.0)
 

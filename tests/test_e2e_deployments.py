@@ -26,11 +26,11 @@ import httpx
 import pytest
 import yaml
 
-from alerts.events import HEALTHY_EVENT, RECOVERED_EVENT, UNHEALTHY_EVENT
-from stack.processes import group_alive
+from ibkr_flows.alerts.events import HEALTHY_EVENT, RECOVERED_EVENT, UNHEALTHY_EVENT
+from ibkr_flows.sim.control import ControlError, send_command
+from ibkr_flows.stack.processes import group_alive
 from tests.conftest import free_port
 from tests.webhook_receiver import Received, WebhookReceiver, webhook_receiver
-from tws_sim.control import ControlError, send_command
 
 pytestmark = pytest.mark.e2e
 
@@ -95,8 +95,8 @@ class Api:
 
 
 def _ibkr(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.app", *args], env=env, cwd=PROJECT_DIR, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "ibkr_flows.cli.app", *args], env=env, cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _kill_group(pid: int) -> None:
@@ -106,7 +106,7 @@ def _kill_group(pid: int) -> None:
 
 def _start_simulator(port: int, control: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.app", "sim", "start", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "ibkr_flows.cli.app", "sim", "start", "--port", str(port),
                                  "--control-port", str(control)], cwd=PROJECT_DIR, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30

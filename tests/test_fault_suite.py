@@ -16,16 +16,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from config.settings import IBKRSettings
-from ingest.engine import IngestReport, IngestRequest, ingest_async
-from ingest.fetch import RetryPolicy
-from ingest.pacing import PacingBudget
-from market.bar_sizes import bar_step
+from ibkr_flows.ib.historical import bar_step
+from ibkr_flows.ingest.engine import IngestReport, IngestRequest, ingest_async
+from ibkr_flows.ingest.fetch import RetryPolicy
+from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.settings import IBKRSettings
+from ibkr_flows.sim.chaos import Chaos, ChaosKind
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import scan_bars
 from storage.location import TableLocation
 from storage.quarantine_table import read_quarantine
-from tws_sim.chaos import Chaos, ChaosKind
-from tws_sim.embedded import EmbeddedSimulator
 
 NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
 START = datetime(2024, 5, 1, tzinfo=UTC)

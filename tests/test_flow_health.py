@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from doctor.diagnosis import TWSConnectionError
-from tws_sim.embedded import EmbeddedSimulator
+from ibkr_flows.doctor.diagnosis import TWSConnectionError
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from doctor.diagnosis import TWSConnectionError
-from ingest.errors import IngestIncompleteError
+from ibkr_flows.doctor.diagnosis import TWSConnectionError
+from ibkr_flows.ingest.errors import IngestIncompleteError
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import table_version
 from storage.location import TableLocation
-from tws_sim.embedded import EmbeddedSimulator
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import backtest.grid.evaluate as grid_evaluate
-from backtest import engine
-from backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
-from backtest.engine import BacktestConfig, Mode
-from backtest.errors import UnknownStrategyError
-from backtest.grid import (
+import ibkr_flows.backtest.grid.evaluate as grid_evaluate
+from ibkr_flows.backtest import engine
+from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
+from ibkr_flows.backtest.engine import BacktestConfig, Mode
+from ibkr_flows.backtest.errors import UnknownStrategyError
+from ibkr_flows.backtest.grid import (
     METRIC_COLUMNS,
     EmptyGridError,
     GridSpec,
@@ -36,7 +36,7 @@ from backtest.grid import (
     run_grid,
     walk_forward_folds,
 )
-from backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
+from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 
 START = datetime(2024, 1, 2, tzinfo=UTC)
 CROSSOVER_GRID = {"fast_period": range(2, 31, 2), "slow_period": range(5, 81, 5)}
@@ -190,7 +190,7 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
        periods=st.lists(st.integers(1, 40), min_size=1, max_size=4))
 def test_numpy_sma_is_the_polars_sma_bit_for_bit(closes: list[float], periods: list[int]) -> None:
     """The grid builds SMAs with `sma_rows`; the engine with the `sma` expression. Same bits, same crossings."""
-    from backtest.strategies.sma_crossover import sma, sma_rows
+    from ibkr_flows.backtest.strategies.sma_crossover import sma, sma_rows
 
     frame = pl.DataFrame({"close": closes})
     expected = [frame.select(sma("close", p)).to_series().fill_null(np.nan).to_numpy() for p in periods]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from backtest.engine import BacktestConfig, run_backtest
-from backtest.runner import BacktestRequest, load_bars
-from cli.app import app
+from ibkr_flows.backtest.engine import BacktestConfig, run_backtest
+from ibkr_flows.backtest.runner import BacktestRequest, load_bars
+from ibkr_flows.cli.app import app
 from storage.grid_results_table import read_grid_results
 from storage.location import TableLocation
 from tests.test_backtest_flow import NOW, stored  # noqa: F401 - the module-scoped table fixture

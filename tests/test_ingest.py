@@ -13,14 +13,14 @@ import polars as pl
 import pytest
 from ib_async import IB, Stock
 
-from config.settings import IBKRSettings
-from ingest.engine import IngestReport, IngestRequest, ingest_async
-from ingest.fetch import RetryPolicy
-from ingest.pacing import PacingBudget
+from ibkr_flows.ingest.engine import IngestReport, IngestRequest, ingest_async
+from ibkr_flows.ingest.fetch import RetryPolicy
+from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.settings import IBKRSettings
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import scan_bars, table_version
 from storage.location import TableLocation
 from storage.quarantine_table import read_quarantine
-from tws_sim.embedded import EmbeddedSimulator
 
 NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)  # Friday evening, after the close
 FAST = RetryPolicy(max_attempts=4, base_delay_s=0.05, max_delay_s=0.5, pacing_delay_s=0.2, reconnect_deadline_s=10)

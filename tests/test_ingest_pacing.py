@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from ingest.pacing import SAFETY_S, PacedRequest, PacingBudget
+from ibkr_flows.ingest.pacing import SAFETY_S, PacedRequest, PacingBudget
 
 
 class FakeClock:

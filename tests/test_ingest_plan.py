@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingest.plan import Chunk, plan_chunks, resume_start
-from market.bar_sizes import UnknownBarSizeError
+from ibkr_flows.ib.historical import UnknownBarSizeError
+from ibkr_flows.ingest.plan import Chunk, plan_chunks, resume_start
 
 
 def test_one_request_per_session_skipping_the_holiday_and_the_weekend() -> None:

@@ -9,11 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 import pytest
 
-from market.bar_sizes import bar_step
-from market.sessions import midnight_utc, session_bounds, sessions_between
-from quality.checks import BLOCKING_CHECKS
-from quality.gx_suite import suite
-from quality.validate import QualityResult, validate_bars
+from ibkr_flows.ib.historical import bar_step
+from ibkr_flows.ib.sessions import midnight_utc, session_bounds, sessions_between
+from ibkr_flows.quality.checks import BLOCKING_CHECKS
+from ibkr_flows.quality.gx_suite import suite
+from ibkr_flows.quality.validate import QualityResult, validate_bars
 from storage.schema import BAR_COLUMNS, LINEAGE_COLUMNS
 
 ENGINES = ("polars", "great_expectations")

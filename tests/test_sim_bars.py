@@ -8,8 +8,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from market.bar_sizes import BAR_SIZES
-from tws_sim.bars import InvalidBarSize, InvalidDuration, ReplayBars, SyntheticBars, parse_duration, request_window
+from ibkr_flows.ib.historical import BAR_SIZES, InvalidDuration, parse_duration
+from ibkr_flows.sim.bars import (
+    InvalidBarSize,
+    ReplayBars,
+    SyntheticBars,
+    request_window,
+)
 
 SOURCE = SyntheticBars(seed=11)
 FRIDAY_CLOSE = datetime(2024, 3, 8, 21, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from ib_async import IB, RequestError, Stock
 
-from tws_sim.embedded import EmbeddedSimulator
-from tws_sim.wire import FrameReader, client_greeting, encode_frame
+from ibkr_flows.ib.wire import FrameReader, client_greeting, encode_frame
+from ibkr_flows.sim.embedded import EmbeddedSimulator
 
 FIXED_NOW = datetime(2024, 3, 8, 22, 0, tzinfo=UTC)  # a Friday evening, after the close
 
@@ -342,7 +342,7 @@ def test_replay_round_trip(tmp_path: Path) -> None:
     })
     path = tmp_path / "bars.csv"
     frame.write_csv(path)
-    from tws_sim.bars import ReplayBars
+    from ibkr_flows.sim.bars import ReplayBars
 
     with EmbeddedSimulator(bar_source=ReplayBars(path)) as sim:
         client = IB()

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from stack.local import UpOptions, up
-from stack.processes import StackError, group_alive, spawn, stop_group
-from stack.state import StackState, load_state, save_state
+from ibkr_flows.cli.app import app
+from ibkr_flows.stack.local import UpOptions, up
+from ibkr_flows.stack.processes import StackError, group_alive, spawn, stop_group
+from ibkr_flows.stack.state import StackState, load_state, save_state
 
 runner = CliRunner()
 STUBBORN = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \

@@ -1,0 +1,253 @@
+"""Evaluate grid combinations on one symbol's bars: one row per combination, the parameters and its metrics.
+
+A row is, by definition, the `Metrics` that `run_backtest(bars, bar_size, replace(base, params=combination))`
+reports. Crossover strategies (any `AverageCrossover` that keeps the base class's trend rule) with the built-in
+cost and sizing models take the numba kernel, which computes each distinct moving average once with the strategy's
+own expression (or its bit-identical numpy twin, `average_rows`) and reproduces the engine's fills exactly;
+anything else runs the engine once per combination.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import typing
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
+from ibkr_flows.backtest.engine import BacktestConfig, _check_bars, run_backtest
+from ibkr_flows.backtest.errors import BacktestError
+from ibkr_flows.backtest.grid import kernel
+from ibkr_flows.backtest.grid.spec import Combination, GridSpec, GridSpecError
+from ibkr_flows.backtest.metrics import Annualization, Metrics, annualization
+from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
+from ibkr_flows.backtest.strategies import Strategy
+from ibkr_flows.backtest.strategies.base import AverageCrossover
+from storage.results_table import NUMERIC_METRIC_COLUMNS
+
+METRIC_COLUMNS = NUMERIC_METRIC_COLUMNS
+"""Every numeric `Metrics` field, named and typed as in the results tables; max_drawdown_duration in seconds (the
+range and annualization are the same for every row of one evaluation: the report's best Metrics carries them)."""
+
+AVERAGES_BYTES = 512 * 2**20
+"""Moving averages held at once; pairs needing more distinct periods are run in groups."""
+KERNEL_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+"""Threads the kernel's pairs are split over: the cores this process may use."""
+BLOCK_BARS = 1024
+"""Kernel block: its averages, opens and closes stay in L2 while every pair passes over them (25 averages: 220 KB).
+Fixed, not fitted to the number of averages, because a held run's sums are cut at block edges: a row must not
+depend on which other combinations share its call (a chunk needs fewer averages than the whole grid). Block sizes
+from 600 to 20,000 bars measured the same on the benchmark's grid."""
+
+
+def metric_row(metrics: Metrics) -> dict[str, Any]:
+    """A `Metrics` as a table row (the engine's side of the grid's equality)."""
+    values = {name: getattr(metrics, name) for name in METRIC_COLUMNS}
+    values["max_drawdown_duration"] = metrics.max_drawdown_duration.total_seconds()
+    return values
+
+
+def grid_base(spec: GridSpec, base: BacktestConfig | None) -> BacktestConfig:
+    """Cash, costs, sizing and mode shared by every combination; its parameters come from the grid only, so a
+    fixed parameter is a one-value axis and the spec's validation sees it."""
+    if base is None:
+        return BacktestConfig(spec.strategy)
+    if base.strategy != spec.strategy or base.params:
+        raise GridSpecError(f"the base config must be for {spec.strategy} with no params (got {base.strategy} with "
+                            f"{dict(base.params)}); put fixed parameters in the grid as one-value lists")
+    return base
+
+
+def combination_config(base: BacktestConfig, combination: Combination) -> BacktestConfig:
+    """The single-run config a grid row reproduces."""
+    return dataclasses.replace(base, params=combination)
+
+
+def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: BacktestConfig | None = None,
+                  combinations: Sequence[Combination] | None = None) -> pl.DataFrame:
+    """Rows for `combinations` (default: the whole grid; pass one of `spec.chunks()` to split the work) on one
+    symbol's bars, in the given order: the parameters, then `METRIC_COLUMNS`."""
+    base = grid_base(spec, base)
+    combinations = spec.combinations() if combinations is None else list(combinations)
+    annual = annualization(bar_size, base.bars_per_session)
+    _check_bars(bars, bar_size)
+    strategies = [spec.strategy_for(combination) for combination in combinations]
+    longest = max(strategies, key=lambda s: s.warmup_bars, default=None)
+    if longest is not None and bars.height < longest.warmup_bars + 3:
+        raise BacktestError(f"{longest} cannot trade on {bars.height} bars: it needs {longest.warmup_bars + 3} "
+                            "(warm-up, a bar to decide on, one to fill on and one to exit on)")
+    costs = _kernel_costs(base.commission, base.sizing)
+    if costs is not None and strategies and all(_is_plain_crossover(s) for s in strategies):
+        metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, costs, annual)
+    else:
+        rows = [metric_row(run_backtest(bars, bar_size, combination_config(base, c)).metrics) for c in combinations]
+        metrics = {name: [row[name] for row in rows] for name in METRIC_COLUMNS}
+    params = {name: pl.Int64() if all(isinstance(v, int) for v in values) else pl.Float64()
+              for name, values in spec.axes.items()}
+    return pl.DataFrame({**{name: [c[name] for c in combinations] for name in params}, **metrics},
+                        schema={**params, **METRIC_COLUMNS})
+
+
+def _is_plain_crossover(strategy: Strategy) -> bool:
+    cls = type(strategy)
+    return (isinstance(strategy, AverageCrossover) and cls.target is AverageCrossover.target
+            and cls.signals is Strategy.signals)
+
+
+def _kernel_costs(commission: CommissionModel, sizing: Sizing) -> tuple[int | float, ...] | None:
+    """The kernel's encoding of the cost and sizing models, None for models it does not know. Exact types only:
+    a subclass may charge differently."""
+    if isinstance(commission, IBKRFixed | IBKRTiered) and type(commission) in (IBKRFixed, IBKRTiered):
+        fee = (kernel.COMMISSION_PER_SHARE, commission.per_share, commission.minimum, commission.max_rate, 0.0)
+    elif type(commission) is PercentCommission:
+        fee = (kernel.COMMISSION_PERCENT, 0.0, 0.0, 0.0, commission.rate)
+    elif type(commission) is NoCommission:
+        fee = (kernel.COMMISSION_NONE, 0.0, 0.0, 0.0, 0.0)
+    else:
+        return None
+    if type(sizing) is AllIn:
+        size = (kernel.SIZING_ALL_IN, 0, 1.0)
+    elif type(sizing) is FixedShares:
+        size = (kernel.SIZING_FIXED_SHARES, sizing.n, 1.0)
+    elif type(sizing) is FixedFraction:
+        size = (kernel.SIZING_FIXED_FRACTION, 0, float(sizing.f))
+    else:
+        return None
+    return fee + size
+
+
+def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], base: BacktestConfig,
+                       costs: tuple[int | float, ...], annual: Annualization) -> dict[str, list[Any]]:
+    ts = bars["ts"].to_numpy()
+    unit = np.datetime_data(ts.dtype)[0]
+    open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
+    close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
+    ticks = np.ascontiguousarray(ts.view(np.int64))
+    commission_kind, per_share, minimum, max_rate, rate, sizing, fixed_shares, fraction = costs
+    columns: dict[str, list[Any]] = {name: [] for name in METRIC_COLUMNS}
+    for group in _period_groups(strategies, max(2, AVERAGES_BYTES // (8 * bars.height))):
+        periods = sorted({p for k in group for p in (strategies[k].fast_period, strategies[k].slow_period)})
+        row_of = {period: row for row, period in enumerate(periods)}
+        averages = _averages(bars, type(strategies[0]), close, periods)
+        fast = np.array([row_of[strategies[k].fast_period] for k in group], dtype=np.int64)
+        slow = np.array([row_of[strategies[k].slow_period] for k in group], dtype=np.int64)
+        options = (base.mode == "long_only", float(base.cash), float(base.slippage_bps), int(commission_kind),
+                   float(per_share), float(minimum), float(max_rate), float(rate), int(sizing), int(fixed_shares),
+                   float(fraction), BLOCK_BARS)
+        run = functools.partial(_run_kernel, open_, close, ticks, averages, fast, slow, options)
+        # every thread takes every T-th pair: pairs with a short fast average trade far more often, and a
+        # contiguous split gave one thread ~20 % more work
+        slices = [slice(t, None, KERNEL_THREADS) for t in range(min(KERNEL_THREADS, len(group)))]
+        state_f = np.empty((len(group), kernel.N_FLOAT))
+        state_i = np.empty((len(group), kernel.N_INT), dtype=np.int64)
+        with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="grid-kernel") as pool:
+            for pairs, (f, i) in zip(slices, pool.map(run, slices), strict=True):
+                state_f[pairs], state_i[pairs] = f, i
+        for name, values in _columns(state_f, state_i, close, float(base.cash), annual, unit).items():
+            columns[name].extend(values)  # the groups are consecutive runs of the strategies
+    return columns
+
+
+def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.ndarray, periods: list[int]
+              ) -> np.ndarray:
+    """One row per period: the strategy's numpy average where it has one, else its polars expression."""
+    rows = strategy.average_rows(close, periods)
+    if rows is not None:
+        return rows
+    return np.ascontiguousarray(
+        bars.select(strategy.average("close", p).alias(str(p)) for p in periods).to_numpy().T, dtype=np.float64)
+
+
+def _run_kernel(open_: np.ndarray, close: np.ndarray, ticks: np.ndarray, averages: np.ndarray, fast: np.ndarray,
+                slow: np.ndarray, options: tuple[Any, ...], pairs: slice) -> tuple[np.ndarray, np.ndarray]:
+    return kernel.crossover_grid(open_, close, ticks, averages, np.ascontiguousarray(fast[pairs]),
+                                 np.ascontiguousarray(slow[pairs]), *options)
+
+
+def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list[list[int]]:
+    """Indices of `strategies`, in order, cut into groups needing at most `max_periods` distinct averages."""
+    groups: list[list[int]] = [[]]
+    periods: set[int] = set()
+    for k, s in enumerate(strategies):
+        needed = periods | {s.fast_period, s.slow_period}
+        if len(needed) > max_periods and groups[-1]:
+            groups.append([])
+            needed = {s.fast_period, s.slow_period}
+        groups[-1].append(k)
+        periods = needed
+    return groups
+
+
+def _columns(state_f: np.ndarray, state_i: np.ndarray, close: np.ndarray, cash: float, annual: Annualization,
+             unit: str) -> dict[str, list[Any]]:
+    """`metrics.compute_metrics` from the kernel's sums, formula for formula, for every pair at once (numpy runs
+    the same IEEE operations as the scalar formulas, so the bit-identical fields stay so)."""
+    n = close.shape[0]
+    periods = n - 1
+    ppy = annual.periods_per_year
+    f = {name: state_f[:, getattr(kernel, f"F_{name}")] for name in (
+        "PREV_EQUITY", "SUM_R", "SUM_R2", "SUM_DOWN2", "MIN_PEAK_RATIO", "BEST_PCT", "WORST_PCT", "SUM_RETURN_PCT",
+        "GROSS_PROFIT", "GROSS_LOSS", "SUM_PNL", "COMMISSIONS")}
+    trades = state_i[:, kernel.I_TRADES]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        final = f["PREV_EQUITY"]  # the last bar's mark
+        mean = f["SUM_R"] / periods
+        std = np.sqrt(np.maximum((f["SUM_R2"] - f["SUM_R"] ** 2 / periods) / (periods - 1), 0.0))
+        downside = np.sqrt(f["SUM_DOWN2"] / periods)
+        growth = final / cash
+        annual_return = np.array([_annualized_return_pct(g, ppy, periods) for g in growth.tolist()])  # libm pow
+        max_drawdown = (f["MIN_PEAK_RATIO"] - 1) * 100
+        longest_us = state_i[:, kernel.I_LONGEST_UNDERWATER].astype(f"m8[{unit}]") / np.timedelta64(1, "us")
+        untraded = trades == 0
+        columns = {
+            "bars": np.full(len(trades), n),
+            "total_return_pct": (growth - 1) * 100,
+            "annualized_return_pct": annual_return,
+            "annualized_volatility_pct": std * math.sqrt(ppy) * 100,
+            "sharpe": _ratios(mean, std) * math.sqrt(ppy),
+            "sortino": _ratios(mean, downside) * math.sqrt(ppy),
+            "calmar": _ratios(annual_return, -max_drawdown),
+            "max_drawdown_pct": max_drawdown,
+            "max_drawdown_duration": longest_us.astype(np.int64) / 10**6,  # whole microseconds, as the engine's
+            "exposure_pct": state_i[:, kernel.I_EXPOSED] / n * 100,
+            "trades": trades,
+            "win_rate_pct": np.ma.masked_where(untraded, state_i[:, kernel.I_WINS] / trades * 100),
+            "best_trade_pct": np.ma.masked_where(untraded, f["BEST_PCT"]),
+            "worst_trade_pct": np.ma.masked_where(untraded, f["WORST_PCT"]),
+            "avg_trade_pct": np.ma.masked_where(untraded, f["SUM_RETURN_PCT"] / trades),
+            "profit_factor": _ratios(f["GROSS_PROFIT"], -f["GROSS_LOSS"], untraded),
+            "expectancy": np.ma.masked_where(untraded, f["SUM_PNL"] / trades),
+            "buy_and_hold_return_pct": np.full(len(trades), float(close[-1] / close[0] - 1) * 100),
+            "final_equity": final,
+            "commissions": f["COMMISSIONS"],
+            "periods_per_year": np.full(len(trades), ppy),
+        }
+    return {name: values.tolist() for name, values in columns.items()}  # masked entries become None
+
+
+def _ratios(numerator: np.ndarray, denominator: np.ndarray, missing: np.ndarray | bool = False
+            ) -> np.ma.MaskedArray:
+    """`metrics.ratio` elementwise, masked where it is None (0 / 0) or `missing`.
+
+    x / 0 takes the numerator's sign, as there: a plain division would give -inf for x / -0.0, the zero that
+    negating an untouched loss or drawdown sum produces.
+    """
+    quotient = np.where(denominator == 0, np.copysign(np.inf, numerator), numerator / denominator)
+    return np.ma.masked_array(quotient, mask=missing | ((numerator == 0) & (denominator == 0)))
+
+
+def _annualized_return_pct(growth: float, periods_per_year: float, periods: int) -> float:
+    """metrics.annualized_return_pct for a known growth factor (that function wants the whole equity curve)."""
+    if growth <= 0:
+        return -100.0
+    try:
+        return (growth ** (periods_per_year / periods) - 1) * 100
+    except OverflowError:
+        return math.inf

@@ -1,0 +1,142 @@
+"""The strategy contract: typed, validated parameters in, target positions per bar out.
+
+A strategy is a frozen dataclass whose fields are its parameters, so a parameter set is hashable (a grid can use it
+as a key), cannot change after validation, and documents its own types and defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Self, get_type_hints
+
+import numpy as np
+import polars as pl
+
+from ibkr_flows.backtest.errors import StrategyParameterError
+
+_TYPE_NAMES = {int: "an integer", float: "a number"}
+
+
+@dataclass(frozen=True)
+class Strategy(ABC):
+    """Base for every strategy; subclasses add parameter fields, `validate`, `warmup_bars` and `target`.
+
+    Positions are targets, not orders: +1 long, 0 flat, -1 short (flat in long-only mode), decided on a bar's close.
+    Turning targets into fills is the engine's job, so a strategy cannot peek at the bar it would trade on.
+    """
+
+    name: ClassVar[str]
+    """Registry key, the name users type."""
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self.validate()
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> Self:
+        """Build from user input (CLI, config file); unknown keys are errors, not silently ignored typos."""
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise StrategyParameterError(f"{cls.name}: unknown parameter(s) {', '.join(unknown)}; "
+                                         f"known parameters: {', '.join(known) or 'none'}")
+        return cls(**params)
+
+    def validate(self) -> None:  # noqa: B027 - an optional hook: parameterless strategies have no rules
+        """Raise `StrategyParameterError` naming the parameters that cannot work together; runs on construction."""
+
+    @property
+    @abstractmethod
+    def warmup_bars(self) -> int:
+        """Leading bars whose target is always flat because the indicators are not defined yet."""
+
+    @abstractmethod
+    def target(self) -> pl.Expr:
+        """Target position as an expression over the bar columns; null where undefined (treated as flat)."""
+
+    def signals(self, bars: pl.DataFrame) -> pl.Series:
+        """Target position per bar (Int8 in {-1, 0, 1}), known at that bar's close."""
+        return bars.with_columns(self.target().fill_null(0).cast(pl.Int8).alias("signal")).get_column("signal")
+
+    def _check_types(self) -> None:
+        hints = get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = hints[field.name]
+            accepted = (int, float) if expected is float else (expected,)
+            if isinstance(value, bool) or not isinstance(value, accepted):
+                raise StrategyParameterError(
+                    f"{self.name}: {field.name} must be {_TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")
+            if expected is float:  # so that lower=30 and lower=30.0 print and serialize the same
+                object.__setattr__(self, field.name, float(value))
+
+
+
+def require_positive(strategy: Strategy, *names: str) -> None:
+    for name in names:
+        value = getattr(strategy, name)
+        if value <= 0:
+            raise StrategyParameterError(f"{strategy.name}: {name} must be positive, got {value}")
+
+
+def require_smaller(strategy: Strategy, smaller: str, larger: str) -> None:
+    low, high = getattr(strategy, smaller), getattr(strategy, larger)
+    if low >= high:
+        raise StrategyParameterError(
+            f"{strategy.name}: {smaller} ({low}) must be smaller than {larger} ({high})")
+
+
+def require_between(strategy: Strategy, name: str, low: float, high: float) -> None:
+    value = getattr(strategy, name)
+    if not low <= value <= high:
+        raise StrategyParameterError(f"{strategy.name}: {name} must be within {low}..{high}, got {value}")
+
+
+def trend_target(fast: pl.Expr, slow: pl.Expr) -> pl.Expr:
+    """Long while the fast average is above the slow one, short while below; a tie keeps the previous side.
+
+    Ties keep the side (rather than going flat) so that integer-priced data does not churn in and out on equal
+    averages; a grid kernel must apply the same rule to reproduce trades.
+    """
+    return hold(pl.when(fast > slow).then(1).when(fast < slow).then(-1))
+
+
+def hold(decision: pl.Expr) -> pl.Expr:
+    """Carry the last decided target forward over bars where `decision` (a when/then chain without otherwise, so
+    null where no branch matched) made no new decision."""
+    return decision.forward_fill()
+
+
+@dataclass(frozen=True)
+class AverageCrossover(Strategy):
+    """Long while the fast average of closes is above the slow one, short (flat in long-only mode) while below.
+    Subclasses choose the average."""
+
+    fast_period: int
+    slow_period: int
+
+    @staticmethod
+    @abstractmethod
+    def average(column: str, period: int) -> pl.Expr:
+        """The moving average of `column` over `period` bars, null until it has `period` values."""
+
+    @staticmethod
+    def average_rows(values: np.ndarray, periods: Sequence[int]) -> np.ndarray | None:
+        """`average` of a numpy array for each period, one row each, bit for bit (NaN for null); None where only
+        the expression exists. The grid evaluator uses it to build many averages of a long series straight into
+        one array, without a polars frame and its copies in between."""
+        return None
+
+    def validate(self) -> None:
+        require_positive(self, "fast_period", "slow_period")
+        require_smaller(self, "fast_period", "slow_period")
+
+    @property
+    def warmup_bars(self) -> int:
+        return self.slow_period - 1
+
+    def target(self) -> pl.Expr:
+        return trend_target(self.average("close", self.fast_period), self.average("close", self.slow_period))

@@ -1,0 +1,30 @@
+"""Exponential-moving-average crossover on closes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import polars as pl
+
+from ibkr_flows.backtest.strategies.base import AverageCrossover
+
+
+def ema(column: str, period: int) -> pl.Expr:
+    """EMA with alpha = 2 / (period + 1), seeded with the first close (pandas `adjust=False`), null for the first
+    `period - 1` bars so that an average of too few closes never trades."""
+    return pl.col(column).ewm_mean(span=period, adjust=False, min_samples=period)
+
+
+@dataclass(frozen=True)
+class EmaCrossover(AverageCrossover):
+    """EMA crossover: long while EMA(fast) > EMA(slow), short (flat in long-only mode) while below. Defaults are
+    MACD's 12/26."""
+
+    name: ClassVar[str] = "ema_crossover"
+    fast_period: int = 12
+    slow_period: int = 26
+
+    @staticmethod
+    def average(column: str, period: int) -> pl.Expr:
+        return ema(column, period)

@@ -1,0 +1,295 @@
+"""`ibkr backtest ...`: backtests on stored bars, from the terminal.
+
+`backtest run` keeps the user's old flags and meaning and runs the engine in-process (no Prefect, no Great
+Expectations on this path: it answers in well under a second), appending its result to the backtest_results
+table like the Prefect flow does. `--flow` runs the same request as the `backtest` Prefect flow instead, with
+artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+backtest_app = typer.Typer(help="Backtest strategies on bars stored by `ibkr data ingest`.", no_args_is_help=True)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _params(assignments: list[str], fast: int | None, slow: int | None) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+        params[key.strip().replace("-", "_")] = json.loads(raw) if raw.strip().lstrip("-").replace(".", "").isdigit() \
+            else raw.strip()
+    if fast is not None:
+        params["fast_period"] = fast
+    if slow is not None:
+        params["slow_period"] = slow
+    return params
+
+
+@backtest_app.command("run")
+def run(
+    strategy: Annotated[str, typer.Option(help="sma_crossover, ema_crossover, rsi_reversion, donchian_breakout, "
+                                               "buy_and_hold")] = "sma_crossover",
+    symbol: Annotated[list[str], typer.Option(help="Symbol (repeatable).")] = ["AAPL"],  # noqa: B006
+    start: Annotated[datetime, typer.Option(help="Range start, UTC unless a zone is given, "
+                                                 "e.g. '2023-12-29 20:01:00'.")] = datetime(2024, 7, 1),
+    end: Annotated[datetime, typer.Option(help="Range end (exclusive), UTC unless zoned.")
+                   ] = datetime(2024, 7, 13),
+    fast_period: Annotated[int | None, typer.Option(help="Fast average (crossover strategies).")] = None,
+    slow_period: Annotated[int | None, typer.Option(help="Slow average (crossover strategies).")] = None,
+    param: Annotated[list[str], typer.Option(help="Other strategy parameter as key=value, e.g. period=14 "
+                                                  "(repeatable).")] = [],  # noqa: B006
+    bar_size: Annotated[str, typer.Option(help="IB bar size of the stored bars.")] = "1 min",
+    what_to_show: Annotated[str, typer.Option(help="TRADES, MIDPOINT, BID_ASK, ...")] = "TRADES",
+    rth: Annotated[bool, typer.Option("--rth/--eth", help="Regular-hours or extended-hours bars.")] = True,
+    cash: Annotated[float, typer.Option(help="Starting cash.")] = 100_000.0,
+    commission: Annotated[str, typer.Option(help="ibkr_fixed, ibkr_tiered, percent, none")] = "ibkr_fixed",
+    commission_rate: Annotated[float, typer.Option(help="For --commission percent: fraction of value.")] = 0.0,
+    slippage_bps: Annotated[float, typer.Option(help="Slippage against the trader, basis points.")] = 0.0,
+    sizing: Annotated[str, typer.Option(help="all_in, fixed_shares, fixed_fraction")] = "all_in",
+    size: Annotated[float, typer.Option(help="Shares (fixed_shares) or fraction of equity (fixed_fraction).")
+                    ] = 0.0,
+    mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
+    table_version: Annotated[int | None, typer.Option(help="Read this bars-table version (time travel).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also write the equity/drawdown chart(s) as PNG here.")] = None,
+    store: Annotated[bool, typer.Option("--store/--no-store", help="Append to the backtest_results table.")
+                     ] = True,
+    as_flow: Annotated[bool, typer.Option("--flow", help="Run as the `backtest` Prefect flow (artifacts).")
+                       ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Backtest a strategy on stored bars and print its metrics and the execution time.
+
+    Signals on bar close, fills at the next bar's open (no look-ahead). Exit codes: 0 done, 2 bad arguments,
+    3 no stored bars for the range (the message gives the `ibkr data ingest` command that fetches them),
+    4 a damaged bars table.
+    """
+    started = time.perf_counter()
+    from ibkr_flows.backtest.errors import BacktestError
+    from ibkr_flows.backtest.runner import BacktestRequest, MissingBarsError, run_request
+    from ibkr_flows.ib.historical import UnknownBarSizeError
+    from storage.errors import CorruptTableError, NotADeltaTableError
+    from storage.location import TableLocation
+
+    console = Console(stderr=as_json)
+    location = TableLocation(Path(data_dir)) if data_dir else TableLocation.default()
+    try:
+        request = BacktestRequest(
+            strategy=strategy, symbols=tuple(s.strip().upper() for s in symbol), start=_utc(start), end=_utc(end),
+            params=_params(param, fast_period, slow_period), bar_size=bar_size, what_to_show=what_to_show,
+            use_rth=rth, cash=cash, commission=commission, commission_rate=commission_rate,  # type: ignore[arg-type]
+            slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode,  # type: ignore[arg-type]
+            table_version=table_version)
+        run_ = _run_flow(request, data_dir) if as_flow else run_request(request, location)
+    except (MissingBarsError, NotADeltaTableError) as exc:
+        console.print(f"[red]no data:[/red] {exc}")
+        raise typer.Exit(3) from None
+    except CorruptTableError as exc:
+        console.print(f"[red]damaged table:[/red] {exc}")
+        raise typer.Exit(4) from None
+    except (BacktestError, UnknownBarSizeError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if store and not as_flow:
+        from storage.results_table import append_backtest_results
+
+        append_backtest_results(location, run_.result_rows("cli"))
+    elapsed = time.perf_counter() - started
+    if plot is not None:
+        _write_plots(run_, plot, console)
+    _print(run_, elapsed, as_json, console)
+
+
+def _run_flow(request, data_dir: str | None):  # type: ignore[no-untyped-def]
+    from flows.backtest import backtest_flow
+
+    r = request
+    return backtest_flow(
+        strategy=r.strategy, params=dict(r.params), symbols=list(r.symbols), start=r.start, end=r.end,
+        bar_size=r.bar_size, what_to_show=r.what_to_show, use_rth=r.use_rth, cash=r.cash, commission=r.commission,
+        commission_rate=r.commission_rate, slippage_bps=r.slippage_bps, sizing=r.sizing, size=r.size, mode=r.mode,
+        table_version=r.table_version, data_dir=data_dir)
+
+
+def _write_plots(run_, plot: Path, console: Console) -> None:  # type: ignore[no-untyped-def]
+    from ibkr_flows.backtest.charts import equity_chart_png
+
+    for s in run_.results:
+        path = plot if len(run_.results) == 1 else plot.with_name(f"{plot.stem}-{s.symbol}{plot.suffix}")
+        path.write_bytes(equity_chart_png(s.result, f"{s.symbol} · {run_.request.strategy}"))
+        console.print(f"chart: {path}")
+
+
+def _print(run_, elapsed: float, as_json: bool, console: Console) -> None:  # type: ignore[no-untyped-def]
+    from ibkr_flows.backtest.metrics import metric_values
+    from ibkr_flows.backtest.report import metric_rows
+
+    if as_json:
+        payload = {
+            "run_id": run_.run_id, "bars_version": run_.table_version, "code_version": run_.code_version,
+            "execution_time_s": round(elapsed, 4),
+            "results": {s.symbol: metric_values(s.result.metrics) for s in run_.results},
+        }
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    first = run_.results[0].result.metrics
+    table = Table("metric", *(s.symbol for s in run_.results),
+                  title=f"{run_.request.strategy} {dataclasses.asdict(run_.results[0].result.strategy)}")
+    for row in metric_rows(run_):
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(f"{first.bars} bars {first.start:%Y-%m-%d %H:%M} → {first.end:%Y-%m-%d %H:%M} UTC, bars table "
+                  f"version {run_.table_version}; {first.annualization}", soft_wrap=True)
+    console.print(f"execution time: {elapsed:.3f} s (engine and data read {run_.elapsed_s:.3f} s)")
+
+
+def _axis(text: str) -> tuple[str, object]:
+    """`fast_period=5:50:5` (start:stop:step, stop included) or `period=7,14,21`."""
+    name, sep, values = text.partition("=")
+    if not sep or not values:
+        raise typer.BadParameter(f"expected name=start:stop:step or name=a,b,c; got {text!r}", param_hint="--range")
+    number = float if any("." in v for v in values.replace(":", ",").split(",")) else int
+    try:
+        if ":" in values:
+            start, stop, step = (number(v) for v in values.split(":"))
+            return name.replace("-", "_"), {"start": start, "stop": stop, "step": step}
+        return name.replace("-", "_"), [number(v) for v in values.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: values must be numbers", param_hint="--range") from None
+
+
+@backtest_app.command("grid")
+def grid(
+    strategy: Annotated[str, typer.Option(help="Strategy to sweep.")] = "sma_crossover",
+    symbol: Annotated[str, typer.Option(help="Symbol.")] = "AAPL",
+    start: Annotated[datetime, typer.Option(help="Range start (UTC unless zoned).")] = datetime(2024, 7, 1),
+    end: Annotated[datetime, typer.Option(help="Range end, exclusive.")] = datetime(2024, 7, 13),
+    ranges: Annotated[list[str], typer.Option(
+        "--range", help="Parameter sweep: name=start:stop:step (stop included) or name=a,b,c (repeatable). "
+                        "Default for crossovers: fast_period=5:50:5, slow_period=20:200:10.")] = [],  # noqa: B006
+    rank_by: Annotated[str, typer.Option(help="Metric to rank by (sharpe, sortino, calmar, total_return_pct, ...).")
+                       ] = "sharpe",
+    holdout: Annotated[float, typer.Option(help="Share of the bars at the end kept out of the search (0 = none).")
+                       ] = 0.3,
+    folds: Annotated[int, typer.Option(help="Walk-forward folds over the in-sample bars (0 = none).")] = 0,
+    top: Annotated[int, typer.Option(help="Rows of the ranking to print.")] = 10,
+    bar_size: Annotated[str, typer.Option(help="IB bar size of the stored bars.")] = "1 min",
+    rth: Annotated[bool, typer.Option("--rth/--eth")] = True,
+    cash: Annotated[float, typer.Option(help="Starting cash.")] = 100_000.0,
+    commission: Annotated[str, typer.Option(help="ibkr_fixed, ibkr_tiered, percent, none")] = "ibkr_fixed",
+    mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
+    table_version: Annotated[int | None, typer.Option(help="Read this bars-table version.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
+    heatmap: Annotated[Path | None, typer.Option(help="Write the heatmap of the first two parameters here (PNG).")
+                       ] = None,
+    store: Annotated[bool, typer.Option("--store/--no-store", help="Append every combination to grid_results.")
+                     ] = True,
+) -> None:
+    """Backtest every combination of a parameter grid, rank it, and say how far to trust the best cell.
+
+    Prints the top of the ranking, the best cell in-sample and on the held-out bars, the walk-forward result,
+    the deflated Sharpe ratio (is the best Sharpe more than the luck of trying N combinations?) and a plateau
+    score (do the neighbours agree?). Exit codes as `backtest run`.
+    """
+    import uuid
+
+    import polars as pl
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ibkr_flows.backtest.errors import BacktestError
+    from ibkr_flows.backtest.grid import GridSpec, evaluate_grid, run_grid
+    from ibkr_flows.backtest.grid.publish import heatmap_png
+    from ibkr_flows.backtest.runner import BacktestRequest, MissingBarsError, code_version, load_bars
+    from ibkr_flows.ib.historical import UnknownBarSizeError
+    from storage.errors import CorruptTableError, NotADeltaTableError
+    from storage.location import TableLocation
+
+    console = Console()
+    location = TableLocation(Path(data_dir)) if data_dir else TableLocation.default()
+    axes = dict(_axis(r) for r in ranges) or {
+        "fast_period": {"start": 5, "stop": 50, "step": 5}, "slow_period": {"start": 20, "stop": 200, "step": 10}}
+    try:
+        spec = GridSpec(strategy, axes, rank_by)
+        request = BacktestRequest(strategy=strategy, symbols=(symbol.upper(),), start=_utc(start), end=_utc(end),
+                                  bar_size=bar_size, use_rth=rth, cash=cash, commission=commission,  # type: ignore[arg-type]
+                                  mode=mode, table_version=table_version)  # type: ignore[arg-type]
+        bars, version = load_bars(location, request, request.symbols[0], table_version)
+        base = request.config()
+        batches = spec.chunks(chunk_size=max(1, spec.size // 20))
+        with Progress(TextColumn("[bold]grid"), BarColumn(), MofNCompleteColumn(), TextColumn("combinations"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            job = bar.add_task("grid", total=spec.size * (1 + folds))
+
+            def evaluate(train):  # type: ignore[no-untyped-def]
+                parts = []
+                for batch in batches:
+                    parts.append(evaluate_grid(train, bar_size, spec, base, batch))
+                    bar.advance(job, len(batch))
+                return pl.concat(parts)
+
+            report = run_grid(bars, bar_size, spec, base, holdout=holdout or None, folds=folds or None,
+                              evaluate=evaluate)
+    except (MissingBarsError, NotADeltaTableError) as exc:
+        console.print(f"[red]no data:[/red] {exc}")
+        raise typer.Exit(3) from None
+    except CorruptTableError as exc:
+        console.print(f"[red]damaged table:[/red] {exc}")
+        raise typer.Exit(4) from None
+    except (BacktestError, UnknownBarSizeError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    run_id = uuid.uuid4().hex[:12]
+    if store:
+        from storage.grid_results_table import append_grid_results, grid_rows
+
+        append_grid_results(location, grid_rows(report.results, list(spec.axes), {
+            "run_id": run_id, "flow_run_id": "cli", "symbol": request.symbols[0], "strategy": strategy,
+            "rank_by": rank_by, "bar_size": bar_size, "range_start": request.start, "range_end": request.end,
+            "bars_version": version, "code_version": code_version()}))
+    if heatmap is not None and len(spec.axes) >= 2:
+        x, y = list(spec.axes)[:2]
+        heatmap.write_bytes(heatmap_png(report.results, x, y, rank_by))
+        console.print(f"heatmap: {heatmap}")
+    _print_grid(report, console, top, run_id, version)
+
+
+def _print_grid(report, console: Console, top: int, run_id: str, version: int) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    from ibkr_flows.backtest.report import format_value
+
+    shown = report.top(top)
+    columns = [*[c for c in shown.columns if c not in report.best_metrics.__dataclass_fields__],
+               "total_return_pct", "sharpe", "max_drawdown_pct", "trades"]
+    table = Table(*columns, title=f"top {shown.height} of {report.combinations_tried} by {report.rank_by}")
+    for row in shown.select(columns).iter_rows(named=True):
+        table.add_row(*(format_value(k, v) for k, v in row.items()))
+    console.print(table)
+    oos = report.out_of_sample
+    console.print(f"best {report.best_params}: in-sample {report.rank_by} "
+                  f"{format_value('sharpe', getattr(report.best_metrics, report.rank_by, None))}; out-of-sample "
+                  f"{format_value('sharpe', getattr(oos, report.rank_by, None)) if oos else 'n/a (no holdout)'}")
+    if report.walk_forward is not None:
+        wf = report.walk_forward
+        console.print(f"walk-forward: {wf.folds.height} folds, efficiency {format_value('sharpe', wf.efficiency)}, "
+                      f"out-of-sample return {format_value('total_return_pct', wf.out_of_sample_return_pct)}")
+    console.print(f"deflated Sharpe ratio {format_value('sharpe', report.deflated_sharpe)}, plateau score "
+                  f"{format_value('sharpe', report.plateau_score)}; {report.combinations_tried} combinations in "
+                  f"{report.elapsed_s:.2f} s; bars table version {version}; run {run_id}")

@@ -1,0 +1,129 @@
+"""`ibkr data ...`: commands that talk to TWS / IB Gateway."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ibkr_flows.settings import IBKRSettings
+
+data_app = typer.Typer(help="Talk to TWS / IB Gateway: check connectivity (and, later, ingest bars).",
+                       no_args_is_help=True)
+
+
+@data_app.command("connect")
+def connect(
+    host: Annotated[str | None, typer.Option(help="TWS host [env IBKR_HOST, default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="API port [env IBKR_PORT, default 7497]")] = None,
+    client_id: Annotated[int | None, typer.Option(help="API client id [env IBKR_CLIENT_ID, default 10]")] = None,
+    timeout: Annotated[float | None, typer.Option(help="ib_async connect timeout, seconds")] = None,
+    retry_client_id: Annotated[bool, typer.Option(
+        "--retry-client-id", help="If the client id is taken, continue with the next free one (warns).")] = False,
+    data_check: Annotated[bool, typer.Option(
+        "--data-check/--no-data-check", help="Finish with one tiny historical request (proves the data farm).")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diagnosis as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show ib_async's own log lines.")] = False,
+) -> None:
+    """Diagnose the connection to TWS / IB Gateway and say how to fix it.
+
+    Walks the layers one by one (TCP, API handshake, session start, read-only client, historical data farm) and
+    stops at the first that fails, naming the cause and the fix. Exit codes: 0 healthy or warning; 10 nothing
+    listening, 11 wrong port, 12 host unreachable, 13 not a TWS, 14 handshake silent (accept dialog),
+    15 connection rejected (trusted IPs / localhost only), 16 API not ready (not logged in), 17 client id in use,
+    18 IB connectivity lost, 19 data farm down, 20 no market data permissions.
+    """
+    from ibkr_flows.doctor.preflight import diagnose
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL)
+    settings = IBKRSettings.with_overrides(host=host, port=port, client_id=client_id, connect_timeout=timeout)
+    diagnosis = diagnose(settings, retry_client_id=retry_client_id, check_data=data_check)
+    if as_json:
+        typer.echo(json.dumps(diagnosis.to_json(), indent=2))
+    else:
+        from ibkr_flows.cli.render import render_diagnosis
+
+        render_diagnosis(diagnosis, Console())
+    raise typer.Exit(diagnosis.exit_code)
+
+
+@data_app.command("ingest")
+def ingest(
+    symbols: Annotated[list[str], typer.Argument(help="Ticker symbols, e.g. AAPL MSFT SPY.")],
+    bar_size: Annotated[str, typer.Option(help="IB bar size: '1 min', '5 mins', '1 hour', '1 day', ...")] = "1 min",
+    what_to_show: Annotated[str, typer.Option(help="TRADES, MIDPOINT, BID_ASK, ADJUSTED_LAST")] = "TRADES",
+    rth: Annotated[bool, typer.Option("--rth/--eth", help="Regular trading hours only, or extended hours.")] = True,
+    start: Annotated[datetime | None, typer.Option(help="Start (UTC) for series never stored before.")] = None,
+    end: Annotated[datetime | None, typer.Option(help="End (UTC, exclusive); default now.")] = None,
+    lookback_days: Annotated[int, typer.Option(help="Default start: this many days before end.")] = 7,
+    quality_engine: Annotated[str, typer.Option(help="great_expectations, or polars (the same rules, faster).")
+                              ] = "great_expectations",
+    data_dir: Annotated[str | None, typer.Option(help="Where the Delta tables live [env IBKR_DATA_DIR, ./data]")
+                        ] = None,
+    host: Annotated[str | None, typer.Option(help="TWS host [env IBKR_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="API port [env IBKR_PORT]")] = None,
+    client_id: Annotated[int | None, typer.Option(help="API client id [env IBKR_CLIENT_ID]")] = None,
+) -> None:
+    """Fetch historical bars into the Delta bars table, incrementally (the `ingest-bars` Prefect flow).
+
+    Each series resumes from its last stored bar; new series start at --start (or --lookback-days ago).
+    Requests are paced by IB's rules, bad bars go to the quarantine table, and the run ends with a per-symbol
+    report. Exit code 0 when every symbol was stored, 1 when some failed, 2 for bad arguments, and the doctor's
+    code when TWS is unusable.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.ingest import ingest_flow
+    from ibkr_flows.doctor.diagnosis import TWSConnectionError
+    from ibkr_flows.ingest.engine import IngestRequest
+    from ibkr_flows.ingest.errors import IngestIncompleteError
+    from ibkr_flows.ingest.report import report_rows
+    from tasks.ingest import progress_listeners
+
+    console = Console()
+    aware = {name: value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+             for name, value in {"start": start, "end": end}.items()}
+    try:  # the flow validates too; checking here answers bad input before Prefect starts
+        IngestRequest(symbols=tuple(s.strip().upper() for s in symbols), bar_size=bar_size, what_to_show=what_to_show,
+                      use_rth=rth, quality_engine=quality_engine, **aware)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        job = bar.add_task("ingest", total=None)
+        progress_listeners.append(lambda done, planned: bar.update(job, completed=done, total=planned))
+        try:
+            state = ingest_flow(symbols=symbols, bar_size=bar_size, what_to_show=what_to_show, use_rth=rth,
+                                lookback_days=lookback_days, quality_engine=quality_engine, data_dir=data_dir,
+                                host=host, port=port, client_id=client_id, return_state=True, **aware)
+        finally:
+            progress_listeners.clear()
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, TWSConnectionError):
+        from ibkr_flows.cli.render import render_diagnosis
+
+        render_diagnosis(outcome.diagnosis, console)
+        raise typer.Exit(outcome.diagnosis.exit_code)
+    if isinstance(outcome, ValueError):
+        console.print(f"[red]error:[/red] {outcome}")
+        raise typer.Exit(2)
+    report = outcome.report if isinstance(outcome, IngestIncompleteError) else outcome
+    if isinstance(report, BaseException):
+        raise report
+    _print_report(console, report_rows(report))
+    raise typer.Exit(1 if report.failed else 0)
+
+
+def _print_report(console: Console, rows: list[dict[str, object]]) -> None:
+    from rich.table import Table
+
+    table = Table(*rows[0].keys()) if rows else Table()
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)

@@ -1,0 +1,162 @@
+"""`ibkr sim ...`: run the TWS simulator standalone and steer its faults from another terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ibkr_flows.sim.control import ControlError, send_command
+
+T = TypeVar("T")
+
+sim_app = typer.Typer(
+    help="A local TWS / IB Gateway simulator speaking the real API wire protocol (server version 178). Point "
+    "ib_async, this project or your own code at it; inject failures on demand.",
+    no_args_is_help=True,
+)
+
+FAULT_HELP = (
+    "Fault settings as key=value (repeatable): connect=none|not-listening|accept-silence|accept-close|"
+    "version-silence|empty-accounts; busy_client_ids=10,11; read_only=true; farm_down=true; "
+    "no_data_symbols=AAPL; no_permission_symbols=MSFT; enforce_pacing=true; pacing_all_bar_sizes=true; "
+    "time_scale=0.01; latency_seconds=0.5; drop_after_messages=20; "
+    "bad_bars=high-below-low:10,negative-volume:7,duplicate-ts:25,misaligned-ts:30."
+)
+
+
+def _control_port(port: int, control_port: int | None) -> int:
+    return control_port if control_port is not None else port + 10000
+
+
+@sim_app.command("start")
+def start(
+    port: Annotated[int, typer.Option(help="API port to listen on (7497 = TWS paper).")] = 7497,
+    host: Annotated[str, typer.Option(help="Bind address. Keep loopback unless you mean it.")] = "127.0.0.1",
+    fault: Annotated[list[str] | None, typer.Option("--fault", "-f", help=FAULT_HELP)] = None,
+    replay: Annotated[Path | None, typer.Option(help="Serve bars from this Parquet/CSV file instead of the "
+                                                     "seeded generator.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic bar generator.")] = 7,
+    account: Annotated[list[str] | None, typer.Option(help="Managed account ids (default DU1234567).")] = None,
+    control_port: Annotated[int | None, typer.Option(help="Control port for `ibkr sim set` (default: port + "
+                                                          "10000).")] = None,
+) -> None:
+    """Run the simulator in the foreground until Ctrl-C."""
+    from ibkr_flows.sim.bars import ReplayBars, SyntheticBars
+    from ibkr_flows.sim.control import serve_control
+    from ibkr_flows.sim.faults import Faults, parse_assignments
+    from ibkr_flows.sim.server import TWSSimulator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        faults = Faults().updated(parse_assignments(fault or []))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fault") from exc
+    source = ReplayBars(replay) if replay else SyntheticBars(seed=seed)
+    sim = TWSSimulator(host, port, faults=faults, bar_source=source, accounts=account or ["DU1234567"])
+    ctl_port = _control_port(port, control_port)
+
+    async def serve() -> None:
+        await _listening(sim.start(), host, port)
+        control = await _listening(serve_control(sim, "127.0.0.1", ctl_port), "127.0.0.1", ctl_port)
+        typer.echo(f"TWS simulator on {host}:{port} (listening: {sim.listening}), control on 127.0.0.1:{ctl_port}; "
+                   f"faults: {json.dumps(faults.to_json())}", err=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            control.close()
+            await sim.stop()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        typer.echo("simulator stopped", err=True)
+
+
+async def _listening(start: Awaitable[T], host: str, port: int) -> T:
+    """Start a listener; a port that cannot be bound is a one-line error (exit 1), not a traceback."""
+    try:
+        return await start
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}; choose another port "
+                   "(`--port`, `--control-port`)", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _command(request: dict[str, Any], port: int, control_port: int | None) -> None:
+    try:
+        reply = send_command("127.0.0.1", _control_port(port, control_port), request)
+    except ControlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(reply, indent=2))
+
+
+PortOption = Annotated[int, typer.Option(help="The simulator's API port.")]
+ControlOption = Annotated[int | None, typer.Option(help="Its control port (default: port + 10000).")]
+
+
+@sim_app.command("set")
+def set_faults(
+    assignments: Annotated[list[str], typer.Argument(help=FAULT_HELP)],
+    port: PortOption = 7497,
+    control_port: ControlOption = None,
+) -> None:
+    """Change fault settings of a running simulator, e.g. `ibkr sim set connect=accept-silence`."""
+    from ibkr_flows.sim.faults import parse_assignments
+
+    try:
+        changes = parse_assignments(assignments)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    _command({"cmd": "set", "faults": {k: sorted(v) if isinstance(v, set) else v for k, v in changes.items()}},
+             port, control_port)
+
+
+@sim_app.command("reset")
+def reset(port: PortOption = 7497, control_port: ControlOption = None) -> None:
+    """Clear every fault."""
+    _command({"cmd": "reset"}, port, control_port)
+
+
+@sim_app.command("status")
+def status(port: PortOption = 7497, control_port: ControlOption = None) -> None:
+    """Counters (connections, requests per type, pacing violations, bytes) and the current faults."""
+    _command({"cmd": "status"}, port, control_port)
+
+
+@sim_app.command("drop")
+def drop(port: PortOption = 7497, control_port: ControlOption = None) -> None:
+    """Close every client connection now."""
+    _command({"cmd": "drop"}, port, control_port)
+
+
+@sim_app.command("restart")
+def restart(
+    down_for: Annotated[float, typer.Option(help="Seconds nothing listens.")] = 5.0,
+    port: PortOption = 7497,
+    control_port: ControlOption = None,
+) -> None:
+    """Simulate TWS's nightly restart: drop everyone, stop listening for a while, come back."""
+    _command({"cmd": "restart", "down_for": down_for}, port, control_port)
+
+
+@sim_app.command("lose-connectivity")
+def lose_connectivity(
+    restore_after: Annotated[float | None, typer.Option(help="Seconds until 1102 (default: stay lost).")] = None,
+    port: PortOption = 7497,
+    control_port: ControlOption = None,
+) -> None:
+    """Send 1100 (IB servers unreachable) to every client; 1102 after --restore-after seconds."""
+    _command({"cmd": "lose-connectivity", "restore_after": restore_after}, port, control_port)
+
+
+@sim_app.command("restore-connectivity")
+def restore_connectivity(port: PortOption = 7497, control_port: ControlOption = None) -> None:
+    """Send 1102 (connectivity restored, data maintained) after `lose-connectivity`."""
+    _command({"cmd": "restore-connectivity"}, port, control_port)

@@ -1,0 +1,250 @@
+"""Talking to TWS for ingestion: one read-only connection that survives drops, and requests whose failures come
+back as the typed errors of `ingest.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from ib_async import IB, BarData, Contract, ContractDetails, RequestError, Stock
+
+from ibkr_flows.ib.codes import CONNECTIVITY_RESTORED, ErrorClass, ErrorCode
+from ibkr_flows.ib.codes import classify as classify_code
+from ibkr_flows.ingest.errors import (
+    DisconnectedError,
+    IngestError,
+    NoPermissionsError,
+    PacingViolationError,
+    RequestRejectedError,
+    RequestTimeoutError,
+    RetriesExhaustedError,
+    RetryableError,
+    UnknownSymbolError,
+)
+from ibkr_flows.ingest.pacing import PacedRequest, PacingBudget
+from ibkr_flows.ingest.plan import Chunk
+from ibkr_flows.settings import IBKRSettings
+
+log = logging.getLogger("ibkr.ingest")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for retryable errors. Pacing violations wait longer: IB's penalty box lasts tens of seconds."""
+
+    max_attempts: int = 6
+    base_delay_s: float = 1.0
+    max_delay_s: float = 60.0
+    pacing_delay_s: float = 15.0
+    reconnect_deadline_s: float = 300.0
+    """How long to keep trying to reconnect: covers TWS's nightly restart (a minute or two)."""
+
+    def delay(self, attempt: int, error: Exception) -> float:
+        base = self.pacing_delay_s if isinstance(error, PacingViolationError) else self.base_delay_s
+        return min(self.max_delay_s, base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+class IBSession:
+    """A read-only ib_async connection that reconnects (with the next client id if TWS still holds ours)."""
+
+    def __init__(self, settings: IBKRSettings, policy: RetryPolicy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.client_id = settings.client_id
+        self.ib = IB()
+        self.ib.RaiseRequestErrors = True
+        self.connectivity = asyncio.Event()
+        self.connectivity.set()
+        self.reconnects = 0
+        self.generation = 0
+        """Counts successful connects, so that of several requests failing on one dead socket only the first
+        reconnects: the others see a newer generation and simply retry."""
+        self._recent_errors: list[int] = []
+        self.ib.errorEvent += self._on_error
+        self._connect_lock = asyncio.Lock()
+
+    def _on_error(self, req_id: int, code: int, text: str, _contract: Contract | None) -> None:
+        self._recent_errors.append(code)
+        if code == ErrorCode.CONNECTIVITY_LOST:
+            log.warning("TWS lost connectivity to IB (1100); requests wait for 1101/1102")
+            self.connectivity.clear()
+        elif code in CONNECTIVITY_RESTORED:
+            log.info("TWS connectivity restored (%d)", code)
+            self.connectivity.set()
+
+    async def ensure_connected(self) -> None:
+        async with self._connect_lock:
+            await self._connect_unlocked()
+
+    async def _connect_unlocked(self) -> None:
+        if self.ib.isConnected():
+            return
+        deadline = asyncio.get_running_loop().time() + self.policy.reconnect_deadline_s
+        attempt = 0
+        while True:
+            attempt += 1
+            self._recent_errors.clear()
+            try:
+                await self.ib.connectAsync(self.settings.host, self.settings.port, self.client_id,
+                                           timeout=self.settings.connect_timeout, readonly=True)
+                self.connectivity.set()
+                self.generation += 1
+                if attempt > 1 or self.reconnects:
+                    log.info("reconnected to TWS as client %d", self.client_id)
+                return
+            except (OSError, TimeoutError) as exc:
+                self._drop()
+                if ErrorCode.CLIENT_ID_IN_USE in self._recent_errors:
+                    self.client_id += 1
+                    log.warning("client id in use; retrying as %d", self.client_id)
+                    continue
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise DisconnectedError(f"could not reconnect to TWS within "
+                                            f"{self.policy.reconnect_deadline_s:.0f} s: {exc!r}") from exc
+                await asyncio.sleep(min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** attempt))
+
+    async def reconnect(self, failed_generation: int) -> None:
+        """Reconnect after a request failed on connection `failed_generation`, unless another request already
+        did."""
+        async with self._connect_lock:
+            if self.generation != failed_generation and self.ib.isConnected():
+                return
+            self.reconnects += 1
+            self._drop()
+            await self._connect_unlocked()
+
+    def _drop(self) -> None:
+        """ib_async's `disconnect()` raises on a socket that is open but not yet through the handshake."""
+        try:
+            self.ib.disconnect()
+        except ConnectionError:
+            self.ib.client.disconnect()
+
+    def close(self) -> None:
+        self._drop()
+
+
+def classify(symbol: str, exc: RequestError) -> IngestError | None:
+    """Map an IB request error to a typed ingestion error by its class (`ib.codes`); None means 'no data for this
+    range'."""
+    match classify_code(exc.code, exc.message):
+        case ErrorClass.NO_DATA:
+            return None
+        case ErrorClass.PACING:
+            return PacingViolationError(exc.message)
+        case ErrorClass.PERMISSIONS:
+            return NoPermissionsError(symbol, exc.message)
+        case ErrorClass.CONNECTIVITY:
+            return DisconnectedError(exc.message)
+        case ErrorClass.REQUEST if exc.code == ErrorCode.UNKNOWN_CONTRACT:
+            return UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
+        case ErrorClass.REQUEST:
+            return RequestRejectedError(symbol, f"TWS rejected the request ({exc.code}): {exc.message}")
+        case _:
+            return RequestTimeoutError(f"error {exc.code}: {exc.message}")
+
+
+async def with_retries(session: IBSession, symbol: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run `call`, retrying retryable failures with backoff and reconnecting after disconnects."""
+    policy = session.policy
+    for attempt in range(1, policy.max_attempts + 1):
+        generation = session.generation
+        try:
+            await session.ensure_connected()
+            generation = session.generation
+            return await call()
+        except RetryableError as exc:
+            if attempt == policy.max_attempts:
+                raise RetriesExhaustedError(symbol, f"{what}: {exc} (after {attempt} attempts)") from exc
+            delay = policy.delay(attempt, exc)
+            log.warning("%s %s: %s; retry %d/%d in %.1f s", symbol, what, exc, attempt, policy.max_attempts - 1,
+                        delay)
+            if isinstance(exc, DisconnectedError) and not session.ib.isConnected():
+                await asyncio.sleep(delay)
+                await session.reconnect(generation)
+            else:
+                await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def _request(session: IBSession, symbol: str, send: Callable[[], Awaitable[T]], timeout: float | None
+                   ) -> T | None:
+    """One request, optionally with a deadline; socket drops and IB errors become typed errors, and IB's
+    'no data' becomes None. `send` is called inside the guard: ib_async writes some requests to the socket as
+    soon as they are called, so a connection that died a moment ago raises right there."""
+    try:
+        awaitable = send()
+        return await (asyncio.wait_for(awaitable, timeout) if timeout else awaitable)
+    except RequestError as exc:
+        error = classify(symbol, exc)
+        if error is None:
+            return None
+        raise error from exc
+    except TimeoutError as exc:
+        raise _silence(session, f"no answer within {timeout:.0f} s") from exc
+    except ConnectionError as exc:
+        raise DisconnectedError(f"connection dropped: {exc}") from exc
+
+
+def _silence(session: IBSession, what: str) -> RetryableError:
+    if not session.ib.isConnected():
+        return DisconnectedError(what + " (disconnected)")
+    if not session.connectivity.is_set():
+        return DisconnectedError(what + " (TWS lost connectivity to IB, 1100)")
+    return RequestTimeoutError(what)
+
+
+async def qualify(session: IBSession, symbol: str, timeout: float) -> ContractDetails:
+    async def call() -> ContractDetails:
+        details = await _request(
+            session, symbol, lambda: session.ib.reqContractDetailsAsync(Stock(symbol, "SMART", "USD")), timeout)
+        if not details:
+            raise UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
+        return details[0]
+
+    return await with_retries(session, symbol, "contract details", call)
+
+
+async def head_timestamp(session: IBSession, budget: PacingBudget, contract: Contract, *, what_to_show: str,
+                         use_rth: bool, timeout: float) -> datetime | None:
+    """IB's first available bar, which bounds a new symbol's backfill (a paced request in IB's books)."""
+
+    async def call() -> datetime | None:
+        async with budget.slot(PacedRequest(contract.conId, what_to_show, f"head {contract.conId} {what_to_show}")):
+            head = await _request(session, contract.symbol, lambda: session.ib.reqHeadTimeStampAsync(
+                contract, whatToShow=what_to_show, useRTH=use_rth, formatDate=2), timeout)
+        return head.astimezone(UTC) if isinstance(head, datetime) else None  # IB answers [] on error
+
+    return await with_retries(session, contract.symbol, "head timestamp", call)
+
+
+async def fetch_chunk(session: IBSession, budget: PacingBudget, contract: Contract, chunk: Chunk, *,
+                      bar_size: str, what_to_show: str, use_rth: bool, timeout: float) -> list[BarData]:
+    """The bars of one planned request ([] when IB says it has none for the range: a holiday, a halt).
+
+    ib_async's own timeout cancels the request at TWS and returns an empty list; with RaiseRequestErrors on,
+    IB's real 'no data' raises instead, so an empty list here always means silence, never 'no data'.
+    """
+    identity = chunk.describe(contract.symbol, bar_size, what_to_show, use_rth)
+
+    async def call() -> list[BarData]:
+        await session.connectivity.wait()
+        async with budget.slot(PacedRequest(contract.conId, what_to_show, identity)):
+            bars = await _request(session, contract.symbol, lambda: session.ib.reqHistoricalDataAsync(
+                contract, endDateTime=chunk.end, durationStr=chunk.duration, barSizeSetting=bar_size,
+                whatToShow=what_to_show, useRTH=use_rth, formatDate=2, timeout=timeout), None)
+        if bars is None:
+            return []
+        if not bars:
+            raise _silence(session, f"no answer within {timeout:.0f} s")
+        return list(bars)
+
+    return await with_retries(session, contract.symbol, f"bars until {chunk.end:%Y-%m-%d %H:%M}", call)

@@ -1,0 +1,73 @@
+"""Which historical requests to send: from the table's watermark (or a start date) up to now, in chunks IB
+accepts, skipping days the exchange is closed.
+
+Chunks follow the exchange's sessions: a request never spans a weekend or holiday, so no request is wasted on a
+range IB would answer with "no data", and each request's window is exactly one session (or a piece of one).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ibkr_flows.ib.historical import MAX_INTRADAY_REQUEST_S, MAX_REQUEST_SECONDS, bar_step, is_intraday
+from ibkr_flows.ib.sessions import session_bounds, sessions_between
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One reqHistoricalData: bars starting in [start, end), asked as `end` + `duration`."""
+
+    start: datetime
+    end: datetime
+    duration: str
+
+    def describe(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool) -> str:
+        """The lineage string stored with every row this request produced."""
+        return (f"{symbol} {bar_size} {what_to_show} {'rth' if use_rth else 'eth'} "
+                f"end={self.end:%Y%m%d-%H:%M:%S} dur={self.duration}")
+
+
+def plan_chunks(start: datetime, end: datetime, *, bar_size: str, use_rth: bool, calendar: str = "XNYS"
+                ) -> list[Chunk]:
+    """Requests covering every bar that starts in [start, end), oldest first.
+
+    Intraday sizes: one request per session (or per IB duration step for bars of 30 seconds or less), durations
+    in seconds so the window is exact. Daily and longer: one request per year ending at the range end.
+    """
+    if end <= start:
+        return []
+    if not is_intraday(bar_size):
+        return _yearly_chunks(start, end)
+    step = MAX_REQUEST_SECONDS.get(bar_size, MAX_INTRADAY_REQUEST_S)
+    chunks: list[Chunk] = []
+    for session in sessions_between(start, end, calendar):
+        open_, close = session_bounds(session, use_rth, calendar)
+        lo, hi = max(open_, start), min(close, end)
+        while lo < hi:
+            piece_end = min(hi, lo + timedelta(seconds=step))
+            span = math.ceil((piece_end - lo).total_seconds())
+            chunks.append(Chunk(piece_end - timedelta(seconds=span), piece_end, f"{span} S"))
+            lo = piece_end
+    return chunks
+
+
+def _yearly_chunks(start: datetime, end: datetime) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    hi = end
+    while hi > start:
+        lo = max(start, hi - timedelta(days=365))
+        chunks.append(Chunk(lo, hi, "1 Y"))
+        hi = lo
+    return chunks[::-1]
+
+
+def resume_start(watermark: datetime | None, configured_start: datetime, head: datetime | None, *, bar_size: str,
+                 overlap_bars: int = 2) -> datetime:
+    """Where fetching resumes: a couple of bars before the last stored one (its last bar may have been partial,
+    and IB revises recent bars), or, for a series never stored, the configured start bounded by IB's first
+    available bar (reqHeadTimeStamp)."""
+    if watermark is not None:
+        return watermark - bar_step(bar_size) * overlap_bars
+    return max(configured_start, head) if head is not None else configured_start

@@ -1,0 +1,245 @@
+"""The quality rules as polars expressions: the single definition of every blocking check.
+
+Each rule is an expression that is True where a row passes. Missing values pass every rule except `not_null`, and
+NaN counts as missing: pandas/Great Expectations skip missing values, and one row should fail for one reason (its
+missing price), not several. The Great Expectations suite (`quality.gx_suite`) mirrors these rules one to one; the
+session-dependent ones (`aligned_ts`, `in_session`) are evaluated here and handed to it as boolean columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from functools import cached_property
+from typing import Literal
+
+import polars as pl
+
+from ibkr_flows.ib.historical import QUOTE_TYPES, bar_step, is_intraday
+from ibkr_flows.ib.sessions import session_bounds
+from storage.schema import BAR_KEY, UTC_US
+
+NEW_YORK = "America/New_York"
+KEY_COLUMNS = ("symbol", "con_id", "bar_size", "what_to_show", "use_rth", "ts")
+PRICE_COLUMNS = ("open", "high", "low", "close")
+NOT_NULL_COLUMNS = KEY_COLUMNS + PRICE_COLUMNS
+SIZE_COLUMNS = ("volume", "wap", "bar_count")
+"""Data types for which IB sends -1 as volume, wap and bar count (there were no trades to count)."""
+REQUIRED_COLUMNS = NOT_NULL_COLUMNS + SIZE_COLUMNS
+
+BLOCKING_CHECKS = ("not_null", "positive_prices", "high_ge_open_close", "low_le_open_close", "volume_non_negative",
+                   "unique_key", "aligned_ts", "in_session")
+"""In order of precedence: a quarantined row is labelled with the first one it fails."""
+
+RULE_TEXT = {
+    "not_null": f"no nulls in {', '.join(NOT_NULL_COLUMNS)}",
+    "positive_prices": "open, high, low, close > 0",
+    "high_ge_open_close": "high >= max(open, close)",
+    "low_le_open_close": "low <= min(open, close)",
+    "volume_non_negative": "volume, wap, bar_count >= 0 (-1 allowed for MIDPOINT, BID_ASK, BID, ASK)",
+    "unique_key": f"one bar per ({', '.join(BAR_KEY)}); later copies are quarantined",
+    "aligned_ts": "ts on the bar-size grid from the session open (daily+: 00:00 UTC of a session date)",
+    "in_session": "ts within the session's [open, close) for the requested hours",
+    "completeness": "every bar of each session fully inside the window was received",
+}
+
+Severity = Literal["blocking", "warning"]
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What one check found on one batch."""
+
+    name: str
+    severity: Severity
+    passed: bool
+    failed_rows: int
+    """Rows failing this rule, whatever else they fail (completeness: bars missing)."""
+    detail: str
+
+
+@dataclass(frozen=True)
+class BarSeries:
+    """The bar series a batch claims to be: the rules depend on its size, hours and data type."""
+
+    bar_size: str
+    use_rth: bool
+    what_to_show: str
+    calendar: str = "XNYS"
+
+    @cached_property
+    def step(self) -> timedelta:
+        return bar_step(self.bar_size)
+
+    @cached_property
+    def intraday(self) -> bool:
+        return is_intraday(self.bar_size)
+
+    @property
+    def allows_missing_volume(self) -> bool:
+        return self.what_to_show.upper() in QUOTE_TYPES
+
+    def session_day(self) -> pl.Expr:
+        """The session a bar belongs to: the New York date of an intraday bar, the UTC date of a daily stamp."""
+        ts = pl.col("ts")
+        return ts.dt.convert_time_zone(NEW_YORK).dt.date() if self.intraday else ts.dt.date()
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Open and close of the sessions on the days a batch touches, so rules are lookups rather than calendar
+    calls per row. Days that are not sessions are simply absent."""
+
+    days: pl.Series
+    opens: pl.Series
+    closes: pl.Series
+
+    @classmethod
+    def for_days(cls, days: list[date], series: BarSeries) -> Sessions:
+        bounds: dict[date, tuple[datetime, datetime]] = {}
+        for day in days:
+            try:
+                bounds[day] = session_bounds(day, series.use_rth, series.calendar)
+            except KeyError:
+                continue  # not a session (weekend, holiday) or beyond the calendar
+        return cls(pl.Series("day", list(bounds), pl.Date()),
+                   pl.Series("open", [b[0] for b in bounds.values()], UTC_US),
+                   pl.Series("close", [b[1] for b in bounds.values()], UTC_US))
+
+    @classmethod
+    def for_frame(cls, frame: pl.DataFrame, series: BarSeries) -> Sessions:
+        days = frame.select(series.session_day().drop_nulls().unique()).to_series().to_list()
+        return cls.for_days(days, series)
+
+    def open_of(self, day: pl.Expr) -> pl.Expr:
+        return day.replace_strict(self.days, self.opens, default=None, return_dtype=UTC_US)
+
+    def close_of(self, day: pl.Expr) -> pl.Expr:
+        return day.replace_strict(self.days, self.closes, default=None, return_dtype=UTC_US)
+
+    def is_session(self, day: pl.Expr) -> pl.Expr:
+        return day.is_in(self.days.implode())
+
+
+def num(column: str) -> pl.Expr:
+    """A numeric column with NaN as missing (see the module docstring)."""
+    return pl.col(column).cast(pl.Float64).fill_nan(None)
+
+
+def _passes(condition: pl.Expr) -> pl.Expr:
+    return condition.fill_null(True)
+
+
+def _passes_on_ts(condition: pl.Expr) -> pl.Expr:
+    """A ts rule: a missing ts is not_null's failure, not this rule's."""
+    return pl.col("ts").is_null() | condition.fill_null(True)
+
+
+def not_null() -> pl.Expr:
+    return pl.all_horizontal([pl.col(c).is_not_null() for c in KEY_COLUMNS]
+                             + [num(c).is_not_null() for c in PRICE_COLUMNS])
+
+
+def positive_prices() -> pl.Expr:
+    return pl.all_horizontal([_passes(num(c) > 0) for c in PRICE_COLUMNS])
+
+
+def high_ge_open_close() -> pl.Expr:
+    return _passes(num("high") >= num("open")) & _passes(num("high") >= num("close"))
+
+
+def low_le_open_close() -> pl.Expr:
+    return _passes(num("low") <= num("open")) & _passes(num("low") <= num("close"))
+
+
+def _size_ok(column: str, series: BarSeries) -> pl.Expr:
+    value = num(column)
+    ok = value >= 0
+    return _passes(ok | (value == -1) if series.allows_missing_volume else ok)
+
+
+def volume_non_negative(series: BarSeries) -> pl.Expr:
+    return pl.all_horizontal([_size_ok(c, series) for c in SIZE_COLUMNS])
+
+
+def unique_key() -> pl.Expr:
+    """The first copy of a key (input order) passes, later copies fail, whichever copy is right: the key is then
+    either clean or missing (and reported as a gap), never silently replaced. Keys with a null are not_null's."""
+    return pl.struct(BAR_KEY).is_first_distinct() | pl.any_horizontal([pl.col(c).is_null() for c in BAR_KEY])
+
+
+def aligned_ts(series: BarSeries, sessions: Sessions) -> pl.Expr:
+    """Intraday bars start on the bar-size grid counted from the session open (so 1-hour RTH bars start at :30);
+    daily and longer bars are stamped 00:00 UTC of a session date. A day that is no session is in_session's."""
+    ts, day = pl.col("ts"), series.session_day()
+    if not series.intraday:
+        return _passes_on_ts((ts.dt.truncate("1d") == ts) & sessions.is_session(day))
+    offset = (ts - sessions.open_of(day)).dt.total_microseconds()
+    return _passes_on_ts(offset % (series.step // timedelta(microseconds=1)) == 0)
+
+
+def in_session(series: BarSeries, sessions: Sessions) -> pl.Expr:
+    """Intraday bars start inside the [open, close) of the session of their New York date; daily bars are on a
+    session date."""
+    ts, day = pl.col("ts"), series.session_day()
+    if not series.intraday:
+        return _passes_on_ts(sessions.is_session(day))
+    open_, close = sessions.open_of(day), sessions.close_of(day)
+    return _passes_on_ts(open_.is_not_null() & (ts >= open_) & (ts < close))
+
+
+def rules(series: BarSeries, sessions: Sessions) -> dict[str, pl.Expr]:
+    """Every blocking rule, in precedence order, as a pass expression named after its check."""
+    exprs = {
+        "not_null": not_null(),
+        "positive_prices": positive_prices(),
+        "high_ge_open_close": high_ge_open_close(),
+        "low_le_open_close": low_le_open_close(),
+        "volume_non_negative": volume_non_negative(series),
+        "unique_key": unique_key(),
+        "aligned_ts": aligned_ts(series, sessions),
+        "in_session": in_session(series, sessions),
+    }
+    return {name: expr.alias(name) for name, expr in exprs.items()}
+
+
+def _value(column: str) -> pl.Expr:
+    return pl.format("{} {}", pl.lit(column), pl.col(column).cast(pl.String).fill_null("null"))
+
+
+def _ts_text() -> pl.Expr:
+    return pl.col("ts").dt.to_string("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _listing(parts: list[tuple[pl.Expr, pl.Expr]]) -> pl.Expr:
+    """Comma-separated texts of the (text, condition) parts whose condition holds."""
+    return pl.concat_str([pl.when(cond).then(text) for text, cond in parts], separator=", ", ignore_nulls=True)
+
+
+def details(series: BarSeries, sessions: Sessions) -> dict[str, pl.Expr]:
+    """Why a row failed each check, in words an operator can act on (e.g. `high 10.0 < open 10.5`)."""
+    size_bad = [(_value(c), ~_size_ok(c, series)) for c in SIZE_COLUMNS]
+    day = series.session_day()
+    if series.intraday:
+        grid = pl.format("ts {} is not on the {} grid from the session open {}", _ts_text(), pl.lit(series.bar_size),
+                         sessions.open_of(day).dt.to_string("%H:%M UTC"))
+        outside = pl.when(sessions.is_session(day)).then(
+            pl.format("ts {} is outside the session {}..{}", _ts_text(),
+                      sessions.open_of(day).dt.to_string("%H:%M"), sessions.close_of(day).dt.to_string("%H:%M UTC"))
+        ).otherwise(pl.format("ts {}: {} is not a session", _ts_text(), day.dt.to_string("%Y-%m-%d")))
+    else:
+        grid = pl.format("ts {} is not 00:00 UTC of a session date", _ts_text())
+        outside = pl.format("{} is not a session", day.dt.to_string("%Y-%m-%d"))
+    return {
+        "not_null": pl.format("missing: {}", _listing([(pl.lit(c), pl.col(c).is_null()) for c in KEY_COLUMNS]
+                                                   + [(pl.lit(c), num(c).is_null()) for c in PRICE_COLUMNS])),
+        "positive_prices": pl.format("not positive: {}", _listing([(_value(c), num(c) <= 0) for c in PRICE_COLUMNS])),
+        "high_ge_open_close": pl.format("{} < {}", _value("high"),
+                                        _listing([(_value(c), num("high") < num(c)) for c in ("open", "close")])),
+        "low_le_open_close": pl.format("{} > {}", _value("low"),
+                                       _listing([(_value(c), num("low") > num(c)) for c in ("open", "close")])),
+        "volume_non_negative": pl.format("negative: {}", _listing(size_bad)),
+        "unique_key": pl.format("duplicate of an earlier bar at ts {}", _ts_text()),
+        "aligned_ts": grid,
+        "in_session": outside,
+    }

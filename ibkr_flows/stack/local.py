@@ -1,0 +1,213 @@
+"""`ibkr up` / `ibkr down`: a Prefect server on 127.0.0.1 (or an existing one), the `ibkr-local` process work
+pool, every deployment of prefect.yaml, the alert automations and a worker; and stopping exactly those again.
+
+Prefect itself runs in child processes with the same interpreter, so the versions pinned for this project are
+the ones serving. Every step is idempotent against an existing server: the pool is created only if missing,
+`prefect deploy` upserts deployments by name, automations are synced by name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+
+from ibkr_flows.alerts.blocks import BlockRef
+from ibkr_flows.stack.processes import StackError, group_alive, run_step, spawn, stop_group
+from ibkr_flows.stack.state import StackState, load_state, remove_state, save_state
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+"""Where prefect.yaml lives; deployments pull (set their working directory) from here."""
+POOL = "ibkr-local"
+PREFECT = (sys.executable, "-m", "prefect")
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    home: Path
+    """PREFECT_HOME of every process started: the server's SQLite database, logs, the state file."""
+    port: int | None = None
+    """Port of the local server; None = a free one."""
+    api_url: str | None = None
+    """An existing server (or Prefect Cloud workspace) to use instead of starting one."""
+    pool: str = POOL
+    project_dir: Path = PROJECT_DIR
+    alert_blocks: tuple[BlockRef, ...] = ()
+    alert_window: timedelta = timedelta(hours=1)
+    start_worker: bool = True
+    startup_timeout: float = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ensure_port_free(port: int) -> None:
+    """A busy port could be another Prefect server, whose /api/health would answer for ours."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise StackError(f"127.0.0.1:{port} is already in use; choose another --port or omit it") from exc
+
+
+def _child_env(home: Path, api_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url)
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return env
+
+
+def _log_tail(path: Path, chars: int = 2000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def _wait_for_server(api_url: str, pid: int, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not group_alive(pid):
+            raise StackError(f"the Prefect server exited during start-up; {log}:\n{_log_tail(log)}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise StackError(f"the Prefect server did not answer {api_url}/health within {timeout:.0f} s; see {log}")
+
+
+def _check_api(api_url: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        raise StackError(f"no Prefect API at {api_url}: {type(error).__name__}")
+
+
+def _ensure_pool(api_url: str, pool: str) -> bool:
+    """Create the process work pool unless it exists (keeping its settings); True if created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+            return False
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process",
+                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+            return True
+
+
+def _sync_alerts(api_url: str, blocks: tuple[BlockRef, ...], window: timedelta) -> Mapping[str, str]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from ibkr_flows.alerts.automations import sync_automations
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return sync_automations(blocks, window)
+
+
+def _wait_for_worker(api_url: str, pool: str, name: str, pid: int, log: Path, timeout: float) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            if not group_alive(pid):
+                raise StackError(f"the worker exited during start-up; {log}:\n{_log_tail(log)}")
+            if any(w.name == name for w in client.read_workers_for_work_pool(pool)):
+                return
+            time.sleep(0.5)
+    raise StackError(f"the worker did not register with pool {pool} within {timeout:.0f} s; see {log}")
+
+
+def up(options: UpOptions, echo: Echo) -> StackState:
+    """Bring everything up; on any failure stop what this call started and raise `StackError`."""
+    home = options.home
+    previous = load_state(home)
+    if previous is not None and any(group_alive(pid) for pid in previous.pids):
+        raise StackError(f"already up ({previous.api_url}, pids {previous.pids}); run `ibkr down` first")
+    logs = home / "logs"
+    if options.api_url is None:
+        port = options.port or _free_port()
+        if options.port is not None:
+            _ensure_port_free(port)
+        api_url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
+    else:
+        api_url, ui_url = options.api_url.rstrip("/"), None
+    state = StackState(api_url=api_url, ui_url=ui_url, pool=options.pool)
+    env = _child_env(home, api_url)
+    try:
+        if options.api_url is None:
+            state.logs["server"] = str(logs / "server.log")
+            echo(f"starting the Prefect server on 127.0.0.1:{port} (log {state.logs['server']})")
+            state.server_pid = spawn([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                     env, Path(state.logs["server"]), cwd=home)
+            save_state(home, state)
+            _wait_for_server(api_url, state.server_pid, Path(state.logs["server"]), options.startup_timeout)
+        else:
+            _check_api(api_url)
+        created = _ensure_pool(api_url, options.pool)
+        echo(f"work pool {options.pool}: {'created' if created else 'exists'}")
+        echo(f"deploying {options.project_dir / 'prefect.yaml'}")
+        run_step([*PREFECT, "--no-prompt", "deploy", "--all"], env, options.project_dir, 300, "prefect deploy --all")
+        if options.alert_blocks:
+            for name, outcome in _sync_alerts(api_url, options.alert_blocks, options.alert_window).items():
+                echo(f"automation {name}: {outcome}")
+        if options.start_worker:
+            _start_worker(options, state, env, logs)
+    except BaseException:
+        echo("start-up failed; stopping what was started")
+        _stop(state, timeout=10.0, echo=echo)
+        remove_state(home)
+        raise
+    return state
+
+
+def _start_worker(options: UpOptions, state: StackState, env: dict[str, str], logs: Path) -> None:
+    # The server's automations alert; an explicit empty IBKR_ALERT_BLOCKS (it beats a .env file) keeps the flow
+    # hooks from sending the same alert a second time.
+    worker_env = {**env, "IBKR_ALERT_BLOCKS": ""} if options.alert_blocks else env
+    state.worker_name = f"ibkr-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    state.logs["worker"] = str(logs / "worker.log")
+    state.worker_pid = spawn([*PREFECT, "worker", "start", "--pool", options.pool, "--name", state.worker_name],
+                             worker_env, Path(state.logs["worker"]), cwd=options.project_dir)
+    save_state(options.home, state)
+    _wait_for_worker(state.api_url, options.pool, state.worker_name, state.worker_pid, Path(state.logs["worker"]),
+                     options.startup_timeout)
+
+
+def _stop(state: StackState, timeout: float, echo: Echo) -> None:
+    for label, pid in (("worker", state.worker_pid), ("server", state.server_pid)):
+        if pid is not None:
+            echo(f"{label} (pid {pid}): {stop_group(pid, timeout)}")
+
+
+def down(home: Path, timeout: float, echo: Echo) -> bool:
+    """Stop what `up` started under this PREFECT_HOME; False if there was nothing to stop."""
+    state = load_state(home)
+    if state is None:
+        return False
+    _stop(state, timeout, echo)
+    remove_state(home)
+    return True
