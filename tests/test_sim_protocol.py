@@ -6,7 +6,7 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from ib_async import IB, RequestError, Stock
 
+from ibkr_flows.ib.pacing_rules import IDENTICAL_WINDOW_S
 from ibkr_flows.ib.wire import FrameReader, client_greeting, encode_frame
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 
@@ -33,6 +34,29 @@ def ib(fixed_sim: EmbeddedSimulator) -> Iterator[IB]:
     client.connect(fixed_sim.host, fixed_sim.port, clientId=21, readonly=True, timeout=5)
     yield client
     client.disconnect()
+
+
+def _wait_until(condition: Callable[[], bool], ib: IB, timeout: float = 5.0) -> None:
+    """Run the client's event loop in short steps until `condition` holds, failing after `timeout` seconds.
+
+    Waits exactly as long as the awaited event takes, where a fixed sleep is either too short on a slow machine
+    or wasted time on a fast one; running ib's loop (not `time.sleep`) lets the client process what arrives.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        ib.sleep(0.01)
+
+
+class _ManualClock:
+    """A monotonic clock the test moves by hand, so a pacing window passes without waiting it out."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 # -- raw wire ----------------------------------------------------------------------------------------------------
@@ -213,7 +237,7 @@ def test_cancel_historical_request(ib: IB, fixed_sim: EmbeddedSimulator) -> None
     ib.RaiseRequestErrors = False
     bars = ib.reqHistoricalData(contract, "", "1 D", "1 hour", "TRADES", True, timeout=0.5)
     assert not bars
-    time.sleep(0.2)
+    _wait_until(lambda: "cancelHistoricalData" in fixed_sim.snapshot()["requests"], ib)
     snap = fixed_sim.snapshot()
     assert snap["requests"]["cancelHistoricalData"] == 1
 
@@ -242,14 +266,17 @@ def test_pacing_counter_against_a_burst(fixed_sim: EmbeddedSimulator, ib: IB) ->
 
 
 def test_pacing_identical_request_and_time_scale(fixed_sim: EmbeddedSimulator, ib: IB) -> None:
-    """The identical-request rule (15 s) with time_scale=0.1 clears after 1.5 s."""
+    """The identical-request rule (15 s) with time_scale=0.1 clears after 1.5 s (of the simulator's pacing clock)."""
     fixed_sim.update_faults(enforce_pacing=True, time_scale=0.1)
+    assert fixed_sim.sim is not None
+    clock = _ManualClock()
+    fixed_sim.sim.pacing.clock = clock
     contract = Stock("AAPL", "SMART", "USD", conId=265598)
     ib.RaiseRequestErrors = False
     args = (contract, "20240307-16:00:00", "60 S", "5 secs", "TRADES", True)
     assert ib.reqHistoricalData(*args)
     assert not ib.reqHistoricalData(*args)
-    time.sleep(1.6)
+    clock.now += IDENTICAL_WINDOW_S * 0.1  # the rule is 'within' the window: at its end it no longer applies
     assert ib.reqHistoricalData(*args)
     assert fixed_sim.snapshot()["pacing_violations_by_rule"] == {"identical request within 15 s": 1}
 
@@ -282,7 +309,7 @@ def test_connectivity_lost_then_restored_events(ib: IB, fixed_sim: EmbeddedSimul
     codes: list[int] = []
     ib.errorEvent += lambda _req, code, _msg, _c: codes.append(code)
     fixed_sim.lose_connectivity(restore_after=0.3)
-    ib.sleep(0.8)
+    _wait_until(lambda: len(codes) >= 2, ib)
     assert codes[:2] == [1100, 1102]
 
 

@@ -1,0 +1,161 @@
+"""reqHeadTimeStamp and reqHistoricalData (and their cancels): pacing, refusals, then bars from the `BarSource`.
+
+Every refusal carries the code and text TWS uses for it (321, 162, 200, 10314); a broken HMDS farm or lost IB
+connectivity leaves requests unanswered, as with the real TWS. Both requests count against IB's pacing rules,
+which one simulator applies across all its clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from ibkr_flows.ib.historical import BAR_SIZES, SMALL_BAR_MAX, InvalidDuration
+from ibkr_flows.ib.message_ids import ServerMessage
+from ibkr_flows.sim import messages as msg
+from ibkr_flows.sim.bad_bars import inject_bad_bars
+from ibkr_flows.sim.bars import InvalidBarSize, request_window
+from ibkr_flows.sim.handlers.contracts import resolve
+from ibkr_flows.sim.pacing import PacedRequest
+from ibkr_flows.sim.requests import (
+    HeadTimestampRequest,
+    HistoricalRequest,
+    format_bar_time,
+    format_header_time,
+    parse_end_datetime,
+)
+from ibkr_flows.sim.universe import Instrument
+
+if TYPE_CHECKING:
+    from ibkr_flows.sim.session import Session
+
+log = logging.getLogger("ibkr.sim")
+
+MAX_BARS_PER_REPLY = 100_000
+"""TWS refuses requests far beyond its duration steps with 'Time length exceed max.'; this is the simulator's
+equivalent ceiling, generous enough for every duration/bar-size pair IB documents."""
+
+
+def head_timestamp(session: Session, fields: list[str]) -> None:
+    req = HeadTimestampRequest.from_fields(fields)
+    paced = PacedRequest(req.contract.con_id, req.contract.exchange, req.what_to_show, "head", "", "",
+                         req.use_rth)
+    if not _admit_paced(session, req.req_id, paced, small_bars=True):
+        return
+
+    async def work() -> None:
+        inst = resolve(session, req.req_id, req.contract.symbol, req.contract.con_id)
+        if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show):
+            return
+        ts = session.sim.bar_source.head_timestamp(inst.symbol, req.what_to_show, req.use_rth)
+        text = str(int(ts.timestamp())) if req.format_date == 2 else ts.strftime("%Y%m%d-%H:%M:%S")
+        session.send([ServerMessage.HEAD_TIMESTAMP, req.req_id, text])
+
+    session.spawn(req.req_id, work, paced=True)
+
+
+def cancel_head_timestamp(session: Session, fields: list[str]) -> None:
+    session.cancel(int(fields[1]))
+
+
+def historical_data(session: Session, fields: list[str]) -> None:
+    req = HistoricalRequest.from_fields(fields)
+    if req.bar_size not in BAR_SIZES:
+        session.send(msg.error(req.req_id, msg.invalid_bar_size(req.bar_size, ", ".join(BAR_SIZES))))
+        return
+    paced = PacedRequest(req.contract.con_id, req.contract.exchange, req.what_to_show, req.end, req.duration,
+                         req.bar_size, req.use_rth)
+    small_bars = BAR_SIZES[req.bar_size] <= SMALL_BAR_MAX
+    if not _admit_paced(session, req.req_id, paced, small_bars=small_bars):
+        return
+    session.spawn(req.req_id, lambda: _answer_historical(session, req), paced=True)
+
+
+def cancel_historical_data(session: Session, fields: list[str]) -> None:
+    session.cancel(int(fields[2]))
+
+
+def _admit_paced(session: Session, req_id: int, request: PacedRequest, *, small_bars: bool) -> bool:
+    """Apply IB's pacing rules (when enforced) and count the request as open; False = answered with 162."""
+    sim = session.sim
+    faults = sim.faults
+    if sim.forced_pacing_violations > 0:
+        sim.forced_pacing_violations -= 1
+        sim.counters.pacing_violations += 1
+        session.send(msg.error(req_id, msg.PACING_VIOLATION))
+        return False
+    if faults.enforce_pacing and (small_bars or faults.pacing_all_bar_sizes):
+        violation = sim.pacing.admit(request)
+        if violation is not None:
+            sim.counters.pacing_violations += 1
+            log.info("pacing violation for request %d: %s", req_id, violation)
+            session.send(msg.error(req_id, msg.PACING_VIOLATION))
+            return False
+    sim.pacing.open_requests += 1
+    return True
+
+
+def _refuse_data(session: Session, req_id: int, inst: Instrument, what_to_show: str) -> bool:
+    """Answer the account- and farm-level refusals; True when the request is answered (or swallowed)."""
+    faults = session.sim.faults
+    if faults.farm_down or session.sim.connectivity_lost:
+        return True  # a broken HMDS farm or lost IB connectivity leaves requests unanswered
+    if inst.symbol in faults.no_permission_symbols:
+        session.send(msg.error(req_id, msg.no_permissions(inst.primary_exchange)))
+        return True
+    if inst.symbol in faults.no_data_symbols:
+        session.send(msg.error(req_id, msg.no_data(inst.symbol, inst.exchange, what_to_show)))
+        return True
+    return False
+
+
+async def _answer_historical(session: Session, req: HistoricalRequest) -> None:
+    sim = session.sim
+    inst = resolve(session, req.req_id, req.contract.symbol, req.contract.con_id)
+    if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show):
+        return
+    if req.what_to_show == "ADJUSTED_LAST" and req.end.strip():
+        session.send(msg.error(req.req_id, msg.invalid_request("End date not supported with adjusted last")))
+        return
+    try:
+        end = parse_end_datetime(req.end, sim.tws_zone, sim.clock())
+    except ValueError:
+        session.send(msg.error(req.req_id, msg.invalid_end_date(req.end)))
+        return
+    try:
+        start, end = request_window(end, req.duration, bar_size=req.bar_size, use_rth=req.use_rth)
+    except InvalidDuration as exc:
+        session.send(msg.error(req.req_id, msg.invalid_request(f"Invalid duration string: {exc}")))
+        return
+    try:
+        bars = sim.bar_source.bars(inst.symbol, req.bar_size, req.what_to_show, req.use_rth, start, end)
+    except (InvalidBarSize, ValueError) as exc:
+        session.send(msg.error(req.req_id, msg.invalid_request(str(exc))))
+        return
+    if bars.height > MAX_BARS_PER_REPLY:
+        session.send(msg.error(req.req_id, msg.time_length_exceeded()))
+        return
+    if bars.is_empty():
+        session.send(msg.error(req.req_id, msg.no_data(inst.symbol, inst.exchange, req.what_to_show)))
+        return
+    bars = inject_bad_bars(inst.symbol, req, bars, sim.faults.bad_bars, sim.counters.injected_bad_bars)
+    session.send(_historical_fields(req, start, end, bars, sim.tws_zone))
+
+
+def _historical_fields(req: HistoricalRequest, start: datetime, end: datetime, bars: pl.DataFrame,
+                       zone: ZoneInfo) -> list[object]:
+    """The HISTORICAL_DATA frame: header (request id, window, bar count), then eight fields per bar."""
+    daily = BAR_SIZES[req.bar_size] >= timedelta(days=1)
+    fields: list[object] = [
+        ServerMessage.HISTORICAL_DATA, req.req_id, format_header_time(start, zone), format_header_time(end, zone),
+        bars.height,
+    ]
+    for ts, o, h, low, c, v, wap, count in bars.select(
+        "ts", "open", "high", "low", "close", "volume", "wap", "count"
+    ).iter_rows():
+        fields += [format_bar_time(ts, daily, req.format_date, zone), o, h, low, c, v, wap, count]
+    return fields
