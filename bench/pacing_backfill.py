@@ -20,8 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ibkr_flows.ib.sessions import sessions_between
-from ibkr_flows.ingest.engine import IngestRequest, ingest_async
+from ibkr_flows.ingest.engine import ingest_async
 from ibkr_flows.ingest.pacing import BURST_MAX, BURST_WINDOW_S, LONG_MAX, LONG_WINDOW_S, PacingBudget
+from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.settings import IBKRSettings
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.location import TableLocation

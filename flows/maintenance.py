@@ -7,8 +7,8 @@ from typing import Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from storage.location import TableLocation
 from storage.maintenance import DEFAULT_RETENTION_HOURS
-from tasks.ingest import table_location
 from tasks.maintenance import compact_table, vacuum_table
 
 Table = Literal["bars", "quarantine", "backtest_results", "grid_results"]
@@ -22,7 +22,7 @@ def table_maintenance(
 ) -> None:
     """Compact and vacuum the given tables. Retention below 168 h (7 days) breaks time travel to older versions
     and races with writers that started before the vacuum; keep the default unless disk is short."""
-    location = table_location(data_dir)
+    location = TableLocation.at(data_dir)
     lines = ["| table | files removed | files added | version | vacuumed files |", "|---|---|---|---|---|"]
     for table in tables:
         compacted = compact_table(location, table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,3 +33,17 @@ class IBKRSettings(BaseSettings):
         """The environment's settings with the given values on top; None means "not given", so optional flow
         parameters and CLI options fall back to IBKR_* instead of replacing them with nothing."""
         return cls(**{name: value for name, value in values.items() if value is not None})
+
+
+class TWSEndpoint(BaseModel):
+    """Which TWS / IB Gateway a flow talks to. Empty fields follow the IBKR_* environment of the process that
+    runs the flow (the worker, for a deployment), so one deployment serves every machine it runs on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str | None = Field(None, description="TWS host; empty = IBKR_HOST")
+    port: int | None = Field(None, ge=1, le=65535, description="API port; empty = IBKR_PORT")
+    client_id: int | None = Field(None, ge=0, le=2**31 - 1, description="API client id; empty = IBKR_CLIENT_ID")
+
+    def settings(self) -> IBKRSettings:
+        return IBKRSettings.with_overrides(host=self.host, port=self.port, client_id=self.client_id)

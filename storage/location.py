@@ -23,6 +23,11 @@ class TableLocation:
         """`$IBKR_DATA_DIR`, or `./data` relative to where the command runs."""
         return cls(Path(os.environ.get(DATA_DIR_ENV, "data")))
 
+    @classmethod
+    def at(cls, data_dir: str | None) -> TableLocation:
+        """A chosen directory, or the default when none is given (an empty flow parameter, no CLI option)."""
+        return cls(Path(data_dir)) if data_dir else cls.default()
+
     @property
     def bars(self) -> str:
         return str(self.root / "bars")

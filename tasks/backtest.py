@@ -1,24 +1,33 @@
-"""Prefect tasks around `backtest.runner`: run on a pinned table version, publish artifacts, store results."""
+"""Prefect tasks around `backtest.runner`: run on a pinned table version, publish artifacts, store results.
+
+Stores retry Delta commit conflicts and I/O errors (appends are insert-if-absent, so a retry never doubles a row);
+the run itself never retries (a failure there is in the data or the parameters) and is not cached: a single run
+takes milliseconds to a second, and its result (equity curves included) would be pickled on every run."""
 
 from __future__ import annotations
 
+from deltalake.exceptions import CommitFailedError
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from ibkr_flows.backtest.charts import equity_chart_png
 from ibkr_flows.backtest.report import run_markdown, trade_rows
-from ibkr_flows.backtest.runner import BacktestRequest, BacktestRun, run_request
+from ibkr_flows.backtest.request import BacktestRequest
+from ibkr_flows.backtest.runner import BacktestRun, run_request, store_run
 from storage.location import TableLocation
-from storage.results_table import append_backtest_results
+from tasks.retry import retry_on
+
+STORE_TIMEOUT_S = 300
 
 
-@task(name="run-backtest", task_run_name="backtest {request.strategy} {request.symbols}")
+@task(name="run-backtest", task_run_name="backtest {request.strategy} {request.symbols}", cache_policy=NO_CACHE)
 def run_backtest_task(request: BacktestRequest, location: TableLocation) -> BacktestRun:
     return run_request(request, location)
 
 
-@task(name="publish-backtest")
+@task(name="publish-backtest", cache_policy=NO_CACHE)
 def publish_backtest(run: BacktestRun) -> None:
     """Summary with metrics and an inline equity/drawdown chart per symbol, and the trades as a table."""
     charts = {s.symbol: equity_chart_png(s.result, f"{s.symbol} · {run.request.strategy} {dict(run.request.params)}")
@@ -29,7 +38,7 @@ def publish_backtest(run: BacktestRun) -> None:
                           description="trades (first 500 per symbol)")
 
 
-@task(name="store-backtest-results")
+@task(name="store-backtest-results", retries=3, retry_delay_seconds=[1, 5, 20],
+      retry_condition_fn=retry_on(CommitFailedError, OSError), timeout_seconds=STORE_TIMEOUT_S, cache_policy=NO_CACHE)
 def store_backtest_results(run: BacktestRun, location: TableLocation) -> int:
-    return append_backtest_results(location, run.result_rows(str(flow_run.id or "local")))
-
+    return store_run(location, run, str(flow_run.id or "local"))

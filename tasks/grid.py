@@ -1,60 +1,88 @@
 """Prefect tasks for grid backtests: read the bars once, evaluate chunks of combinations, publish, store.
 
-Tasks take polars frames, so caching on inputs is off (hashing a million-row frame per call would cost more than
-the chunk)."""
+A chunk's rows depend only on the bars (one pinned table version), the chunk's combinations, the costs and the
+code, so chunks are cached on exactly those: a grid re-run after a crash, or the same grid asked again, skips the
+chunks already evaluated. The key never hashes the bars themselves (hashing a million-row frame per call would
+cost more than the chunk). Stores retry Delta commit conflicts; nothing else retries (a failure there is in the
+data or the parameters)."""
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
+from typing import Any
+
 import polars as pl
+from deltalake.exceptions import CommitFailedError
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
 from ibkr_flows.backtest.engine import BacktestConfig
 from ibkr_flows.backtest.grid import Combination, GridReport, GridSpec, evaluate_grid
 from ibkr_flows.backtest.grid.publish import grid_markdown, heatmap_png
+from ibkr_flows.backtest.grid.store import store_grid_report
 from ibkr_flows.backtest.report import format_value
-from ibkr_flows.backtest.runner import BacktestRequest, code_version, load_bars
-from storage.grid_results_table import append_grid_results, grid_rows
+from ibkr_flows.backtest.request import GridRequest
+from ibkr_flows.backtest.runner import code_version, load_bars
 from storage.location import TableLocation
+from tasks.retry import retry_on
+
+STORE_TIMEOUT_S = 300
 
 
 @task(name="load-grid-bars", cache_policy=NO_CACHE)
-def load_grid_bars(request: BacktestRequest, location: TableLocation) -> tuple[pl.DataFrame, int]:
+def load_grid_bars(request: GridRequest, location: TableLocation) -> tuple[pl.DataFrame, int]:
     """One read of one pinned table version: every chunk and every fold sees the same bars."""
-    return load_bars(location, request, request.symbols[0], request.table_version)
+    return load_bars(location, request, request.symbol, request.table_version)
+
+
+def chunk_key(_context: Any, parameters: dict[str, Any]) -> str:
+    """What a chunk's rows depend on, the bars named by their table version and slice instead of hashed (the key
+    is a file name in the result store, hence the digest)."""
+    inputs = [str(parameters[name]) for name in ("bars_id", "bar_size", "spec_id", "base", "combinations")]
+    return "grid-chunk-" + hashlib.sha256("|".join([*inputs, code_version()]).encode()).hexdigest()
 
 
 @task(name="evaluate-grid-chunk", task_run_name="grid chunk of {combinations_count} combinations",
-      cache_policy=NO_CACHE)
+      cache_key_fn=chunk_key, cache_expiration=timedelta(days=7), persist_result=True)
 def evaluate_chunk(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: BacktestConfig,
-                   combinations: list[Combination], combinations_count: int) -> pl.DataFrame:
+                   combinations: list[Combination], combinations_count: int, *, bars_id: str, spec_id: str
+                   ) -> pl.DataFrame:
     return evaluate_grid(bars, bar_size, spec, base, combinations)
 
 
+def submit_chunks(train: pl.DataFrame, request: GridRequest, spec: GridSpec, base: BacktestConfig,
+                  batches: list[list[Combination]], *, table: str) -> list[PrefectFuture[pl.DataFrame]]:
+    """Every chunk of combinations on `train` (a slice of one pinned `table` version) to the task runner; the
+    cache names the slice by its table version, series and first/last bar instead of hashing it."""
+    series = request.model_dump_json(include={"symbol", "what_to_show", "use_rth"})
+    bars_id = f"{table}|{series}|{train['ts'].min()}..{train['ts'].max()} ({train.height} bars)"
+    spec_id = repr((spec.strategy, dict(spec.params), spec.rank_by))
+    return [evaluate_chunk.submit(train, request.bar_size, spec, base, batch, len(batch), bars_id=bars_id,
+                                  spec_id=spec_id) for batch in batches]
+
+
 @task(name="publish-grid", cache_policy=NO_CACHE)
-def publish_grid(report: GridReport, *, symbol: str, table_version: int, run_id: str, heatmap_axes: tuple[str, str],
-                 top_n: int) -> None:
-    x, y = heatmap_axes
+def publish_grid(report: GridReport, request: GridRequest, *, table_version: int, run_id: str) -> None:
+    x, y = request.heatmap_x, request.heatmap_y
     heatmap = heatmap_png(report.results, x, y, report.rank_by) if {x, y} <= set(report.results.columns) else None
     create_markdown_artifact(
-        key="grid-summary", description=f"{report.combinations_tried} combinations of {report.strategy} on {symbol}",
-        markdown=grid_markdown(report, symbol=symbol, table_version=table_version, code_version=code_version(),
-                               run_id=run_id, heatmap=heatmap))
-    top = report.top(top_n)
+        key="grid-summary",
+        description=f"{report.combinations_tried} combinations of {report.strategy} on {request.symbol}",
+        markdown=grid_markdown(report, symbol=request.symbol, table_version=table_version,
+                               code_version=code_version(), run_id=run_id, heatmap=heatmap))
+    top = report.top(request.top_n)
     create_table_artifact(key="grid-top", description=f"top {top.height} by {report.rank_by}", table=[
         {k: format_value(k, v) if isinstance(v, float) else v for k, v in row.items()}
         for row in top.iter_rows(named=True)])
 
 
-@task(name="store-grid-results", cache_policy=NO_CACHE)
-def store_grid_results(report: GridReport, location: TableLocation, *, request: BacktestRequest, spec: GridSpec,
-                       table_version: int, run_id: str) -> int:
-    identity = {
-        "run_id": run_id, "flow_run_id": str(flow_run.id or "local"), "symbol": request.symbols[0],
-        "strategy": spec.strategy, "rank_by": spec.rank_by, "bar_size": request.bar_size,
-        "range_start": request.start, "range_end": request.end, "bars_version": table_version,
-        "code_version": code_version(),
-    }
-    return append_grid_results(location, grid_rows(report.results, list(spec.axes), identity))
+@task(name="store-grid-results", retries=3, retry_delay_seconds=[1, 5, 20],
+      retry_condition_fn=retry_on(CommitFailedError, OSError), timeout_seconds=STORE_TIMEOUT_S, cache_policy=NO_CACHE)
+def store_grid_results(report: GridReport, location: TableLocation, request: GridRequest, *, table_version: int,
+                       run_id: str) -> int:
+    return store_grid_report(location, report, request, table_version=table_version, run_id=run_id,
+                             flow_run_id=str(flow_run.id or "local"))

@@ -10,9 +10,13 @@ from ibkr_flows.doctor.preflight import diagnose
 from ibkr_flows.settings import IBKRSettings
 
 ARTIFACT_KEY = "tws-preflight"
+PREFLIGHT_TIMEOUT_S = 120
+"""The doctor's verdicts come in at most a few timeouts (seconds each); two minutes means something hung. No
+retries: an unusable TWS is the verdict the flow must fail and alert with, and the health check runs every five
+minutes anyway."""
 
 
-@task(name="tws-preflight", task_run_name="tws-preflight {host}:{port}")
+@task(name="tws-preflight", task_run_name="tws-preflight {host}:{port}", timeout_seconds=PREFLIGHT_TIMEOUT_S)
 def tws_preflight(host: str | None = None, port: int | None = None, client_id: int | None = None,
                   retry_client_id: bool = False, check_data: bool = True) -> Diagnosis:
     """Diagnose TWS; publish the verdict; raise `TWSConnectionError` (carrying it) unless usable.

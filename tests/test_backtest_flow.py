@@ -14,10 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from ibkr_flows.backtest.engine import BacktestConfig, run_backtest
-from ibkr_flows.backtest.runner import BacktestRequest, load_bars
+from ibkr_flows.backtest.request import BacktestRequest
+from ibkr_flows.backtest.runner import load_bars
 from ibkr_flows.cli.app import app
-from ibkr_flows.ingest.engine import IngestRequest, ingest_async
+from ibkr_flows.ingest.engine import ingest_async
 from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.settings import IBKRSettings
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import table_version
@@ -116,9 +118,9 @@ def test_backtest_flow_publishes_artifacts_and_stores_a_reproducible_result(stor
 
     from flows.backtest import backtest_flow
 
-    kwargs = dict(strategy="rsi_reversion", params={"period": 14, "lower": 30, "upper": 70},
-                  symbols=["AAPL", "MSFT"], start=datetime(2024, 7, 10, tzinfo=UTC), end=NOW,
-                  data_dir=str(stored.root))
+    request = BacktestRequest(strategy="rsi_reversion", params={"period": 14, "lower": 30, "upper": 70},
+                              symbols=("AAPL", "MSFT"), start=datetime(2024, 7, 10, tzinfo=UTC), end=NOW)
+    kwargs = dict(request=request, data_dir=str(stored.root))
     state = backtest_flow(**kwargs, return_state=True)
     assert state.is_completed(), state.message
     run = state.result()

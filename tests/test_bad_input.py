@@ -30,7 +30,7 @@ def _cli(tmp_path: Path, *args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(("args", "message"), [
     (["../etc/passwd"], "invalid symbol"),
     (["AA PL"], "invalid symbol"),
-    (["AAPL", "--bar-size", "7 mins"], "unknown bar size '7 mins'"),
+    (["AAPL", "--bar-size", "7 mins"], "got '7 mins'"),
     (["AAPL", "--what-to-show", "OPTION_VOLUME"], "what_to_show must be one of"),
     (["AAPL", "--start", "2024-07-10", "--end", "2024-07-01"], "is not before end"),
     (["AAPL", "--start", "2099-01-01"], "is in the future"),
@@ -48,7 +48,7 @@ def test_ingest_refuses_bad_input_before_connecting(tmp_path: Path, args: list[s
     (["--fast-period", "10", "--slow-period", "10"], "fast_period (10) must be smaller than slow_period (10)"),
     (["--strategy", "rsi_reversion", "--param", "lower=80", "--param", "upper=20"], "lower"),
     (["--strategy", "donchian_breakout", "--param", "window=5"], "known parameters"),
-    (["--bar-size", "7 mins"], "unknown bar size"),
+    (["--bar-size", "7 mins"], "bar_size must be one of '1 secs'"),
     (["--start", "2099-01-01", "--end", "2099-02-01"], "is in the future"),
     (["--commission", "free"], "commission must be one of"),
 ])

@@ -140,8 +140,9 @@ def test_two_ingestions_and_compactions_on_one_table_all_land(tmp_path: Path) ->
     """Two ingestion runs (separate connections, overlapping symbols) while a compaction loops on the table."""
     import asyncio
 
-    from ibkr_flows.ingest.engine import IngestRequest, ingest_async
+    from ibkr_flows.ingest.engine import ingest_async
     from ibkr_flows.ingest.pacing import PacingBudget
+    from ibkr_flows.ingest.request import IngestRequest
     from ibkr_flows.settings import IBKRSettings
     from ibkr_flows.sim.embedded import EmbeddedSimulator
 

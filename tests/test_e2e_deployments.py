@@ -207,8 +207,9 @@ def test_ingest_backtest_alert_once_and_recover(stack: Stack) -> None:
 
     t0 = time.monotonic()
     ingest = api.run("ingest-bars", "nightly-ingest", {
-        "symbols": ["AAPL", "MSFT"], "start": "2024-07-11T00:00:00+00:00", "end": "2024-07-12T22:00:00+00:00",
-        "data_dir": str(stack.data_dir), "client_id": 21, **tws})
+        "request": {"symbols": ["AAPL", "MSFT"], "start": "2024-07-11T00:00:00+00:00",
+                    "end": "2024-07-12T22:00:00+00:00"},
+        "data_dir": str(stack.data_dir), "tws": {"client_id": 21, **tws}})
     assert ingest["state"]["type"] == "COMPLETED", ingest["state"]
     artifacts = api.artifacts(ingest["id"])
     assert {"tws-preflight", "ingest-summary", "ingest-symbols"} <= set(artifacts)
@@ -219,7 +220,7 @@ def test_ingest_backtest_alert_once_and_recover(stack: Stack) -> None:
 
     t0 = time.monotonic()
     backtest = api.run("backtest", "adhoc-backtest", {
-        "symbols": ["AAPL"], "start": "2024-07-11T00:00:00+00:00", "end": "2024-07-13T00:00:00+00:00",
+        "request": {"symbols": ["AAPL"], "start": "2024-07-11T00:00:00+00:00", "end": "2024-07-13T00:00:00+00:00"},
         "data_dir": str(stack.data_dir)})
     assert backtest["state"]["type"] == "COMPLETED", backtest["state"]
     assert {"backtest-summary", "backtest-trades"} <= set(api.artifacts(backtest["id"]))
@@ -227,8 +228,9 @@ def test_ingest_backtest_alert_once_and_recover(stack: Stack) -> None:
 
     t0 = time.monotonic()
     grid = api.run("backtest-grid", "grid-backtest", {
-        "symbol": "AAPL", "grid": {"fast_period": [5, 10], "slow_period": [20, 30]}, "chunks": 2,
-        "start": "2024-07-11T00:00:00+00:00", "end": "2024-07-13T00:00:00+00:00", "data_dir": str(stack.data_dir)})
+        "request": {"symbol": "AAPL", "grid": {"fast_period": [5, 10], "slow_period": [20, 30]}, "chunks": 2,
+                    "start": "2024-07-11T00:00:00+00:00", "end": "2024-07-13T00:00:00+00:00"},
+        "data_dir": str(stack.data_dir)})
     assert grid["state"]["type"] == "COMPLETED", grid["state"]
     assert {"grid-summary", "grid-top"} <= set(api.artifacts(grid["id"]))
     print(f"grid run: {time.monotonic() - t0:.1f} s")

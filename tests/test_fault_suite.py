@@ -17,9 +17,10 @@ import polars as pl
 import pytest
 
 from ibkr_flows.ib.historical import bar_step
-from ibkr_flows.ingest.engine import IngestReport, IngestRequest, ingest_async
+from ibkr_flows.ingest.engine import IngestReport, ingest_async
 from ibkr_flows.ingest.fetch import RetryPolicy
 from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.settings import IBKRSettings
 from ibkr_flows.sim.chaos import Chaos, ChaosKind
 from ibkr_flows.sim.embedded import EmbeddedSimulator

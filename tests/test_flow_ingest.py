@@ -9,6 +9,8 @@ import pytest
 
 from ibkr_flows.doctor.diagnosis import TWSConnectionError
 from ibkr_flows.ingest.errors import IngestIncompleteError
+from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.settings import TWSEndpoint
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import table_version
 from storage.location import TableLocation
@@ -26,13 +28,26 @@ def _artifact_keys(flow_run_id) -> set[str]:  # type: ignore[no-untyped-def]
     return {a.key for a in artifacts if a.key}
 
 
+def _task_runs(flow_run_id) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    """(task name, run name, state) of every task run of a flow run, in start order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+    return [(r.task_key.rsplit("-", 1)[0], r.name, r.state_name or "") for r in runs]
+
+
 def test_ingest_flow_stores_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.ingest import ingest_flow
 
     monkeypatch.setenv("IBKR_PACING_DIR", str(tmp_path / "pacing"))
     with EmbeddedSimulator(clock=lambda: NOW) as sim:
-        state = ingest_flow(symbols=["AAPL", "SPY"], start=datetime(2024, 7, 10, tzinfo=UTC), end=NOW,
-                            data_dir=str(tmp_path), host=sim.host, port=sim.port, client_id=90,
+        state = ingest_flow(request=IngestRequest(symbols=("AAPL", "SPY"), start=datetime(2024, 7, 10, tzinfo=UTC),
+                                                  end=NOW),
+                            tws=TWSEndpoint(host=sim.host, port=sim.port, client_id=90), data_dir=str(tmp_path),
                             return_state=True)
     assert state.is_completed(), state.message
     report = state.result()
@@ -40,6 +55,11 @@ def test_ingest_flow_stores_and_reports(tmp_path: Path, monkeypatch: pytest.Monk
     assert table_version(TableLocation(tmp_path)) is not None
     keys = _artifact_keys(state.state_details.flow_run_id)
     assert {"tws-preflight", "ingest-summary", "ingest-symbols", "ingest-progress"} <= keys
+    runs = _task_runs(state.state_details.flow_run_id)
+    for symbol in ("AAPL", "SPY"):
+        steps = [name.split(" ")[0] for _, name, _ in runs if f" {symbol} " in name]
+        assert steps == ["fetch", "check", "merge"], runs
+    assert all(state_name == "Completed" for *_, state_name in runs), runs
 
 
 def test_ingest_flow_fails_fast_when_tws_is_down(tmp_path: Path) -> None:
@@ -47,8 +67,8 @@ def test_ingest_flow_fails_fast_when_tws_is_down(tmp_path: Path) -> None:
 
     with EmbeddedSimulator() as sim:
         sim.update_faults(connect="accept-close")
-        state = ingest_flow(symbols=["AAPL"], data_dir=str(tmp_path), host=sim.host, port=sim.port,
-                            return_state=True)
+        state = ingest_flow(request=IngestRequest(symbols=("AAPL",)), data_dir=str(tmp_path),
+                            tws=TWSEndpoint(host=sim.host, port=sim.port), return_state=True)
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, TWSConnectionError)
@@ -62,8 +82,10 @@ def test_ingest_flow_with_an_unknown_symbol_ends_failed_but_stores_the_rest(tmp_
 
     monkeypatch.setenv("IBKR_PACING_DIR", str(tmp_path / "pacing"))
     with EmbeddedSimulator(clock=lambda: NOW) as sim:
-        state = ingest_flow(symbols=["AAPL", "NOPE"], start=datetime(2024, 7, 12, tzinfo=UTC), end=NOW,
-                            data_dir=str(tmp_path), host=sim.host, port=sim.port, client_id=91, return_state=True)
+        state = ingest_flow(request=IngestRequest(symbols=("AAPL", "NOPE"), start=datetime(2024, 7, 12, tzinfo=UTC),
+                                                  end=NOW),
+                            tws=TWSEndpoint(host=sim.host, port=sim.port, client_id=91), data_dir=str(tmp_path),
+                            return_state=True)
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, IngestIncompleteError)

@@ -33,9 +33,11 @@ RUN_GRID = """
 import json, sys
 from datetime import datetime
 from flows.grid import backtest_grid
-report = backtest_grid(grid={"fast_period": [3, 5, 8], "slow_period": [12, 20, 30]}, symbol="AAPL",
-                       start=datetime.fromisoformat(sys.argv[1]), end=datetime.fromisoformat(sys.argv[2]),
-                       holdout=0.3, folds=2, chunks=3, data_dir=sys.argv[3])
+from ibkr_flows.backtest.request import GridRequest
+request = GridRequest(grid={"fast_period": [3, 5, 8], "slow_period": [12, 20, 30]}, symbol="AAPL",
+                      start=datetime.fromisoformat(sys.argv[1]), end=datetime.fromisoformat(sys.argv[2]),
+                      holdout=0.3, folds=2, chunks=3)
+report = backtest_grid(request=request, data_dir=sys.argv[3])
 print("RESULT", json.dumps({"best": report.best_params, "tried": report.combinations_tried,
                             "runner": type(backtest_grid.task_runner).__name__}))
 """

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ibkr_flows.backtest.engine import BacktestConfig, run_backtest
-from ibkr_flows.backtest.runner import BacktestRequest, load_bars
+from ibkr_flows.backtest.request import GridRequest
+from ibkr_flows.backtest.runner import load_bars
 from ibkr_flows.cli.app import app
 from storage.grid_results_table import read_grid_results
 from storage.location import TableLocation
@@ -27,8 +28,8 @@ def test_grid_flow_chunks_reports_and_stores_every_combination(stored: TableLoca
 
     from flows.grid import backtest_grid
 
-    state = backtest_grid(grid=GRID, symbol="MSFT", start=START, end=NOW, holdout=0.3, folds=2, chunks=3,
-                          data_dir=str(stored.root), return_state=True)
+    request = GridRequest(grid=GRID, symbol="MSFT", start=START, end=NOW, holdout=0.3, folds=2, chunks=3)
+    state = backtest_grid(request=request, data_dir=str(stored.root), return_state=True)
     assert state.is_completed(), state.message
     report = state.result()
     assert report.combinations_tried == 9
@@ -40,7 +41,6 @@ def test_grid_flow_chunks_reports_and_stores_every_combination(stored: TableLoca
     assert rows.height == 9 and rows["rank"].to_list() == list(range(1, 10))
     best = json.loads(rows["params"][0])
     assert best == report.best_params
-    request = BacktestRequest(strategy="sma_crossover", symbols=("MSFT",), start=START, end=NOW)
     bars, _ = load_bars(stored, request, "MSFT", None)
     in_sample = bars.head(bars.height - int(bars.height * 0.3))
     single = run_backtest(in_sample, "1 min", BacktestConfig("sma_crossover", best))

@@ -13,9 +13,10 @@ import polars as pl
 import pytest
 from ib_async import IB, Stock
 
-from ibkr_flows.ingest.engine import IngestReport, IngestRequest, ingest_async
+from ibkr_flows.ingest.engine import IngestReport, ingest_async
 from ibkr_flows.ingest.fetch import RetryPolicy
 from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.settings import IBKRSettings
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import scan_bars, table_version

@@ -1,8 +1,5 @@
-"""A backtest as users ask for it: symbols and a date range of stored bars, a strategy and its costs.
-
-`BacktestRequest` holds plain, serialisable values (what the CLI flags and the Prefect form carry) and is validated
-before any data is read; `run_request` reads one pinned version of the bars table and backtests each symbol.
-"""
+"""Running a `BacktestRequest`: `run_request` reads one pinned version of the bars table and backtests each
+symbol; the run becomes backtest_results rows, and missing bars an error that says how to fetch them."""
 
 from __future__ import annotations
 
@@ -10,92 +7,20 @@ import dataclasses
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal, get_args
 
 import polars as pl
 
-from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
-from ibkr_flows.backtest.engine import BacktestConfig, BacktestResult, Mode, run_backtest
-from ibkr_flows.backtest.errors import BacktestError, NoBarsError
+from ibkr_flows.backtest.engine import BacktestResult, run_backtest
+from ibkr_flows.backtest.errors import NoBarsError
 from ibkr_flows.backtest.metrics import metric_values
-from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
-from ibkr_flows.ib.historical import bar_step
+from ibkr_flows.backtest.request import BacktestRequest, BacktestSettings
 from storage.bars_table import read_bars
 from storage.location import TableLocation
-from storage.results_table import result_row
-
-CommissionName = Literal["ibkr_fixed", "ibkr_tiered", "percent", "none"]
-SizingName = Literal["all_in", "fixed_shares", "fixed_fraction"]
-
-
-@dataclass(frozen=True)
-class BacktestRequest:
-    strategy: str
-    symbols: tuple[str, ...]
-    start: datetime
-    end: datetime
-    params: Mapping[str, object] = field(default_factory=dict)
-    bar_size: str = "1 min"
-    what_to_show: str = "TRADES"
-    use_rth: bool = True
-    cash: float = 100_000.0
-    commission: CommissionName = "ibkr_fixed"
-    commission_rate: float = 0.0
-    """Only for `commission="percent"`: a fraction of trade value (0.001 = 0.1%)."""
-    slippage_bps: float = 0.0
-    sizing: SizingName = "all_in"
-    size: float = 0.0
-    """Shares for `fixed_shares`, a fraction of equity for `fixed_fraction`."""
-    mode: Mode = "long_only"
-    table_version: int | None = None
-    """Read this version of the bars table (time travel); default the latest."""
-
-    def __post_init__(self) -> None:
-        bar_step(self.bar_size)
-        if not self.symbols:
-            raise BacktestError("no symbols given")
-        for name in ("start", "end"):
-            if getattr(self, name).tzinfo is None:
-                raise BacktestError(f"{name} must be timezone-aware (UTC)")
-        if self.start >= self.end:
-            raise BacktestError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
-        if self.start > datetime.now(UTC):
-            raise BacktestError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: no bars can exist yet")
-        if self.commission not in get_args(CommissionName):
-            raise BacktestError(f"commission must be one of {', '.join(get_args(CommissionName))}, "
-                                f"got {self.commission!r}")
-        if self.sizing not in get_args(SizingName):
-            raise BacktestError(f"sizing must be one of {', '.join(get_args(SizingName))}, got {self.sizing!r}")
-        self.config()  # strategy name, parameters, cash, mode, costs: all checked before any data is read
-
-    def commission_model(self) -> CommissionModel:
-        if self.commission == "percent":
-            return PercentCommission(self.commission_rate)
-        return {"ibkr_fixed": IBKRFixed, "ibkr_tiered": IBKRTiered, "none": NoCommission}[self.commission]()
-
-    def sizing_model(self) -> Sizing:
-        if self.sizing == "fixed_shares":
-            return FixedShares(int(self.size))
-        if self.sizing == "fixed_fraction":
-            return FixedFraction(self.size)
-        return AllIn()
-
-    def config(self) -> BacktestConfig:
-        return BacktestConfig(strategy=self.strategy, params=dict(self.params), cash=self.cash,
-                              commission=self.commission_model(), slippage_bps=self.slippage_bps,
-                              sizing=self.sizing_model(), mode=self.mode)
-
-    def ingest_hint(self, symbol: str) -> str:
-        """The command that would fetch the missing bars."""
-        session = "--rth" if self.use_rth else "--eth"
-        return (f"ibkr data ingest {symbol} --bar-size '{self.bar_size}' --what-to-show {self.what_to_show} "
-                f"{session} --start '{self.start:%Y-%m-%d %H:%M:%S}' --end '{self.end:%Y-%m-%d %H:%M:%S}'")
+from storage.results_table import append_backtest_results, result_row
 
 
 @dataclass(frozen=True)
@@ -113,6 +38,16 @@ class BacktestRun:
     results: list[SymbolBacktest]
     elapsed_s: float
     """Reading the bars plus the engine, per the whole run."""
+
+    def summary_lines(self) -> list[str]:
+        """One line per symbol: the return against buy and hold, the Sharpe ratio, the trades."""
+        lines = []
+        for s in self.results:
+            m = s.result.metrics
+            sharpe = m.sharpe if m.sharpe is None else round(m.sharpe, 3)
+            lines.append(f"{s.symbol}: return {m.total_return_pct:.2f}% (buy and hold "
+                         f"{m.buy_and_hold_return_pct:.2f}%), sharpe {sharpe}, {m.trades} trades")
+        return lines
 
     def result_rows(self, flow_run_id: str) -> list[dict[str, object]]:
         """This run as backtest_results rows, one per symbol."""
@@ -132,7 +67,7 @@ class BacktestRun:
 class MissingBarsError(NoBarsError):
     """No stored bars for a symbol in the range; the message carries the ingest command that would fetch them."""
 
-    def __init__(self, request: BacktestRequest, symbol: str, version: int) -> None:
+    def __init__(self, request: BacktestSettings, symbol: str, version: int) -> None:
         super().__init__(symbol, request.start, request.end, request.bar_size)
         self.version = version
         self.hint = request.ingest_hint(symbol)
@@ -141,7 +76,7 @@ class MissingBarsError(NoBarsError):
         return f"{super().__str__()} (bars table version {self.version}); fetch them with:\n  {self.hint}"
 
 
-def load_bars(location: TableLocation, request: BacktestRequest, symbol: str, version: int | None
+def load_bars(location: TableLocation, request: BacktestSettings, symbol: str, version: int | None
               ) -> tuple[pl.DataFrame, int]:
     bars, read_version = read_bars(location, [symbol], columns=["ts", "open", "high", "low", "close", "volume"],
                                    bar_size=request.bar_size, start=request.start, end=request.end,
@@ -181,3 +116,8 @@ def code_version() -> str:
         except PackageNotFoundError:
             return "unknown"
 
+
+
+def store_run(location: TableLocation, run: BacktestRun, flow_run_id: str) -> int:
+    """Append the run's rows to backtest_results (insert-if-absent: a retried store never doubles a run)."""
+    return append_backtest_results(location, run.result_rows(flow_run_id))

@@ -11,18 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from ibkr_flows.cli.times import as_utc
+
 backtest_app = typer.Typer(help="Backtest strategies on bars stored by `ibkr data ingest`.", no_args_is_help=True)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _params(assignments: list[str], fast: int | None, slow: int | None) -> dict[str, object]:
@@ -80,50 +78,31 @@ def run(
     4 a damaged bars table.
     """
     started = time.perf_counter()
-    from ibkr_flows.backtest.errors import BacktestError
-    from ibkr_flows.backtest.runner import BacktestRequest, MissingBarsError, run_request
-    from ibkr_flows.ib.historical import UnknownBarSizeError
-    from storage.errors import CorruptTableError, NotADeltaTableError
+    from ibkr_flows.backtest.request import BacktestRequest
+    from ibkr_flows.backtest.runner import run_request, store_run
+    from ibkr_flows.cli.errors import exit_on_error
     from storage.location import TableLocation
 
     console = Console(stderr=as_json)
-    location = TableLocation(Path(data_dir)) if data_dir else TableLocation.default()
-    try:
+    location = TableLocation.at(data_dir)
+    with exit_on_error(console):
         request = BacktestRequest(
-            strategy=strategy, symbols=tuple(s.strip().upper() for s in symbol), start=_utc(start), end=_utc(end),
+            strategy=strategy, symbols=tuple(symbol), start=as_utc(start), end=as_utc(end),
             params=_params(param, fast_period, slow_period), bar_size=bar_size, what_to_show=what_to_show,
-            use_rth=rth, cash=cash, commission=commission, commission_rate=commission_rate,  # type: ignore[arg-type]
-            slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode,  # type: ignore[arg-type]
-            table_version=table_version)
-        run_ = _run_flow(request, data_dir) if as_flow else run_request(request, location)
-    except (MissingBarsError, NotADeltaTableError) as exc:
-        console.print(f"[red]no data:[/red] {exc}")
-        raise typer.Exit(3) from None
-    except CorruptTableError as exc:
-        console.print(f"[red]damaged table:[/red] {exc}")
-        raise typer.Exit(4) from None
-    except (BacktestError, UnknownBarSizeError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    if store and not as_flow:
-        from storage.results_table import append_backtest_results
+            use_rth=rth, cash=cash, commission=commission, commission_rate=commission_rate,
+            slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode, table_version=table_version)
+        if as_flow:
+            from flows.backtest import backtest_flow
 
-        append_backtest_results(location, run_.result_rows("cli"))
+            run_ = backtest_flow(request=request, data_dir=data_dir)
+        else:
+            run_ = run_request(request, location)
+            if store:
+                store_run(location, run_, "cli")
     elapsed = time.perf_counter() - started
     if plot is not None:
         _write_plots(run_, plot, console)
     _print(run_, elapsed, as_json, console)
-
-
-def _run_flow(request, data_dir: str | None):  # type: ignore[no-untyped-def]
-    from flows.backtest import backtest_flow
-
-    r = request
-    return backtest_flow(
-        strategy=r.strategy, params=dict(r.params), symbols=list(r.symbols), start=r.start, end=r.end,
-        bar_size=r.bar_size, what_to_show=r.what_to_show, use_rth=r.use_rth, cash=r.cash, commission=r.commission,
-        commission_rate=r.commission_rate, slippage_bps=r.slippage_bps, sizing=r.sizing, size=r.size, mode=r.mode,
-        table_version=r.table_version, data_dir=data_dir)
 
 
 def _write_plots(run_, plot: Path, console: Console) -> None:  # type: ignore[no-untyped-def]
@@ -213,25 +192,23 @@ def grid(
     import polars as pl
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ibkr_flows.backtest.errors import BacktestError
-    from ibkr_flows.backtest.grid import GridSpec, evaluate_grid, run_grid
+    from ibkr_flows.backtest.grid import evaluate_grid, run_grid
     from ibkr_flows.backtest.grid.publish import heatmap_png
-    from ibkr_flows.backtest.runner import BacktestRequest, MissingBarsError, code_version, load_bars
-    from ibkr_flows.ib.historical import UnknownBarSizeError
-    from storage.errors import CorruptTableError, NotADeltaTableError
+    from ibkr_flows.backtest.grid.store import store_grid_report
+    from ibkr_flows.backtest.request import DEFAULT_GRID, GridRequest
+    from ibkr_flows.backtest.runner import load_bars
+    from ibkr_flows.cli.errors import exit_on_error
     from storage.location import TableLocation
 
     console = Console()
-    location = TableLocation(Path(data_dir)) if data_dir else TableLocation.default()
-    axes = dict(_axis(r) for r in ranges) or {
-        "fast_period": {"start": 5, "stop": 50, "step": 5}, "slow_period": {"start": 20, "stop": 200, "step": 10}}
-    try:
-        spec = GridSpec(strategy, axes, rank_by)
-        request = BacktestRequest(strategy=strategy, symbols=(symbol.upper(),), start=_utc(start), end=_utc(end),
-                                  bar_size=bar_size, use_rth=rth, cash=cash, commission=commission,  # type: ignore[arg-type]
-                                  mode=mode, table_version=table_version)  # type: ignore[arg-type]
-        bars, version = load_bars(location, request, request.symbols[0], table_version)
-        base = request.config()
+    location = TableLocation.at(data_dir)
+    with exit_on_error(console):
+        request = GridRequest(strategy=strategy, symbol=symbol, start=as_utc(start), end=as_utc(end),
+                              grid=dict(_axis(r) for r in ranges) or DEFAULT_GRID, rank_by=rank_by,
+                              holdout=holdout or None, folds=folds or None, bar_size=bar_size, use_rth=rth,
+                              cash=cash, commission=commission, mode=mode, table_version=table_version)
+        spec, base = request.spec(), request.config()
+        bars, version = load_bars(location, request, request.symbol, table_version)
         batches = spec.chunks(chunk_size=max(1, spec.size // 20))
         with Progress(TextColumn("[bold]grid"), BarColumn(), MofNCompleteColumn(), TextColumn("combinations"),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -240,29 +217,15 @@ def grid(
             def evaluate(train):  # type: ignore[no-untyped-def]
                 parts = []
                 for batch in batches:
-                    parts.append(evaluate_grid(train, bar_size, spec, base, batch))
+                    parts.append(evaluate_grid(train, request.bar_size, spec, base, batch))
                     bar.advance(job, len(batch))
                 return pl.concat(parts)
 
-            report = run_grid(bars, bar_size, spec, base, holdout=holdout or None, folds=folds or None,
+            report = run_grid(bars, request.bar_size, spec, base, holdout=request.holdout, folds=request.folds,
                               evaluate=evaluate)
-    except (MissingBarsError, NotADeltaTableError) as exc:
-        console.print(f"[red]no data:[/red] {exc}")
-        raise typer.Exit(3) from None
-    except CorruptTableError as exc:
-        console.print(f"[red]damaged table:[/red] {exc}")
-        raise typer.Exit(4) from None
-    except (BacktestError, UnknownBarSizeError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     run_id = uuid.uuid4().hex[:12]
     if store:
-        from storage.grid_results_table import append_grid_results, grid_rows
-
-        append_grid_results(location, grid_rows(report.results, list(spec.axes), {
-            "run_id": run_id, "flow_run_id": "cli", "symbol": request.symbols[0], "strategy": strategy,
-            "rank_by": rank_by, "bar_size": bar_size, "range_start": request.start, "range_end": request.end,
-            "bars_version": version, "code_version": code_version()}))
+        store_grid_report(location, report, request, table_version=version, run_id=run_id, flow_run_id="cli")
     if heatmap is not None and len(spec.axes) >= 2:
         x, y = list(spec.axes)[:2]
         heatmap.write_bytes(heatmap_png(report.results, x, y, rank_by))

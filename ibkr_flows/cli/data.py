@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from ibkr_flows.cli.times import as_utc
 from ibkr_flows.settings import IBKRSettings
 
 data_app = typer.Typer(help="Talk to TWS / IB Gateway: check connectivity (and, later, ingest bars).",
@@ -79,29 +80,27 @@ def ingest(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.ingest import ingest_flow
+    from ibkr_flows.cli.errors import EXIT_BAD_INPUT, describe, exit_on_error
     from ibkr_flows.doctor.diagnosis import TWSConnectionError
-    from ibkr_flows.ingest.engine import IngestRequest
     from ibkr_flows.ingest.errors import IngestIncompleteError
     from ibkr_flows.ingest.report import report_rows
+    from ibkr_flows.ingest.request import IngestRequest
+    from ibkr_flows.settings import TWSEndpoint
     from tasks.ingest import progress_listeners
 
     console = Console()
-    aware = {name: value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
-             for name, value in {"start": start, "end": end}.items()}
-    try:  # the flow validates too; checking here answers bad input before Prefect starts
-        IngestRequest(symbols=tuple(s.strip().upper() for s in symbols), bar_size=bar_size, what_to_show=what_to_show,
-                      use_rth=rth, quality_engine=quality_engine, **aware)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    with exit_on_error(console):  # the flow validates too; building the request here answers before Prefect starts
+        request = IngestRequest(
+            symbols=tuple(symbols), bar_size=bar_size, what_to_show=what_to_show, use_rth=rth,
+            start=start and as_utc(start), end=end and as_utc(end), lookback_days=lookback_days,
+            quality_engine=quality_engine)
+        tws = TWSEndpoint(host=host, port=port, client_id=client_id)
     with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         job = bar.add_task("ingest", total=None)
         progress_listeners.append(lambda done, planned: bar.update(job, completed=done, total=planned))
         try:
-            state = ingest_flow(symbols=symbols, bar_size=bar_size, what_to_show=what_to_show, use_rth=rth,
-                                lookback_days=lookback_days, quality_engine=quality_engine, data_dir=data_dir,
-                                host=host, port=port, client_id=client_id, return_state=True, **aware)
+            state = ingest_flow(request=request, tws=tws, data_dir=data_dir, return_state=True)
         finally:
             progress_listeners.clear()
     outcome = state.result(raise_on_failure=False)
@@ -111,8 +110,8 @@ def ingest(
         render_diagnosis(outcome.diagnosis, console)
         raise typer.Exit(outcome.diagnosis.exit_code)
     if isinstance(outcome, ValueError):
-        console.print(f"[red]error:[/red] {outcome}")
-        raise typer.Exit(2)
+        console.print(f"[red]error:[/red] {describe(outcome)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
     report = outcome.report if isinstance(outcome, IngestIncompleteError) else outcome
     if isinstance(report, BaseException):
         raise report

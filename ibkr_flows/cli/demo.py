@@ -36,6 +36,8 @@ def demo(
     from flows.health import tws_health_check
     from flows.ingest import ingest_flow
     from ibkr_flows.ingest.report import report_markdown
+    from ibkr_flows.ingest.request import IngestRequest
+    from ibkr_flows.settings import TWSEndpoint
     from ibkr_flows.sim.embedded import EmbeddedSimulator
 
     console = Console()
@@ -58,8 +60,8 @@ def demo(
         sim.clear_faults()
         chosen = symbols or ["AAPL", "MSFT", "SPY"]
         console.rule(f"[bold]3/5 Ingest {days} days of 1-minute bars for {', '.join(chosen)} into {data_dir}")
-        state = ingest_flow(symbols=chosen, lookback_days=days, data_dir=data_dir, host=sim.host, port=sim.port,
-                            client_id=client_id, return_state=True)
+        state = ingest_flow(request=IngestRequest(symbols=tuple(chosen), lookback_days=days), data_dir=data_dir,
+                            tws=TWSEndpoint(host=sim.host, port=sim.port, client_id=client_id), return_state=True)
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
             failures.append(f"ingestion failed: {outcome}")
@@ -81,11 +83,13 @@ def _backtest(console: Console, symbols: list[str], report: IngestReport, data_d
 
     from flows.backtest import backtest_flow
     from ibkr_flows.backtest.report import metric_rows
+    from ibkr_flows.backtest.request import BacktestRequest
 
     console.rule(f"[bold]4/5 Backtest sma_crossover 5/10 on {', '.join(symbols)} (the bars just ingested)")
     end = report.started_at
-    state = backtest_flow(strategy="sma_crossover", params={"fast_period": 5, "slow_period": 10}, symbols=symbols,
-                          start=end - timedelta(days=14), end=end, data_dir=data_dir, return_state=True)
+    request = BacktestRequest(strategy="sma_crossover", params={"fast_period": 5, "slow_period": 10},
+                              symbols=tuple(symbols), start=end - timedelta(days=14), end=end)
+    state = backtest_flow(request=request, data_dir=data_dir, return_state=True)
     run = state.result(raise_on_failure=False)
     if isinstance(run, BaseException):
         return [f"backtest failed: {run}"]
@@ -125,13 +129,14 @@ def _run_health_check(flow, host: str, port: int, client_id: int) -> Diagnosis: 
 def _grid(console: Console, symbol: str, report: IngestReport, data_dir: str) -> list[str]:
     """Step 5: a small SMA grid through the `backtest-grid` flow, with holdout and walk-forward."""
     from flows.grid import backtest_grid
+    from ibkr_flows.backtest.request import GridRequest
 
     console.rule(f"[bold]5/5 Parameter grid: SMA fast 5..25 x slow 30..90 on {symbol}, 30% holdout, 2 folds")
     end = report.started_at
-    state = backtest_grid(grid={"fast_period": {"start": 5, "stop": 25, "step": 5},
+    request = GridRequest(grid={"fast_period": {"start": 5, "stop": 25, "step": 5},
                                 "slow_period": {"start": 30, "stop": 90, "step": 10}},
-                          symbol=symbol, start=end - timedelta(days=14), end=end, folds=2, chunks=4,
-                          data_dir=data_dir, return_state=True)
+                          symbol=symbol, start=end - timedelta(days=14), end=end, folds=2, chunks=4)
+    state = backtest_grid(request=request, data_dir=data_dir, return_state=True)
     grid_report = state.result(raise_on_failure=False)
     if isinstance(grid_report, BaseException):
         return [f"grid failed: {grid_report}"]

@@ -11,69 +11,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-import polars as pl
 from ib_async import ContractDetails
 
-from ibkr_flows.ib.historical import WHAT_TO_SHOW, bar_step
-from ibkr_flows.ingest.convert import bars_to_frame
 from ibkr_flows.ingest.errors import SymbolError
-from ibkr_flows.ingest.fetch import IBSession, RetryPolicy, fetch_chunk, head_timestamp, qualify
-from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.ingest.fetch import IBSession, RetryPolicy, head_timestamp, qualify
+from ibkr_flows.ingest.pacing import PacingBudget, default_ledger_path
 from ibkr_flows.ingest.plan import Chunk, plan_chunks, resume_start
-from ibkr_flows.quality.validate import validate_bars
+from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.ingest.stages import (
+    CheckedBatch,
+    FetchContext,
+    FetchedBatch,
+    StoredBatch,
+    check_batch,
+    fetch_batch,
+    store_batch,
+)
 from ibkr_flows.settings import IBKRSettings
-from storage.bars_table import merge_bars, watermarks
+from storage.bars_table import watermarks
 from storage.location import TableLocation
-from storage.quarantine_table import append_quarantine
 
 log = logging.getLogger("ibkr.ingest")
-
-DEFAULT_LOOKBACK = timedelta(days=7)
-"""How far back a series never stored before starts when no start is given."""
-BATCH_ROWS = 50_000
-"""Rows buffered per symbol before a quality check + MERGE: fewer, larger Delta commits, bounded re-fetch after
-a crash."""
-
-
-@dataclass(frozen=True)
-class IngestRequest:
-    """Everything one ingestion run needs; validated before any connection is made."""
-
-    symbols: tuple[str, ...]
-    bar_size: str = "1 min"
-    what_to_show: str = "TRADES"
-    use_rth: bool = True
-    start: datetime | None = None
-    end: datetime | None = None
-    symbol_concurrency: int = 4
-    request_timeout_s: float = 60.0
-    quality_engine: str = "great_expectations"
-
-    def __post_init__(self) -> None:
-        bar_step(self.bar_size)
-        if not self.symbols:
-            raise ValueError("no symbols given")
-        bad = [s for s in self.symbols if not s or not s.replace(".", "").replace("-", "").isalnum()]
-        if bad:
-            raise ValueError(f"invalid symbol(s) {bad}: use exchange tickers like AAPL or BRK.B")
-        if self.what_to_show not in WHAT_TO_SHOW:
-            raise ValueError(f"what_to_show must be one of {', '.join(WHAT_TO_SHOW)}, "
-                             f"got {self.what_to_show!r}")
-        for name in ("start", "end"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} must be timezone-aware (UTC), got {value!r}")
-        if self.start and self.start > datetime.now(UTC):
-            raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: IB has no bars there yet")
-        if self.quality_engine not in ("great_expectations", "polars"):
-            raise ValueError(f"quality_engine must be great_expectations or polars, got {self.quality_engine!r}")
-        if self.start and self.end and self.start >= self.end:
-            raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
 
 
 @dataclass
@@ -111,28 +73,47 @@ class IngestReport:
     def failed(self) -> list[SymbolReport]:
         return [s for s in self.symbols if s.status == "failed"]
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 Progress = Callable[[int, int], None]
 """Called with (chunks done, chunks planned) across all symbols."""
 
 
+async def check_in_thread(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
+    return await asyncio.to_thread(check_batch, batch, request)
+
+
+async def store_in_thread(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
+    return await asyncio.to_thread(store_batch, location, checked)
+
+
+@dataclass(frozen=True)
+class Stages:
+    """How the run performs each step of a batch. The defaults are the plain functions; the Prefect tasks pass
+    task-wrapped ones so fetch, check and store each show (and retry) as their own step. Check and store are
+    awaited from a worker thread: they are CPU and disk work that must not stall other symbols' fetches."""
+
+    fetch: Callable[[FetchContext, ContractDetails, Sequence[Chunk], datetime], Awaitable[FetchedBatch]] = fetch_batch
+    check: Callable[[FetchedBatch, IngestRequest], Awaitable[CheckedBatch]] = check_in_thread
+    store: Callable[[TableLocation, CheckedBatch], Awaitable[StoredBatch]] = store_in_thread
+
+
 class _Run:
     def __init__(self, request: IngestRequest, location: TableLocation, settings: IBKRSettings, *,
-                 flow_run_id: str, budget: PacingBudget, policy: RetryPolicy, progress: Progress | None) -> None:
+                 flow_run_id: str, budget: PacingBudget, policy: RetryPolicy, progress: Progress | None,
+                 stages: Stages) -> None:
         self.request = request
         self.location = location
-        self.flow_run_id = flow_run_id
-        self.budget = budget
+        self.stages = stages
         self.session = IBSession(settings, policy)
+        self.context = FetchContext(self.session, budget, request, flow_run_id, on_chunk=lambda: self._tick(done=1))
+        self.budget = budget
         self.progress = progress
         self.report = IngestReport(request)
         self.planned = 0
         self.done = 0
         self.store_lock = asyncio.Lock()
-        self.end = request.end or datetime.now(UTC)
+        self.end = request.resolved_end()
 
     def _tick(self, planned: int = 0, done: int = 0) -> None:
         self.planned += planned
@@ -163,89 +144,62 @@ class _Run:
         return self.report
 
     async def _symbol(self, symbol: str, watermark: datetime | None) -> SymbolReport:
+        """Chunks are fetched oldest first and each batch is stored before the next is fetched, so the table's
+        last bar stays a frontier with nothing missing behind it."""
         report = SymbolReport(symbol, watermark_before=watermark, watermark_after=watermark)
         r = self.request
-        buffer: list[pl.DataFrame] = []
-        window_start: datetime | None = None
         try:
             details = await qualify(self.session, symbol, r.request_timeout_s)
             head = None
             if watermark is None:
                 head = await head_timestamp(self.session, self.budget, details.contract, what_to_show=r.what_to_show,
                                             use_rth=r.use_rth, timeout=r.request_timeout_s)
-            start = resume_start(watermark, r.start or self.end - DEFAULT_LOOKBACK, head, bar_size=r.bar_size)
-            chunks = plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth)
-            report.chunks_planned = len(chunks)
-            self._tick(planned=len(chunks))
-            for chunk in chunks:
-                frame = await self._fetch(details, chunk, report)
-                window_start = window_start or chunk.start
-                if frame.height:
-                    buffer.append(frame)
-                if sum(f.height for f in buffer) >= BATCH_ROWS:
-                    await self._store(report, buffer, (window_start, chunk.end))
-                    buffer, window_start = [], None
-            if buffer:
-                await self._store(report, buffer, (window_start or self.end, self.end))
-            report.status = "ok" if chunks else "up-to-date"
+            start = resume_start(watermark, r.resolved_start(self.end), head, bar_size=r.bar_size)
         except SymbolError as exc:
-            if buffer:  # keep what was fetched in order before the failure: the next run resumes after it
-                await self._store(report, buffer, (window_start or self.end, self.end))
-            report.status, report.error, report.error_type = "failed", exc.reason, type(exc).__name__
-            log.error("%s failed: %s", symbol, exc.reason)
+            return self._failed(report, exc)
+        chunks = plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth)
+        report.chunks_planned = len(chunks)
+        self._tick(planned=len(chunks))
+        while chunks:
+            batch = await self.stages.fetch(self.context, details, chunks, self.end)
+            chunks = chunks[batch.chunks_fetched:]
+            report.chunks_fetched += batch.chunks_fetched
+            report.chunks_empty += batch.chunks_empty
+            report.rows_fetched += batch.frame.height
+            if batch.frame.height:
+                await self._store(report, batch)
+            if batch.error is not None:
+                return self._failed(report, batch.error)
+        report.status = "ok" if report.chunks_planned else "up-to-date"
         return report
 
-    async def _fetch(self, details: ContractDetails, chunk: Chunk, report: SymbolReport) -> pl.DataFrame:
-        r = self.request
-        bars = await fetch_chunk(self.session, self.budget, details.contract, chunk, bar_size=r.bar_size,
-                                 what_to_show=r.what_to_show, use_rth=r.use_rth, timeout=r.request_timeout_s)
-        report.chunks_fetched += 1
-        if not bars:
-            report.chunks_empty += 1
-        self._tick(done=1)
-        frame = bars_to_frame(bars, details=details, chunk=chunk, bar_size=r.bar_size, what_to_show=r.what_to_show,
-                              use_rth=r.use_rth, flow_run_id=self.flow_run_id, ingested_at=datetime.now(UTC))
-        report.rows_fetched += frame.height
-        return frame
-
-    async def _store(self, report: SymbolReport, frames: Sequence[pl.DataFrame],
-                     window: tuple[datetime, datetime]) -> None:
-        """Quality-gate one batch, quarantine the failures, MERGE the rest; one store at a time per process
-        (Delta commits to the same partition would only conflict and retry)."""
+    async def _store(self, report: SymbolReport, batch: FetchedBatch) -> None:
+        """One store at a time per process: Delta commits to the same partition would only conflict and retry."""
         async with self.store_lock:
-            await asyncio.to_thread(self._store_sync, report, pl.concat(frames), window)
+            checked = await self.stages.check(batch, self.request)
+            stored = await self.stages.store(self.location, checked)
+        self.report.quality_warnings += checked.warnings
+        report.gap_bars += checked.gap_bars
+        report.rows_quarantined += stored.rows_quarantined
+        report.rows_inserted += stored.rows_inserted
+        report.rows_updated += stored.rows_updated
+        report.table_version = stored.table_version
+        if stored.last_ts is not None:
+            report.watermark_after = max(filter(None, [report.watermark_after, stored.last_ts]))
 
-    def _store_sync(self, report: SymbolReport, batch: pl.DataFrame, window: tuple[datetime, datetime]) -> None:
-        r = self.request
-        lineage = batch.select("ts", "ingested_at", "flow_run_id", "request")
-        result = validate_bars(batch.drop("ingested_at", "flow_run_id", "request"), bar_size=r.bar_size,
-                               use_rth=r.use_rth, what_to_show=r.what_to_show, window=window,
-                               engine=r.quality_engine)  # type: ignore[arg-type]
-        if result.quarantined.height:
-            quarantined = result.quarantined.with_columns(
-                ingested_at=pl.lit(datetime.now(UTC)), flow_run_id=pl.lit(self.flow_run_id),
-                request=pl.lit(f"batch {window[0]:%Y-%m-%d %H:%M}..{window[1]:%Y-%m-%d %H:%M}"))
-            append_quarantine(self.location, quarantined)
-            report.rows_quarantined += quarantined.height
-        report.gap_bars += int(result.gaps["missing"].sum()) if result.gaps.height else 0
-        self.report.quality_warnings += [f"{report.symbol}: {w.detail}" for w in result.warnings]
-        clean = result.clean.join(lineage.unique("ts", keep="first"), on="ts", how="left")
-        merged = merge_bars(self.location, clean)
-        report.rows_inserted += merged.rows_inserted
-        report.rows_updated += merged.rows_updated
-        report.table_version = merged.version
-        if clean.height:
-            last = clean["ts"].max()
-            report.watermark_after = max(filter(None, [report.watermark_after, last]))  # type: ignore[type-var]
+    @staticmethod
+    def _failed(report: SymbolReport, exc: SymbolError) -> SymbolReport:
+        report.status, report.error, report.error_type = "failed", exc.reason, type(exc).__name__
+        log.error("%s failed: %s", report.symbol, exc.reason)
+        return report
 
 
 async def ingest_async(request: IngestRequest, location: TableLocation, settings: IBKRSettings, *,
                        flow_run_id: str = "local", budget: PacingBudget | None = None,
-                       policy: RetryPolicy | None = None, progress: Progress | None = None) -> IngestReport:
+                       policy: RetryPolicy | None = None, progress: Progress | None = None,
+                       stages: Stages | None = None) -> IngestReport:
     """Ingest `request.symbols` into the bars table at `location`. Per-symbol failures are reported, not raised;
     TWS being unreachable for longer than the reconnect deadline raises `DisconnectedError`."""
-    from ibkr_flows.ingest.pacing import default_ledger_path
-
     budget = budget or PacingBudget(default_ledger_path(settings.host, settings.port))
     return await _Run(request, location, settings, flow_run_id=flow_run_id, budget=budget,
-                      policy=policy or RetryPolicy(), progress=progress).run()
+                      policy=policy or RetryPolicy(), progress=progress, stages=stages or Stages()).run()

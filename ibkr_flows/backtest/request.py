@@ -1,0 +1,153 @@
+"""What a backtest is asked to do, as users ask for it: stored bars of some symbols over a range, a strategy and
+its costs. One model is the `backtest` flow's form in the Prefect UI, the CLI's options and the runner's input;
+`GridRequest` is the same for a parameter grid. Both are validated (strategy, parameters, costs, range) before
+any data is read.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
+from ibkr_flows.backtest.engine import BacktestConfig, Mode
+from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
+from ibkr_flows.ib.historical import BarSize, WhatToShow
+
+if TYPE_CHECKING:
+    from ibkr_flows.backtest.grid.spec import GridSpec
+
+CommissionName = Literal["ibkr_fixed", "ibkr_tiered", "percent", "none"]
+SizingName = Literal["all_in", "fixed_shares", "fixed_fraction"]
+DEFAULT_START = datetime(2024, 7, 1, tzinfo=UTC)
+DEFAULT_END = datetime(2024, 7, 13, tzinfo=UTC)
+DEFAULT_GRID: dict[str, Any] = {"fast_period": {"start": 5, "stop": 50, "step": 5},
+                                        "slow_period": {"start": 20, "stop": 200, "step": 10}}
+
+
+def _symbol(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+class BacktestSettings(BaseModel):
+    """What every backtest of stored bars needs besides the symbols and the strategy's parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    strategy: str = Field("sma_crossover", description="sma_crossover, ema_crossover (fast_period, slow_period), "
+                          "rsi_reversion (period, lower, upper), donchian_breakout (lookback), buy_and_hold")
+    start: datetime = Field(DEFAULT_START, description="Range start (UTC)")
+    end: datetime = Field(DEFAULT_END, description="Range end, exclusive (UTC)")
+    bar_size: BarSize = Field("1 min", description="IB bar size of the stored bars")
+    what_to_show: WhatToShow = "TRADES"
+    use_rth: bool = Field(True, description="Regular-hours bars (false: extended hours)")
+    cash: float = Field(100_000.0, gt=0, description="Starting cash")
+    commission: CommissionName = Field("ibkr_fixed", description="ibkr_fixed (USD 0.005/share, min 1, max 1%), "
+                                       "ibkr_tiered, percent (commission_rate), none")
+    commission_rate: float = Field(0.0, ge=0, description="For commission=percent: a fraction of trade value "
+                                   "(0.001 = 0.1%)")
+    slippage_bps: float = Field(0.0, ge=0, description="Slippage against the trader, basis points")
+    sizing: SizingName = Field("all_in", description="all_in, fixed_shares (size = shares), fixed_fraction "
+                               "(size = fraction of equity)")
+    size: float = Field(0.0, ge=0, description="Shares for fixed_shares, a fraction of equity for fixed_fraction")
+    mode: Mode = Field("long_only", description="long_only (a short signal means flat) or long_short")
+    table_version: int | None = Field(None, ge=0, description="Read this version of the bars table (time "
+                                      "travel); empty = the latest")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, value: datetime, info: Any) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError(f"{info.field_name} must be timezone-aware (UTC)")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
+        if self.start > datetime.now(UTC):
+            raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: no bars can exist yet")
+        return self
+
+    def commission_model(self) -> CommissionModel:
+        if self.commission == "percent":
+            return PercentCommission(self.commission_rate)
+        return {"ibkr_fixed": IBKRFixed, "ibkr_tiered": IBKRTiered, "none": NoCommission}[self.commission]()
+
+    def sizing_model(self) -> Sizing:
+        if self.sizing == "fixed_shares":
+            return FixedShares(int(self.size))
+        if self.sizing == "fixed_fraction":
+            return FixedFraction(self.size)
+        return AllIn()
+
+    def config(self, params: dict[str, Any] | None = None) -> BacktestConfig:
+        return BacktestConfig(strategy=self.strategy, params=dict(params or {}), cash=self.cash,
+                              commission=self.commission_model(), slippage_bps=self.slippage_bps,
+                              sizing=self.sizing_model(), mode=self.mode)
+
+    def ingest_hint(self, symbol: str) -> str:
+        """The command that would fetch the missing bars."""
+        session = "--rth" if self.use_rth else "--eth"
+        return (f"ibkr data ingest {symbol} --bar-size '{self.bar_size}' --what-to-show {self.what_to_show} "
+                f"{session} --start '{self.start:%Y-%m-%d %H:%M:%S}' --end '{self.end:%Y-%m-%d %H:%M:%S}'")
+
+
+class BacktestRequest(BacktestSettings):
+    """A strategy with one set of parameters on each of `symbols`."""
+
+    symbols: tuple[str, ...] = Field(("AAPL",), min_length=1, description="Symbols, each backtested on its own")
+    params: dict[str, Any] = Field(default_factory=lambda: {"fast_period": 5, "slow_period": 10},
+                                   description="Strategy parameters, e.g. {\"fast_period\": 5, \"slow_period\": 10}")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols(cls, value: object) -> object:
+        return tuple(_symbol(s) for s in ([value] if isinstance(value, str) else value))  # type: ignore[union-attr]
+
+    @model_validator(mode="after")
+    def _strategy(self) -> Self:
+        self.config()  # strategy name, parameters, cash, mode, costs: all checked before any data is read
+        return self
+
+    def config(self, params: dict[str, Any] | None = None) -> BacktestConfig:
+        return super().config(self.params if params is None else params)
+
+
+class GridRequest(BacktestSettings):
+    """Every combination of `grid` (per parameter: a list, or {start, stop, step} with stop included) on one
+    symbol, ranked by `rank_by`, with an out-of-sample holdout and an optional walk-forward."""
+
+    symbol: str = Field("AAPL", min_length=1, description="The symbol whose stored bars the grid runs on")
+    grid: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_GRID),
+                                 description="Parameter values: a list, or {start, stop, step} (stop included)")
+    rank_by: str = Field("sharpe", description="sharpe, sortino, calmar, total_return_pct, ...")
+    holdout: float | None = Field(0.3, gt=0, lt=1, description="Share of the bars at the end kept out of the "
+                                  "search; empty = none")
+    folds: int | None = Field(None, ge=1, description="Walk-forward folds over the in-sample bars; empty = none")
+    chunks: int = Field(8, ge=1, description="Coarse tasks the combinations are split into (progress, Dask)")
+    top_n: int = Field(20, ge=1, description="Rows of the ranking in the grid-top artifact")
+    heatmap_x: str = "fast_period"
+    heatmap_y: str = "slow_period"
+
+    @field_validator("symbol", mode="before")
+    @classmethod
+    def _symbol(cls, value: object) -> object:
+        return _symbol(value)
+
+    @model_validator(mode="after")
+    def _spec(self) -> Self:
+        self.spec()
+        self.config()
+        return self
+
+    def spec(self) -> GridSpec:
+        from ibkr_flows.backtest.grid.spec import GridSpec  # the grid package loads numba: only grids pay for it
+
+        return GridSpec(self.strategy, self.grid, self.rank_by)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return (self.symbol,)

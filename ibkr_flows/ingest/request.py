@@ -1,0 +1,72 @@
+"""What one ingestion run is asked to do: the `ingest-bars` flow's form in the Prefect UI, the CLI's options and the
+engine's input are this one model, validated before any connection is made."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ibkr_flows.ib.historical import BarSize, WhatToShow
+
+QualityEngine = Literal["great_expectations", "polars"]
+
+
+def aware(name: str, value: datetime | None) -> datetime | None:
+    """Times must say their zone: a naive one would silently be read in the machine's local time."""
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got {value!r}")
+    return value
+
+
+class IngestRequest(BaseModel):
+    """Which bars to fetch into the bars table. Each series resumes from its last stored bar; `start` (default
+    `lookback_days` before `end`) only matters for series never stored; `end` defaults to now."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    symbols: tuple[str, ...] = Field(("AAPL", "MSFT", "SPY"), min_length=1,
+                                     description="Exchange tickers, e.g. AAPL, BRK.B")
+    bar_size: BarSize = Field("1 min", description="IB bar size")
+    what_to_show: WhatToShow = Field("TRADES", description="TRADES, MIDPOINT, BID_ASK, ADJUSTED_LAST, BID, ASK")
+    use_rth: bool = Field(True, description="Regular trading hours only (false: extended hours too)")
+    start: datetime | None = Field(None, description="First bar for series never stored (UTC)")
+    end: datetime | None = Field(None, description="End of the range, exclusive (UTC); empty = now")
+    lookback_days: int = Field(7, ge=1, description="Default start: this many days before the end")
+    quality_engine: QualityEngine = Field("great_expectations",
+                                          description="great_expectations, or polars (the same rules, faster)")
+    symbol_concurrency: int = Field(4, ge=1, le=16, description="Symbols fetched at once over the one connection")
+    request_timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for one historical request")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _normalise_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            value = tuple(str(s).strip().upper() for s in value)
+            bad = [s for s in value if not s or not s.replace(".", "").replace("-", "").isalnum()]
+            if bad:
+                raise ValueError(f"invalid symbol(s) {bad}: use exchange tickers like AAPL or BRK.B")
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, value: datetime | None, info: object) -> datetime | None:
+        return aware(getattr(info, "field_name", "time"), value)
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if self.start and self.start > datetime.now(UTC):
+            raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: IB has no bars there yet")
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
+        return self
+
+    def resolved_end(self, now: datetime | None = None) -> datetime:
+        return self.end or now or datetime.now(UTC)
+
+    def resolved_start(self, end: datetime) -> datetime:
+        """Where a series never stored starts."""
+        return self.start or end - timedelta(days=self.lookback_days)

@@ -1,0 +1,135 @@
+"""The three steps every batch of one series goes through: fetch (IB), check (quality gate), store (quarantine and
+MERGE). Each is a plain function; the run (`ingest.engine`) chains them, and the Prefect tasks wrap the same
+functions so each step shows in the UI with retries fitted to how it fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+from ib_async import ContractDetails
+
+from ibkr_flows.ingest.convert import bars_to_frame
+from ibkr_flows.ingest.errors import SymbolError
+from ibkr_flows.ingest.fetch import IBSession, fetch_chunk
+from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.ingest.plan import Chunk
+from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.quality.validate import validate_bars
+from storage.bars_table import merge_bars
+from storage.location import TableLocation
+from storage.quarantine_table import append_quarantine
+
+BATCH_ROWS = 50_000
+"""Rows fetched per symbol before a quality check + MERGE: fewer, larger Delta commits, bounded re-fetch after
+a crash."""
+LINEAGE = ("ingested_at", "flow_run_id", "request")
+
+
+@dataclass(frozen=True)
+class FetchContext:
+    """What every fetch of one run shares: the connection, the pacing budget and the run's identity."""
+
+    session: IBSession
+    budget: PacingBudget
+    request: IngestRequest
+    flow_run_id: str
+    on_chunk: Callable[[], None] = lambda: None
+    """Called after each request, for progress."""
+
+
+@dataclass
+class FetchedBatch:
+    """Bars of consecutive chunks of one series, oldest first, and what happened fetching them. `error` is set
+    when the series failed part-way: the bars before the failure are still stored, so the next run resumes
+    after them."""
+
+    symbol: str
+    window: tuple[datetime, datetime]
+    frame: pl.DataFrame
+    chunks_fetched: int = 0
+    chunks_empty: int = 0
+    error: SymbolError | None = None
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    symbol: str
+    window: tuple[datetime, datetime]
+    clean: pl.DataFrame
+    """Rows that passed every blocking check, with their lineage columns."""
+    quarantined: pl.DataFrame
+    gap_bars: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    rows_inserted: int
+    rows_updated: int
+    rows_quarantined: int
+    table_version: int | None
+    last_ts: datetime | None
+
+
+async def fetch_batch(context: FetchContext, details: ContractDetails, chunks: Sequence[Chunk], end: datetime
+                      ) -> FetchedBatch:
+    """Fetch `chunks` in order until `BATCH_ROWS` rows have arrived (the caller passes the rest next time). The
+    batch's window, which the completeness check judges sessions in, runs to the chunk that filled it, or to the
+    run's `end` when the chunks ran out or the series failed."""
+    r = context.request
+    frames: list[pl.DataFrame] = []
+    batch = FetchedBatch(details.contract.symbol, (chunks[0].start, end), pl.DataFrame())
+    try:
+        for chunk in chunks:
+            bars = await fetch_chunk(context.session, context.budget, details.contract, chunk, bar_size=r.bar_size,
+                                     what_to_show=r.what_to_show, use_rth=r.use_rth, timeout=r.request_timeout_s)
+            batch.chunks_fetched += 1
+            batch.chunks_empty += not bars
+            context.on_chunk()
+            frame = bars_to_frame(bars, details=details, chunk=chunk, bar_size=r.bar_size,
+                                  what_to_show=r.what_to_show, use_rth=r.use_rth, flow_run_id=context.flow_run_id,
+                                  ingested_at=datetime.now(UTC))
+            if frame.height:
+                frames.append(frame)
+            if sum(f.height for f in frames) >= BATCH_ROWS:
+                batch.window = (batch.window[0], chunk.end)
+                break
+    except SymbolError as exc:
+        batch.error = exc
+    if frames:
+        batch.frame = pl.concat(frames)
+    return batch
+
+
+def check_batch(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
+    """The quality gate: failing rows are set aside for the quarantine, never dropped."""
+    lineage = batch.frame.select("ts", *LINEAGE)
+    result = validate_bars(batch.frame.drop(*LINEAGE), bar_size=request.bar_size, use_rth=request.use_rth,
+                           what_to_show=request.what_to_show, window=batch.window, engine=request.quality_engine)
+    quarantined = result.quarantined
+    if quarantined.height:
+        lo, hi = batch.window
+        quarantined = quarantined.with_columns(
+            ingested_at=pl.lit(datetime.now(UTC)), flow_run_id=pl.lit(batch.frame["flow_run_id"][0]),
+            request=pl.lit(f"batch {lo:%Y-%m-%d %H:%M}..{hi:%Y-%m-%d %H:%M}"))
+    return CheckedBatch(
+        symbol=batch.symbol, window=batch.window,
+        clean=result.clean.join(lineage.unique("ts", keep="first"), on="ts", how="left"),
+        quarantined=quarantined,
+        gap_bars=int(result.gaps["missing"].sum()) if result.gaps.height else 0,
+        warnings=[f"{batch.symbol}: {w.detail}" for w in result.warnings])
+
+
+def store_batch(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
+    """Quarantine first, then MERGE the clean rows: a crash between the two re-fetches the batch next run, and
+    both writes are idempotent."""
+    if checked.quarantined.height:
+        append_quarantine(location, checked.quarantined)
+    merged = merge_bars(location, checked.clean)
+    last = checked.clean["ts"].max() if checked.clean.height else None
+    return StoredBatch(merged.rows_inserted, merged.rows_updated, checked.quarantined.height, merged.version,
+                       last)  # type: ignore[arg-type]
