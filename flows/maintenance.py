@@ -28,6 +28,6 @@ def table_maintenance(
         compacted = compact_table(location, table)
         deleted = vacuum_table(location, table, retention_hours)
         lines.append(f"| {table} | {compacted.files_removed} | {compacted.files_added} | {compacted.version} | "
-                     f"{deleted} |")
+                     f"{deleted} |" if compacted else f"| {table} | not created yet | | | |")
     create_markdown_artifact(key="table-maintenance", markdown="\n".join(lines),
                              description=f"{len(tables)} table(s) compacted and vacuumed")

@@ -6,14 +6,21 @@ from prefect import task
 
 from storage.location import TableLocation
 from storage.maintenance import CompactionResult, compact, vacuum
+from storage.tables import exists
+
+MAINTENANCE_TIMEOUT_S = 3600
+"""Compaction rewrites a table's small files: seconds per million rows; an hour means a hung store."""
 
 
-@task(name="compact-table", task_run_name="compact {table}")
-def compact_table(location: TableLocation, table: str) -> CompactionResult:
-    return compact(getattr(location, table))
+@task(name="compact-table", task_run_name="compact {table}", timeout_seconds=MAINTENANCE_TIMEOUT_S)
+def compact_table(location: TableLocation, table: str) -> CompactionResult | None:
+    """None when the table was never created (no bar quarantined yet, say): nothing to compact."""
+    path = getattr(location, table)
+    return compact(path) if exists(path) else None
 
 
-@task(name="vacuum-table", task_run_name="vacuum {table}")
+@task(name="vacuum-table", task_run_name="vacuum {table}", timeout_seconds=MAINTENANCE_TIMEOUT_S)
 def vacuum_table(location: TableLocation, table: str, retention_hours: int) -> int:
     """Returns how many files were deleted."""
-    return len(vacuum(getattr(location, table), retention_hours=retention_hours))
+    path = getattr(location, table)
+    return len(vacuum(path, retention_hours=retention_hours)) if exists(path) else 0

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from ibkr_flows.alerts.blocks import AlertConfigError, BlockRef, parse_block_refs
-from ibkr_flows.alerts.ledger import LEDGER_VARIABLE, AlertLedger
+from ibkr_flows.alerts.ledger import LEDGER_VARIABLE, AlertLedger, load_ledger
 from ibkr_flows.alerts.messages import failure_alert
 from ibkr_flows.alerts.tws_status import STATUS_VARIABLE, record_verdict
 from ibkr_flows.doctor.preflight import diagnose
+from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.settings import TWSEndpoint
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 from tests.conftest import settings_for
 from tests.webhook_receiver import WebhookReceiver, webhook_receiver
@@ -126,7 +128,8 @@ def test_ingest_flow_alerts_too_and_a_recovery_rearms_the_alert(receiver: Webhoo
     from flows.ingest import ingest_flow
 
     sim.update_faults(connect="accept-close")
-    state = ingest_flow(symbols=["AAPL"], data_dir=str(tmp_path), host=sim.host, port=sim.port, return_state=True)
+    state = ingest_flow(request=IngestRequest(symbols=("AAPL",)), tws=TWSEndpoint(host=sim.host, port=sim.port),
+                        data_dir=str(tmp_path), return_state=True)
     assert state.is_failed()
     sim.clear_faults()
     assert tws_health_check(host=sim.host, port=sim.port, check_data=False, return_state=True).is_completed()
@@ -137,15 +140,37 @@ def test_ingest_flow_alerts_too_and_a_recovery_rearms_the_alert(receiver: Webhoo
     assert len(_webhook(receiver, "usable again")) == 1
 
 
+def test_a_successful_ingest_closes_the_alert_of_its_tws(receiver: WebhookReceiver, tmp_path: Path,
+                                                          sim: EmbeddedSimulator) -> None:
+    from flows.health import tws_health_check
+    from flows.ingest import ingest_flow
+
+    sim.update_faults(connect="accept-close")
+    assert tws_health_check(host=sim.host, port=sim.port, check_data=False, return_state=True).is_failed()
+    sim.clear_faults()
+    state = ingest_flow(request=IngestRequest(symbols=("AAPL",), lookback_days=1, quality_engine="polars"),
+                        tws=TWSEndpoint(host=sim.host, port=sim.port), data_dir=str(tmp_path), return_state=True)
+    assert state.is_completed(), state.message
+    assert len(_webhook(receiver, "usable again")) == 1
+
+
 def test_repeat_after_the_window(receiver: WebhookReceiver, sim: EmbeddedSimulator,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.health import tws_health_check
 
-    monkeypatch.setenv("IBKR_ALERT_WINDOW_SECONDS", "1")
+    window = timedelta(seconds=1)
+    monkeypatch.setenv("IBKR_ALERT_WINDOW_SECONDS", str(window.total_seconds()))
     sim.update_faults(busy_client_ids={10})
-    for _ in range(2):
-        assert tws_health_check(host=sim.host, port=sim.port, check_data=False, return_state=True).is_failed()
-        time.sleep(1.1)
+    assert tws_health_check(host=sim.host, port=sim.port, check_data=False, return_state=True).is_failed()
+    assert len(_webhook(receiver, "client-id-in-use")) == 1
+    # the event the second alert waits for: the ledger's entry for this failure falls out of the window
+    target = f"{sim.host}:{sim.port}"
+    assert [(a.target, a.failure_class) for a in load_ledger().open.values()] == [(target, "client-id-in-use")]
+    deadline = time.monotonic() + 10
+    while not load_ledger().is_due(target, "client-id-in-use", datetime.now(UTC), window):
+        assert time.monotonic() < deadline, f"the alert for {target} never left its {window} window"
+        time.sleep(0.05)
+    assert tws_health_check(host=sim.host, port=sim.port, check_data=False, return_state=True).is_failed()
     assert len(_webhook(receiver, "client-id-in-use")) == 2
 
 
@@ -155,8 +180,9 @@ def test_other_failures_are_not_connection_alerts(receiver: WebhookReceiver, tmp
 
     monkeypatch.setenv("IBKR_PACING_DIR", str(tmp_path / "pacing"))
     with EmbeddedSimulator(clock=lambda: NOW) as sim:
-        state = ingest_flow(symbols=["NOPE"], start=datetime(2024, 7, 12, tzinfo=UTC), end=NOW,
-                            data_dir=str(tmp_path), host=sim.host, port=sim.port, client_id=92, return_state=True)
+        state = ingest_flow(request=IngestRequest(symbols=("NOPE",), start=datetime(2024, 7, 12, tzinfo=UTC), end=NOW),
+                            tws=TWSEndpoint(host=sim.host, port=sim.port, client_id=92), data_dir=str(tmp_path),
+                            return_state=True)
     assert state.is_failed()  # an unknown symbol: the run fails, TWS is fine
     assert receiver.requests == []
 

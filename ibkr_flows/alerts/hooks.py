@@ -20,7 +20,7 @@ from ibkr_flows.alerts.ledger import load_ledger, save_ledger
 from ibkr_flows.alerts.messages import describe_run, failure_alert, recovery_notice, target_of
 from ibkr_flows.alerts.notify import deliver
 from ibkr_flows.alerts.settings import AlertSettings
-from ibkr_flows.settings import IBKRSettings
+from ibkr_flows.settings import TWSEndpoint
 
 
 def alert_on_tws_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -62,6 +62,9 @@ def notify_tws_recovery(flow: Flow[..., Any], flow_run: FlowRun, state: State[An
 
 
 def _preflight_target(flow_run: FlowRun) -> str:
-    """The TWS the run's preflight checked: its host/port parameters, else the IBKR_* settings it fell back to."""
-    settings = IBKRSettings.with_overrides(host=flow_run.parameters.get("host"), port=flow_run.parameters.get("port"))
+    """The TWS the run's preflight checked: its `tws` parameter (ingest-bars) or host/port parameters
+    (tws-health-check), else the IBKR_* settings it fell back to."""
+    parameters = flow_run.parameters
+    endpoint = parameters.get("tws") or {"host": parameters.get("host"), "port": parameters.get("port")}
+    settings = TWSEndpoint.model_validate(endpoint, strict=False).settings()
     return f"{settings.host}:{settings.port}"

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,8 +24,31 @@ from ibkr_flows.alerts.blocks import BlockRef
 from ibkr_flows.stack.processes import StackError, group_alive, run_step, spawn, stop_group
 from ibkr_flows.stack.state import StackState, load_state, remove_state, save_state
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-"""Where prefect.yaml lives; deployments pull (set their working directory) from here."""
+PACKAGED_PREFECT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
+"""The copy of the top-level prefect.yaml an installed wheel carries (hatch force-include, see pyproject.toml)."""
+
+
+def checkout_dir(module_file: Path = Path(__file__)) -> Path | None:
+    """The source checkout this module runs from, or None when it runs from an installed wheel."""
+    root = module_file.resolve().parents[2]
+    return root if (root / "prefect.yaml").is_file() and (root / "pyproject.toml").is_file() else None
+
+
+CHECKOUT_DIR = checkout_dir()
+
+
+def default_prefect_file() -> Path:
+    """The checkout's prefect.yaml (the single source) when run from a checkout, else the packaged copy."""
+    return CHECKOUT_DIR / "prefect.yaml" if CHECKOUT_DIR is not None else PACKAGED_PREFECT_FILE
+
+
+def default_project_dir() -> Path:
+    """Where `prefect deploy` and the worker run; with `pull: null` it becomes the runs' working directory (a
+    relative IBKR_DATA_DIR, `.env`). The checkout, else the directory `ibkr up` runs in: the entrypoints are
+    module paths (`flows.ingest:ingest_flow`), importable from the installed packages wherever the runs start."""
+    return CHECKOUT_DIR if CHECKOUT_DIR is not None else Path.cwd()
+
+
 POOL = "ibkr-local"
 PREFECT = (sys.executable, "-m", "prefect")
 
@@ -41,7 +64,8 @@ class UpOptions:
     api_url: str | None = None
     """An existing server (or Prefect Cloud workspace) to use instead of starting one."""
     pool: str = POOL
-    project_dir: Path = PROJECT_DIR
+    project_dir: Path = field(default_factory=default_project_dir)
+    prefect_file: Path = field(default_factory=default_prefect_file)
     alert_blocks: tuple[BlockRef, ...] = ()
     alert_window: timedelta = timedelta(hours=1)
     start_worker: bool = True
@@ -169,8 +193,9 @@ def up(options: UpOptions, echo: Echo) -> StackState:
             _check_api(api_url)
         created = _ensure_pool(api_url, options.pool)
         echo(f"work pool {options.pool}: {'created' if created else 'exists'}")
-        echo(f"deploying {options.project_dir / 'prefect.yaml'}")
-        run_step([*PREFECT, "--no-prompt", "deploy", "--all"], env, options.project_dir, 300, "prefect deploy --all")
+        echo(f"deploying {options.prefect_file} (working directory {options.project_dir})")
+        run_step([*PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(options.prefect_file)], env,
+                 options.project_dir, 300, "prefect deploy --all")
         if options.alert_blocks:
             for name, outcome in _sync_alerts(api_url, options.alert_blocks, options.alert_window).items():
                 echo(f"automation {name}: {outcome}")
