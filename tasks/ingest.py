@@ -26,20 +26,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from ibkr_flows.ingest.engine import IngestReport, Progress, Stages, ingest_async
+from ibkr_flows.ingest.engine import IngestReport, Progress, Stages, check_in_thread, ingest_async, store_in_thread
 from ibkr_flows.ingest.errors import RetryableError
 from ibkr_flows.ingest.plan import Chunk
 from ibkr_flows.ingest.report import report_markdown, report_rows
 from ibkr_flows.ingest.request import IngestRequest
-from ibkr_flows.ingest.stages import (
-    CheckedBatch,
-    FetchContext,
-    FetchedBatch,
-    StoredBatch,
-    check_batch,
-    fetch_batch,
-    store_batch,
-)
+from ibkr_flows.ingest.stages import CheckedBatch, FetchContext, FetchedBatch, StoredBatch, fetch_batch
 from ibkr_flows.settings import TWSEndpoint
 from storage.location import TableLocation
 from tasks.retry import retry_on
@@ -61,14 +53,14 @@ async def fetch_bars(context: FetchContext, details: ContractDetails, chunks: Se
 @task(name="check-bars", task_run_name="check {batch.symbol} ({batch.frame.height} bars)",
       timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 async def check_bars(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
-    return await asyncio.to_thread(check_batch, batch, request)
+    return await check_in_thread(batch, request)
 
 
 @task(name="merge-bars", task_run_name="merge {checked.symbol} ({checked.clean.height} bars)",
       retries=3, retry_delay_seconds=[1, 5, 20], retry_condition_fn=retry_on(CommitFailedError, OSError),
       timeout_seconds=STEP_TIMEOUT_S, cache_policy=NO_CACHE)
 async def merge_bars_task(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
-    return await asyncio.to_thread(store_batch, location, checked)
+    return await store_in_thread(location, checked)
 
 
 async def _fetch_step(context: FetchContext, details: ContractDetails, chunks: Sequence[Chunk], end: datetime

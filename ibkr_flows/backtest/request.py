@@ -147,7 +147,3 @@ class GridRequest(BacktestSettings):
         from ibkr_flows.backtest.grid.spec import GridSpec  # the grid package loads numba: only grids pay for it
 
         return GridSpec(self.strategy, self.grid, self.rank_by)
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        return (self.symbol,)

@@ -91,10 +91,6 @@ class ErrorCode(IntEnum):
     SECDEF_FARM_OK = 2158, "sec-def data farm connection is OK", ErrorClass.NOTICE
     INVALID_END_DATE = 10314, "end date/time is invalid", ErrorClass.REQUEST
 
-    @property
-    def retry(self) -> Retry:
-        return RETRY_POLICY[self.error_class]
-
 
 FARM_BROKEN = frozenset({ErrorCode.MARKET_FARM_BROKEN, ErrorCode.HMDS_FARM_BROKEN, ErrorCode.SECDEF_FARM_BROKEN})
 FARM_NOTICES = FARM_BROKEN | {ErrorCode.MARKET_FARM_OK, ErrorCode.HMDS_FARM_OK, ErrorCode.HMDS_FARM_INACTIVE,

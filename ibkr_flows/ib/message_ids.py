@@ -59,12 +59,6 @@ class ClientMessage(IntEnum):
     REQ_COMPLETED_ORDERS = 99, "reqCompletedOrders"
 
 
-ORDER_MESSAGES = frozenset({ClientMessage.PLACE_ORDER, ClientMessage.REQ_OPEN_ORDERS,
-                            ClientMessage.REQ_AUTO_OPEN_ORDERS, ClientMessage.REQ_ALL_OPEN_ORDERS,
-                            ClientMessage.REQ_COMPLETED_ORDERS})
-"""Requests TWS refuses with 321 when its 'Read-Only API' box is ticked."""
-
-
 def api_name(message_id: int) -> str:
     """The API call behind a client message id, or `msg<id>` for one this table does not know."""
     try:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ib_async import IB, BarData, Contract, ContractDetails, RequestError, Stock
 
-from ibkr_flows.ib.codes import CONNECTIVITY_RESTORED, ErrorClass, ErrorCode
+from ibkr_flows.ib.codes import CONNECTIVITY_RESTORED, RETRY_POLICY, ErrorClass, ErrorCode, Retry
 from ibkr_flows.ib.codes import classify as classify_code
 from ibkr_flows.ingest.errors import (
     DisconnectedError,
@@ -133,23 +133,26 @@ class IBSession:
 
 
 def classify(symbol: str, exc: RequestError) -> IngestError | None:
-    """Map an IB request error to a typed ingestion error by its class (`ib.codes`); None means 'no data for this
-    range'."""
-    match classify_code(exc.code, exc.message):
-        case ErrorClass.NO_DATA:
-            return None
-        case ErrorClass.PACING:
+    """Map an IB request error to a typed ingestion error by its class and that class's retry policy
+    (`ib.codes`); None means 'no data for this range'."""
+    error_class = classify_code(exc.code, exc.message)
+    if error_class is ErrorClass.NO_DATA:
+        return None
+    match RETRY_POLICY[error_class]:
+        case Retry.PACING_BACKOFF:
             return PacingViolationError(exc.message)
-        case ErrorClass.PERMISSIONS:
-            return NoPermissionsError(symbol, exc.message)
-        case ErrorClass.CONNECTIVITY:
+        case Retry.BACKOFF if error_class is ErrorClass.CONNECTIVITY:
             return DisconnectedError(exc.message)
-        case ErrorClass.REQUEST if exc.code == ErrorCode.UNKNOWN_CONTRACT:
-            return UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
-        case ErrorClass.REQUEST:
-            return RequestRejectedError(symbol, f"TWS rejected the request ({exc.code}): {exc.message}")
-        case _:
+        case Retry.BACKOFF:
             return RequestTimeoutError(f"error {exc.code}: {exc.message}")
+        case Retry.NEXT_CLIENT_ID:  # reconnecting moves to the next client id (`IBSession`)
+            return DisconnectedError(exc.message)
+        case _ if error_class is ErrorClass.PERMISSIONS:
+            return NoPermissionsError(symbol, exc.message)
+        case _ if exc.code == ErrorCode.UNKNOWN_CONTRACT:
+            return UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
+        case _:
+            return RequestRejectedError(symbol, f"TWS rejected the request ({exc.code}): {exc.message}")
 
 
 async def with_retries(session: IBSession, symbol: str, what: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -64,8 +64,8 @@ class IngestRequest(BaseModel):
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
         return self
 
-    def resolved_end(self, now: datetime | None = None) -> datetime:
-        return self.end or now or datetime.now(UTC)
+    def resolved_end(self) -> datetime:
+        return self.end or datetime.now(UTC)
 
     def resolved_start(self, end: datetime) -> datetime:
         """Where a series never stored starts."""

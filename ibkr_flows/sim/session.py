@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ibkr_flows.ib.message_ids import ORDER_MESSAGES, ClientMessage, ServerMessage, api_name
+from ibkr_flows.ib.message_ids import ClientMessage, ServerMessage, api_name
 from ibkr_flows.ib.wire import API_PREFIX, FrameReader, ProtocolError, encode_frame, parse_version_range
 from ibkr_flows.sim import messages as msg
 from ibkr_flows.sim.faults import ConnectFault
-from ibkr_flows.sim.handlers import HANDLERS
+from ibkr_flows.sim.handlers import HANDLERS, ORDER_MESSAGES
 
 if TYPE_CHECKING:
     from ibkr_flows.sim.server import TWSSimulator

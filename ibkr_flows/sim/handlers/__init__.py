@@ -35,3 +35,8 @@ HANDLERS: dict[int, Handler] = {
     ClientMessage.CANCEL_HEAD_TIMESTAMP: historical.cancel_head_timestamp,
     ClientMessage.REQ_COMPLETED_ORDERS: orders.completed_orders,
 }
+
+ORDER_MESSAGES = frozenset({ClientMessage.PLACE_ORDER, ClientMessage.REQ_OPEN_ORDERS,
+                            ClientMessage.REQ_AUTO_OPEN_ORDERS, ClientMessage.REQ_ALL_OPEN_ORDERS,
+                            ClientMessage.REQ_COMPLETED_ORDERS})
+"""Requests TWS refuses with 321 when its 'Read-Only API' box is ticked (server side only: no client sends them)."""
