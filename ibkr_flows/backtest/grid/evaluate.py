@@ -83,9 +83,9 @@ def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: Backt
     if longest is not None and bars.height < longest.warmup_bars + 3:
         raise BacktestError(f"{longest} cannot trade on {bars.height} bars: it needs {longest.warmup_bars + 3} "
                             "(warm-up, a bar to decide on, one to fill on and one to exit on)")
-    costs = _kernel_costs(base.commission, base.sizing)
-    if costs is not None and strategies and all(_is_plain_crossover(s) for s in strategies):
-        metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, costs, annual)
+    rules = _kernel_rules(base.commission, base.sizing)
+    if rules is not None and strategies and all(_is_plain_crossover(s) for s in strategies):
+        metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, *rules, annual)
     else:
         rows = [metric_row(run_backtest(bars, bar_size, combination_config(base, c)).metrics) for c in combinations]
         metrics = {name: [row[name] for row in rows] for name in METRIC_COLUMNS}
@@ -101,36 +101,41 @@ def _is_plain_crossover(strategy: Strategy) -> bool:
             and cls.signals is Strategy.signals)
 
 
-def _kernel_costs(commission: CommissionModel, sizing: Sizing) -> tuple[int | float, ...] | None:
+def _kernel_rules(commission: CommissionModel, sizing: Sizing
+                  ) -> tuple[kernel.CommissionRule, kernel.SizingRule] | None:
     """The kernel's encoding of the cost and sizing models, None for models it does not know. Exact types only:
-    a subclass may charge differently."""
+    a subclass may charge differently. Every field is converted to its declared type: numba compiles the kernel
+    once per combination of field types, and an int where a float belongs would compile it again."""
     if isinstance(commission, IBKRFixed | IBKRTiered) and type(commission) in (IBKRFixed, IBKRTiered):
-        fee = (kernel.COMMISSION_PER_SHARE, commission.per_share, commission.minimum, commission.max_rate, 0.0)
+        fee = kernel.CommissionRule(kernel.COMMISSION_PER_SHARE, float(commission.per_share),
+                                    float(commission.minimum), float(commission.max_rate), 0.0)
     elif type(commission) is PercentCommission:
-        fee = (kernel.COMMISSION_PERCENT, 0.0, 0.0, 0.0, commission.rate)
+        fee = kernel.CommissionRule(kernel.COMMISSION_PERCENT, 0.0, 0.0, 0.0, float(commission.rate))
     elif type(commission) is NoCommission:
-        fee = (kernel.COMMISSION_NONE, 0.0, 0.0, 0.0, 0.0)
+        fee = kernel.CommissionRule(kernel.COMMISSION_NONE, 0.0, 0.0, 0.0, 0.0)
     else:
         return None
     if type(sizing) is AllIn:
-        size = (kernel.SIZING_ALL_IN, 0, 1.0)
+        size = kernel.SizingRule(kernel.SIZING_ALL_IN, 0, 1.0)
     elif type(sizing) is FixedShares:
-        size = (kernel.SIZING_FIXED_SHARES, sizing.n, 1.0)
+        size = kernel.SizingRule(kernel.SIZING_FIXED_SHARES, int(sizing.n), 1.0)
     elif type(sizing) is FixedFraction:
-        size = (kernel.SIZING_FIXED_FRACTION, 0, float(sizing.f))
+        size = kernel.SizingRule(kernel.SIZING_FIXED_FRACTION, 0, float(sizing.f))
     else:
         return None
-    return fee + size
+    return fee, size
 
 
 def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], base: BacktestConfig,
-                       costs: tuple[int | float, ...], annual: Annualization) -> dict[str, list[Any]]:
+                       commission: kernel.CommissionRule, sizing: kernel.SizingRule, annual: Annualization
+                       ) -> dict[str, list[Any]]:
     ts = bars["ts"].to_numpy()
     unit = np.datetime_data(ts.dtype)[0]
     open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
     close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
     ticks = np.ascontiguousarray(ts.view(np.int64))
-    commission_kind, per_share, minimum, max_rate, rate, sizing, fixed_shares, fraction = costs
+    settings = kernel.Settings(long_only=base.mode == "long_only", cash=float(base.cash),
+                               slippage_bps=float(base.slippage_bps))
     columns: dict[str, list[Any]] = {name: [] for name in METRIC_COLUMNS}
     for group in _period_groups(strategies, max(2, AVERAGES_BYTES // (8 * bars.height))):
         periods = sorted({p for k in group for p in (strategies[k].fast_period, strategies[k].slow_period)})
@@ -138,10 +143,7 @@ def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], b
         averages = _averages(bars, type(strategies[0]), close, periods)
         fast = np.array([row_of[strategies[k].fast_period] for k in group], dtype=np.int64)
         slow = np.array([row_of[strategies[k].slow_period] for k in group], dtype=np.int64)
-        options = (base.mode == "long_only", float(base.cash), float(base.slippage_bps), int(commission_kind),
-                   float(per_share), float(minimum), float(max_rate), float(rate), int(sizing), int(fixed_shares),
-                   float(fraction), BLOCK_BARS)
-        run = functools.partial(_run_kernel, open_, close, ticks, averages, fast, slow, options)
+        run = functools.partial(_run_kernel, open_, close, ticks, averages, fast, slow, settings, commission, sizing)
         # every thread takes every T-th pair: pairs with a short fast average trade far more often, and a
         # contiguous split gave one thread ~20 % more work
         slices = [slice(t, None, KERNEL_THREADS) for t in range(min(KERNEL_THREADS, len(group)))]
@@ -166,9 +168,10 @@ def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.nd
 
 
 def _run_kernel(open_: np.ndarray, close: np.ndarray, ticks: np.ndarray, averages: np.ndarray, fast: np.ndarray,
-                slow: np.ndarray, options: tuple[Any, ...], pairs: slice) -> tuple[np.ndarray, np.ndarray]:
+                slow: np.ndarray, settings: kernel.Settings, commission: kernel.CommissionRule,
+                sizing: kernel.SizingRule, pairs: slice) -> tuple[np.ndarray, np.ndarray]:
     return kernel.crossover_grid(open_, close, ticks, averages, np.ascontiguousarray(fast[pairs]),
-                                 np.ascontiguousarray(slow[pairs]), *options)
+                                 np.ascontiguousarray(slow[pairs]), settings, commission, sizing, BLOCK_BARS)
 
 
 def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list[list[int]]:

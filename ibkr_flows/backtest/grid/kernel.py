@@ -15,7 +15,7 @@ pair's state lives in a row of two arrays between blocks. Within a block a pair 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -34,6 +34,33 @@ N_FLOAT = 16
 N_INT = 9
 
 
+class CommissionRule(NamedTuple):
+    """The commission model as the kernel charges it: `kind` picks the formula, the fields it does not use are 0.
+    A record, not a model object, because numba compiles named tuples (as plain structs) but not dataclasses."""
+
+    kind: int  # COMMISSION_NONE, COMMISSION_PER_SHARE or COMMISSION_PERCENT
+    per_share: float
+    minimum: float
+    max_rate: float
+    rate: float
+
+
+class SizingRule(NamedTuple):
+    """The sizing model: `kind` picks the rule, `fixed_shares` is FixedShares' count, `fraction` FixedFraction's."""
+
+    kind: int  # SIZING_ALL_IN, SIZING_FIXED_SHARES or SIZING_FIXED_FRACTION
+    fixed_shares: int
+    fraction: float
+
+
+class Settings(NamedTuple):
+    """The rest of the `BacktestConfig` every pair shares: starting cash, mode (long only or not) and slippage."""
+
+    long_only: bool
+    cash: float
+    slippage_bps: float
+
+
 def _jit(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Compile with an on-disk cache (compilation takes seconds and would otherwise be paid by every process,
     e.g. each Prefect task); without a writable cache location, compile per process instead of failing. The GIL
@@ -49,53 +76,49 @@ def _jit(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 
 
 @_jit
-def _commission(kind: int, shares: int, price: float, per_share: float, minimum: float, max_rate: float,
-                rate: float) -> float:
+def _commission(commission: CommissionRule, shares: int, price: float) -> float:
     """costs.IBKRFixed / IBKRTiered (`_per_share_order`), PercentCommission, NoCommission."""
-    if kind == COMMISSION_PER_SHARE:
+    if commission.kind == COMMISSION_PER_SHARE:
         if shares == 0:
             return 0.0
-        return min(max(shares * per_share, minimum), max_rate * shares * price)
-    if kind == COMMISSION_PERCENT:
-        return rate * shares * price
+        return min(max(shares * commission.per_share, commission.minimum), commission.max_rate * shares * price)
+    if commission.kind == COMMISSION_PERCENT:
+        return commission.rate * shares * price
     return 0.0
 
 
 @_jit
-def _affordable_shares(budget: float, price: float, kind: int, per_share: float, minimum: float, max_rate: float,
-                       rate: float) -> int:
+def _affordable_shares(budget: float, price: float, commission: CommissionRule) -> int:
     """sizing.affordable_shares, step for step."""
     if budget <= 0 or price <= 0:
         return 0
     shares = int(np.floor(budget / price))
     while shares > 0:
-        excess = shares * price + _commission(kind, shares, price, per_share, minimum, max_rate, rate) - budget
+        excess = shares * price + _commission(commission, shares, price) - budget
         if not excess > 0:
             break
         shares -= max(1, int(np.ceil(excess / price)))
     shares = max(shares, 0)
-    while (shares + 1) * price + _commission(kind, shares + 1, price, per_share, minimum, max_rate, rate) <= budget:
+    while (shares + 1) * price + _commission(commission, shares + 1, price) <= budget:
         shares += 1
     return shares
 
 
 @_jit
-def _size(cash: float, price: float, sizing: int, fixed_shares: int, fraction: float, kind: int, per_share: float,
-          minimum: float, max_rate: float, rate: float) -> int:
+def _size(cash: float, price: float, sizing: SizingRule, commission: CommissionRule) -> int:
     """sizing.AllIn / FixedShares / FixedFraction."""
-    if sizing == SIZING_FIXED_FRACTION:
-        return _affordable_shares(fraction * cash, price, kind, per_share, minimum, max_rate, rate)
-    affordable = _affordable_shares(cash, price, kind, per_share, minimum, max_rate, rate)
-    if sizing == SIZING_FIXED_SHARES:
-        return min(fixed_shares, affordable)
+    if sizing.kind == SIZING_FIXED_FRACTION:
+        return _affordable_shares(sizing.fraction * cash, price, commission)
+    affordable = _affordable_shares(cash, price, commission)
+    if sizing.kind == SIZING_FIXED_SHARES:
+        return min(sizing.fixed_shares, affordable)
     return affordable
 
 
 @_jit
 def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, averages: np.ndarray, fast: np.ndarray,
-                   slow: np.ndarray, long_only: bool, cash: float, slippage_bps: float, commission_kind: int,
-                   per_share: float, minimum: float, max_rate: float, rate: float, sizing: int, fixed_shares: int,
-                   fraction: float, block: int) -> tuple[np.ndarray, np.ndarray]:
+                   slow: np.ndarray, settings: Settings, commission: CommissionRule, sizing: SizingRule, block: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Run pair k = (averages[fast[k]], averages[slow[k]]) for every k; returns the final (state_f, state_i).
 
     `averages` rows are moving averages of `close`, NaN where undefined; `ts` is int64 in the bars' time unit.
@@ -104,8 +127,8 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, average
     pairs = fast.shape[0]
     state_f = np.zeros((pairs, N_FLOAT))
     state_i = np.zeros((pairs, N_INT), dtype=np.int64)
-    state_f[:, F_CASH] = cash
-    state_f[:, F_PEAK] = cash
+    state_f[:, F_CASH] = settings.cash
+    state_f[:, F_PEAK] = settings.cash
     state_f[:, F_MIN_PEAK_RATIO] = 1.0
     state_f[:, F_BEST_PCT] = -np.inf
     state_f[:, F_WORST_PCT] = np.inf
@@ -117,16 +140,14 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, average
         closes = close[start:stop]
         for k in range(pairs):
             _advance(start, n, opens, closes, ts, averages[fast[k], start:stop], averages[slow[k], start:stop],
-                     above, below, state_f[k], state_i[k], long_only, slippage_bps, commission_kind, per_share,
-                     minimum, max_rate, rate, sizing, fixed_shares, fraction)
+                     above, below, state_f[k], state_i[k], settings, commission, sizing)
     return state_f, state_i
 
 
 @_jit
 def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, fast: np.ndarray,
-             slow: np.ndarray, above: np.ndarray, below: np.ndarray, sf: np.ndarray, si: np.ndarray, long_only: bool,
-             slippage_bps: float, commission_kind: int, per_share: float, minimum: float, max_rate: float, rate: float,
-             sizing: int, fixed_shares: int, fraction: float) -> None:
+             slow: np.ndarray, above: np.ndarray, below: np.ndarray, sf: np.ndarray, si: np.ndarray, settings: Settings,
+             commission: CommissionRule, sizing: SizingRule) -> None:
     """One pair over one block of bars (global bars start..start + len(closes)), state in and out of sf/si.
 
     Per bar, in the engine's order: the target held during the bar is the previous close's signal (flat on the
@@ -148,7 +169,7 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     low_water = _low_water(peak, min_ratio)
     shares, side, signal, held = si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD]
     last_peak, longest, exposed = si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED]
-    short = 0 if long_only else -1  # engine.held_positions: a -1 target is flat in long-only mode
+    short = 0 if settings.long_only else -1  # engine.held_positions: a -1 target is flat in long-only mode
     m = closes.shape[0]
     above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
     for j in range(m):
@@ -162,18 +183,17 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
         if target != held:
             price = opens[j]
             if shares != 0:
-                fill = price * (1 + (-side) * slippage_bps / 10_000)
-                fee = _commission(commission_kind, abs(shares), fill, per_share, minimum, max_rate, rate)
+                fill = price * (1 + (-side) * settings.slippage_bps / 10_000)
+                fee = _commission(commission, abs(shares), fill)
                 cash += shares * fill - fee
                 _record_trade(sf, si, side * abs(shares) * (fill - entry_price) - (entry_fee + fee),
                               abs(shares) * entry_price, entry_fee + fee)
                 shares = 0
             if target != 0:
-                fill = price * (1 + target * slippage_bps / 10_000)
-                size = _size(cash, fill, sizing, fixed_shares, fraction, commission_kind, per_share, minimum,
-                             max_rate, rate)
+                fill = price * (1 + target * settings.slippage_bps / 10_000)
+                size = _size(cash, fill, sizing, commission)
                 if size:
-                    entry_fee = _commission(commission_kind, size, fill, per_share, minimum, max_rate, rate)
+                    entry_fee = _commission(commission, size, fill)
                     cash -= target * size * fill + entry_fee
                     shares, side, entry_price = target * size, target, fill
             held = target
