@@ -11,7 +11,7 @@ from storage.location import TableLocation
 from storage.maintenance import DEFAULT_RETENTION_HOURS
 from tasks.maintenance import compact_table, vacuum_table
 
-Table = Literal["bars", "quarantine", "backtest_results", "grid_results"]
+Table = Literal["bars", "quarantine", "backtest_results", "backtest_trades", "grid_results"]
 
 
 @flow(name="table-maintenance", log_prints=True)

@@ -28,7 +28,9 @@ GRID_IDENTITY: dict[str, pl.DataType] = {
     "range_end": UTC_US,
     "bars_version": pl.Int64(),
     "code_version": pl.String(),
+    "request": pl.String(),
 }
+"""As in backtest_results, `request` is the grid request as JSON with the bars-table version pinned."""
 GRID_RESULTS_SCHEMA = pl.Schema({**GRID_IDENTITY, **NUMERIC_METRIC_COLUMNS})
 
 

@@ -41,5 +41,9 @@ class TableLocation:
         return str(self.root / "backtest_results")
 
     @property
+    def backtest_trades(self) -> str:
+        return str(self.root / "backtest_trades")
+
+    @property
     def grid_results(self) -> str:
         return str(self.root / "grid_results")

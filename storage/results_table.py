@@ -39,7 +39,10 @@ IDENTITY_COLUMNS: dict[str, pl.DataType] = {
     "slippage_bps": pl.Float64(),
     "sizing": pl.String(),
     "mode": pl.String(),
+    "request": pl.String(),
 }
+"""`request` is the whole request as JSON with the bars-table version pinned: what `ibkr backtest rerun` runs
+again. Rows stored before it existed have it null (and cannot be re-run)."""
 
 
 RUN_METRIC_COLUMNS: dict[str, pl.DataType] = {

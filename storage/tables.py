@@ -61,7 +61,8 @@ def conform(frame: pl.DataFrame, schema: pl.Schema, *, what: str) -> pl.DataFram
 
 def insert_new_rows(path: str, rows: pl.DataFrame, key: tuple[str, ...], *, what: str) -> int:
     """Append the rows whose `key` is not in the table yet (creating it on first write): a retried task or a
-    re-run batch never stores a row twice. Returns how many rows were new."""
+    re-run batch never stores a row twice. Returns how many rows were new. A table written before a column was
+    added to its schema gains the column (null in its older rows)."""
     if rows.is_empty():
         return 0
 
@@ -70,7 +71,8 @@ def insert_new_rows(path: str, rows: pl.DataFrame, key: tuple[str, ...], *, what
             rows.write_delta(path, mode="error")
             return rows.height
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in key)
-        metrics = DeltaTable(path).merge(rows.to_arrow(), predicate, source_alias="s", target_alias="t") \
+        metrics = DeltaTable(path).merge(rows.to_arrow(), predicate, source_alias="s", target_alias="t",
+                                         merge_schema=True) \
             .when_not_matched_insert_all().execute()
         return int(metrics.get("num_target_rows_inserted", 0))
 

@@ -3,8 +3,8 @@
 A chunk's rows depend only on the bars (one pinned table version), the chunk's combinations, the costs and the
 code, so chunks are cached on exactly those: a grid re-run after a crash, or the same grid asked again, skips the
 chunks already evaluated. The key never hashes the bars themselves (hashing a million-row frame per call would
-cost more than the chunk). Stores retry Delta commit conflicts; nothing else retries (a failure there is in the
-data or the parameters)."""
+cost more than the chunk). The read, the publish and the store retry what is transient for them (`tasks.retry`);
+a chunk never retries (a failure there is in the data or the parameters)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import polars as pl
-from deltalake.exceptions import CommitFailedError
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -28,12 +27,10 @@ from ibkr_flows.backtest.report import format_value
 from ibkr_flows.backtest.request import GridRequest
 from ibkr_flows.backtest.runner import code_version, load_bars
 from storage.location import TableLocation
-from tasks.retry import retry_on
-
-STORE_TIMEOUT_S = 300
+from tasks.retry import PUBLISH_POLICY, READ_POLICY, STORE_POLICY
 
 
-@task(name="load-grid-bars", cache_policy=NO_CACHE)
+@task(name="load-grid-bars", cache_policy=NO_CACHE, **READ_POLICY)
 def load_grid_bars(request: GridRequest, location: TableLocation) -> tuple[pl.DataFrame, int]:
     """One read of one pinned table version: every chunk and every fold sees the same bars."""
     return load_bars(location, request, request.symbol, request.table_version)
@@ -65,7 +62,7 @@ def submit_chunks(train: pl.DataFrame, request: GridRequest, spec: GridSpec, bas
                                   spec_id=spec_id) for batch in batches]
 
 
-@task(name="publish-grid", cache_policy=NO_CACHE)
+@task(name="publish-grid", cache_policy=NO_CACHE, **PUBLISH_POLICY)
 def publish_grid(report: GridReport, request: GridRequest, *, table_version: int, run_id: str) -> None:
     x, y = request.heatmap_x, request.heatmap_y
     heatmap = heatmap_png(report.results, x, y, report.rank_by) if {x, y} <= set(report.results.columns) else None
@@ -80,8 +77,7 @@ def publish_grid(report: GridReport, request: GridRequest, *, table_version: int
         for row in top.iter_rows(named=True)])
 
 
-@task(name="store-grid-results", retries=3, retry_delay_seconds=[1, 5, 20],
-      retry_condition_fn=retry_on(CommitFailedError, OSError), timeout_seconds=STORE_TIMEOUT_S, cache_policy=NO_CACHE)
+@task(name="store-grid-results", cache_policy=NO_CACHE, **STORE_POLICY)
 def store_grid_results(report: GridReport, location: TableLocation, request: GridRequest, *, table_version: int,
                        run_id: str) -> int:
     return store_grid_report(location, report, request, table_version=table_version, run_id=run_id,

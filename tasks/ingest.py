@@ -34,7 +34,7 @@ from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.ingest.stages import CheckedBatch, FetchContext, FetchedBatch, StoredBatch, fetch_batch
 from ibkr_flows.settings import TWSEndpoint
 from storage.location import TableLocation
-from tasks.retry import retry_on
+from tasks.retry import PUBLISH_POLICY, retry_on
 
 PROGRESS_INTERVAL_S = 2.0
 STEP_TIMEOUT_S = 900
@@ -107,7 +107,7 @@ async def _ingest_with_progress(request: IngestRequest, location: TableLocation,
     return report
 
 
-@task(name="publish-ingest-report", cache_policy=NO_CACHE)
+@task(name="publish-ingest-report", cache_policy=NO_CACHE, **PUBLISH_POLICY)
 def publish_ingest_report(report: IngestReport) -> None:
     """The run summary (markdown) and the per-symbol table, under stable keys for the Prefect UI."""
     create_markdown_artifact(key="ingest-summary", markdown=report_markdown(report),

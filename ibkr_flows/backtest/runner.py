@@ -21,6 +21,7 @@ from ibkr_flows.backtest.request import BacktestRequest, BacktestSettings
 from storage.bars_table import read_bars
 from storage.location import TableLocation
 from storage.results_table import append_backtest_results, result_row
+from storage.trades_table import append_trades
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class BacktestRun:
     def result_rows(self, flow_run_id: str) -> list[dict[str, object]]:
         """This run as backtest_results rows, one per symbol."""
         r = self.request
+        pinned = r.model_copy(update={"table_version": self.table_version}).model_dump_json()
         return [
             result_row(identity={
                 "run_id": self.run_id, "flow_run_id": flow_run_id, "symbol": s.symbol, "strategy": r.strategy,
@@ -59,6 +61,7 @@ class BacktestRun:
                 "what_to_show": r.what_to_show, "use_rth": r.use_rth, "range_start": r.start, "range_end": r.end,
                 "bars_version": self.table_version, "code_version": self.code_version, "cash": r.cash,
                 "commission": r.commission, "slippage_bps": r.slippage_bps, "sizing": r.sizing, "mode": r.mode,
+                "request": pinned,
             }, metrics=metric_values(s.result.metrics))
             for s in self.results
         ]
@@ -119,5 +122,8 @@ def code_version() -> str:
 
 
 def store_run(location: TableLocation, run: BacktestRun, flow_run_id: str) -> int:
-    """Append the run's rows to backtest_results (insert-if-absent: a retried store never doubles a run)."""
+    """Append the run's trades to backtest_trades, then its rows to backtest_results (both insert-if-absent: a
+    retried store never doubles a run; a results row implies its trades are stored)."""
+    for s in run.results:
+        append_trades(location, run.run_id, s.symbol, s.result.trades)
     return append_backtest_results(location, run.result_rows(flow_run_id))

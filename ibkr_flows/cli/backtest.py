@@ -18,6 +18,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ibkr_flows.cli.results import rerun as rerun_command
+from ibkr_flows.cli.results import results as results_command
+from ibkr_flows.cli.results import show as show_command
 from ibkr_flows.cli.times import as_utc
 
 backtest_app = typer.Typer(help="Backtest strategies on bars stored by `ibkr data ingest`.", no_args_is_help=True)
@@ -256,3 +259,8 @@ def _print_grid(report, console: Console, top: int, run_id: str, version: int) -
     console.print(f"deflated Sharpe ratio {format_value('sharpe', report.deflated_sharpe)}, plateau score "
                   f"{format_value('sharpe', report.plateau_score)}; {report.combinations_tried} combinations in "
                   f"{report.elapsed_s:.2f} s; bars table version {version}; run {run_id}")
+
+
+backtest_app.command("results")(results_command)
+backtest_app.command("show")(show_command)
+backtest_app.command("rerun")(rerun_command)

@@ -15,4 +15,5 @@ def store_grid_report(location: TableLocation, report: GridReport, request: Grid
     return append_grid_results(location, grid_rows(report.results, list(request.grid), {
         "run_id": run_id, "flow_run_id": flow_run_id, "symbol": request.symbol, "strategy": request.strategy,
         "rank_by": request.rank_by, "bar_size": request.bar_size, "range_start": request.start,
-        "range_end": request.end, "bars_version": table_version, "code_version": code_version()}))
+        "range_end": request.end, "bars_version": table_version, "code_version": code_version(),
+        "request": request.model_copy(update={"table_version": table_version}).model_dump_json()}))

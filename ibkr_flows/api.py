@@ -1,0 +1,45 @@
+"""The Python API for notebooks: the stored bars and results as polars DataFrames, read the way the CLI reads
+them (one pinned table version, UTC timestamps), without Prefect or a TWS connection.
+
+    from ibkr_flows.api import load_bars, load_results
+    bars = load_bars("AAPL", start="2024-07-01", end="2024-07-13")
+    best = load_results(sort_by="sharpe").head(5)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+
+from ibkr_flows.backtest.catalog import RunKind, list_runs
+from ibkr_flows.ib.historical import BarSize, WhatToShow
+from storage.bars_table import read_bars
+from storage.location import TableLocation
+
+BAR_VALUES = ["ts", "open", "high", "low", "close", "volume", "wap", "bar_count"]
+
+
+def load_bars(symbol: str, *, start: datetime | str, end: datetime | str, bar_size: BarSize = "1 min",
+              what_to_show: WhatToShow = "TRADES", use_rth: bool = True, version: int | None = None,
+              data_dir: str | None = None) -> pl.DataFrame:
+    """One symbol's stored bars in [start, end), sorted by time; `version` reads an older table version. Naive
+    times and dates are UTC."""
+    bars, _ = read_bars(TableLocation.at(data_dir), [symbol.strip().upper()], columns=BAR_VALUES, bar_size=bar_size,
+                        start=_utc(start), end=_utc(end), what_to_show=what_to_show, use_rth=use_rth,
+                        version=version)
+    return bars
+
+
+def load_results(*, kind: RunKind = "backtest", strategy: str | None = None, symbol: str | None = None,
+                 since: datetime | str | None = None, sort_by: str = "created_at", descending: bool = True,
+                 data_dir: str | None = None) -> pl.DataFrame:
+    """Stored runs with every column (metrics, parameters as JSON, the request each ran), as
+    `ibkr backtest results` lists them."""
+    return list_runs(TableLocation.at(data_dir), kind=kind, strategy=strategy, symbol=symbol,
+                     since=_utc(since) if since is not None else None, sort_by=sort_by, descending=descending)
+
+
+def _utc(value: datetime | str) -> datetime:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

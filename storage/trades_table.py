@@ -1,0 +1,42 @@
+"""The backtest_trades table: every trade of every stored backtest run, keyed by (run_id, symbol, entry_time), so
+`ibkr backtest show` lists a past run's trades without running it again. The duration is not stored: it is
+`exit_time - entry_time`, and Delta has no duration type."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from storage.location import TableLocation
+from storage.schema import UTC_US
+from storage.tables import conform, exists, insert_new_rows
+
+TRADE_COLUMNS: dict[str, pl.DataType] = {
+    "entry_time": UTC_US,
+    "exit_time": UTC_US,
+    "side": pl.String(),
+    "size": pl.Float64(),
+    "entry_price": pl.Float64(),
+    "exit_price": pl.Float64(),
+    "pnl": pl.Float64(),
+    "return_pct": pl.Float64(),
+    "commission": pl.Float64(),
+}
+"""The engine's trade columns but `duration`; a test keeps them equal."""
+TRADES_SCHEMA = pl.Schema({"run_id": pl.String(), "symbol": pl.String(), **TRADE_COLUMNS})
+
+
+def append_trades(location: TableLocation, run_id: str, symbol: str, trades: pl.DataFrame) -> int:
+    """Store one symbol's trades of a run (insert-if-absent: a retried store never doubles them)."""
+    rows = trades.select(list(TRADE_COLUMNS)).with_columns(pl.lit(run_id).alias("run_id"),
+                                                          pl.lit(symbol).alias("symbol"))
+    return insert_new_rows(location.backtest_trades, conform(rows, TRADES_SCHEMA, what="backtest trades"),
+                           ("run_id", "symbol", "entry_time"), what="backtest trades append")
+
+
+def read_trades(location: TableLocation, run_id: str) -> pl.DataFrame:
+    """A run's trades in order, with the duration derived again."""
+    if not exists(location.backtest_trades):
+        return pl.DataFrame(schema=TRADES_SCHEMA)
+    return (pl.scan_delta(location.backtest_trades).filter(pl.col("run_id") == run_id)
+            .sort("symbol", "entry_time").collect()
+            .with_columns(duration=pl.col("exit_time") - pl.col("entry_time")))
