@@ -35,6 +35,8 @@ class MergeResult:
     rows_updated: int
     """Stored bars whose values changed (IB revised them); identical re-fetches leave rows and files alone."""
     attempts: int
+    rows_deleted: int = 0
+    """Stored bars of a replaced series that the new snapshot no longer has (`replace_series` only)."""
 
 
 def conform_bars(frame: pl.DataFrame) -> pl.DataFrame:
@@ -89,6 +91,50 @@ def merge_bars(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
         rows_updated=int(metrics.get("num_target_rows_updated", 0)),
         attempts=attempts,
     )
+
+
+SERIES_KEY = ("con_id", "bar_size", "what_to_show", "use_rth")
+"""One series: an instrument's bars of one size, type and session (the bar key without `ts`)."""
+
+
+def replace_series(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
+    """Make the stored bars of the one series in `frame` exactly `frame`, in one commit: for series IB re-adjusts
+    as a whole (ADJUSTED_LAST), where each fetch is a new snapshot and stored bars from an older one must not mix
+    with it. One MERGE inserts, updates changed bars and deletes the series' bars the snapshot lacks; readers
+    see the old series or the new one, never a mix. Bars of other series are untouched."""
+    bars = conform_bars(frame)
+    series = bars.select(SERIES_KEY).unique()
+    if series.height != 1:
+        raise BarsSchemaError(f"bars: replace_series takes one series, got {series.height}")
+    path = location.bars
+    if not exists(path):
+        return merge_bars(location, frame)  # nothing stored yet: creating the table is the one commit
+    in_series = " AND ".join(f"t.{k} = {_sql_literal(v)}" for k, v in series.row(0, named=True).items())
+
+    def write() -> dict[str, Any]:
+        keys = " AND ".join(f"t.{k} = s.{k}" for k in BAR_KEY)
+        return (DeltaTable(path).merge(bars.to_arrow(), keys, source_alias="s", target_alias="t")
+                .when_matched_update_all(predicate=_changed())
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(predicate=in_series)
+                .execute())
+
+    metrics, attempts = with_commit_retries(write, what="bars series replace")
+    return MergeResult(
+        version=DeltaTable(path).version(),
+        rows_inserted=int(metrics.get("num_target_rows_inserted", 0)),
+        rows_updated=int(metrics.get("num_target_rows_updated", 0)),
+        attempts=attempts,
+        rows_deleted=int(metrics.get("num_target_rows_deleted", 0)),
+    )
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def watermarks(location: TableLocation, *, bar_size: str, what_to_show: str, use_rth: bool,

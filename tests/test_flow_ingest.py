@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from ibkr_flows.settings import TWSEndpoint
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import table_version
 from storage.location import TableLocation
+from tests.test_alerts import receiver as alert_receiver  # noqa: F401 - fixture: alert blocks to a local receiver
+from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
@@ -91,3 +94,27 @@ def test_ingest_flow_with_an_unknown_symbol_ends_failed_but_stores_the_rest(tmp_
     assert isinstance(error, IngestIncompleteError)
     assert "NOPE" in str(error)
     assert error.report.symbols[0].rows_inserted == 390
+
+
+def test_a_request_error_fails_fast_and_is_no_connection_alert(alert_receiver: WebhookReceiver,  # noqa: F811
+                                                               tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """IB refusing a request (here: no market data permissions, 162) is that request's answer: the flow ends
+    failed within seconds with IB's reason and the fix, writes nothing, and no alert goes out (TWS is fine)."""
+    from flows.ingest import ingest_flow
+
+    monkeypatch.setenv("IBKR_PACING_DIR", str(tmp_path / "pacing"))
+    with EmbeddedSimulator(clock=lambda: NOW) as sim:
+        sim.update_faults(no_permission_symbols={"MSFT"})
+        started = time.perf_counter()
+        state = ingest_flow(request=IngestRequest(symbols=("MSFT",), start=datetime(2024, 7, 10, tzinfo=UTC),
+                                                  end=NOW),
+                            tws=TWSEndpoint(host=sim.host, port=sim.port, client_id=93), data_dir=str(tmp_path),
+                            return_state=True)
+        elapsed = time.perf_counter() - started
+    assert state.is_failed() and elapsed < 15
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, IngestIncompleteError)
+    assert "No market data permissions" in str(error) and "Fix: subscribe" in str(error)
+    assert table_version(TableLocation(tmp_path)) is None
+    assert alert_receiver.requests == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -257,3 +258,84 @@ def test_bad_requests_are_refused_before_connecting() -> None:
         IngestRequest(symbols=("../etc/passwd",))
     with pytest.raises(ValueError, match="what_to_show"):
         IngestRequest(symbols=("AAPL",), what_to_show="VOLUME")
+
+
+def test_an_error_carrying_the_request_id_is_its_answer(tws: EmbeddedSimulator, tmp_path: Path) -> None:
+    """ADJUSTED_LAST with an end date: TWS answers 321 for that request id, which ib_async only logs as a warning.
+    Before, the request waited 60 s, six times, and blamed the connection (489 s); now it ends at once, typed as
+    a request error with IB's code, text and the fix, and is not retried."""
+    from ibkr_flows.ingest.errors import RequestRejectedError
+    from ibkr_flows.ingest.fetch import IBSession, fetch_chunk, qualify
+    from ibkr_flows.ingest.plan import Chunk
+
+    async def send() -> RequestRejectedError:
+        session = IBSession(IBKRSettings(host=tws.host, port=tws.port, client_id=52, connect_timeout=2.0), FAST)
+        try:
+            await session.ensure_connected()
+            details = await qualify(session, "AAPL", 5)
+            with pytest.raises(RequestRejectedError) as refused:
+                await fetch_chunk(session, PacingBudget(tmp_path / "ledger.json", time_scale=0.01),
+                                  details.contract, Chunk(datetime(2024, 7, 1, tzinfo=UTC), NOW, "10 D"),
+                                  bar_size="1 day", what_to_show="ADJUSTED_LAST", use_rth=True, timeout=60)
+            return refused.value
+        finally:
+            session.close()
+
+    started = time.perf_counter()
+    error = asyncio.run(send())
+    assert time.perf_counter() - started < 5
+    assert error.code == 321 and "End date not supported with adjusted last" in error.reason
+    assert "empty end date" in error.fix
+    assert tws.snapshot()["requests"]["reqHistoricalData"] == 1  # answered, so never retried
+
+
+def test_adjusted_last_refetches_the_whole_series_and_replaces_it(tws: EmbeddedSimulator, tmp_path: Path) -> None:
+    """IB re-adjusts ADJUSTED_LAST as a whole and serves it only up to now: each run is one request with an empty
+    end date reaching back over the lookback, and replaces the stored series in one commit (no bars of an
+    older adjustment survive); other series are untouched."""
+    location = TableLocation(tmp_path)
+    settings = IBKRSettings(host=tws.host, port=tws.port, client_id=53, connect_timeout=2.0)
+
+    def ingest(what_to_show: str, **span: object) -> IngestReport:
+        request = IngestRequest(symbols=("AAPL",), bar_size="1 day", what_to_show=what_to_show,
+                                quality_engine="polars", **span)  # type: ignore[arg-type]
+        budget = PacingBudget(tmp_path / "ledger.json", time_scale=0.01)
+        return asyncio.run(ingest_async(request, location, settings, budget=budget, policy=FAST))
+
+    ingest("TRADES", start=datetime(2024, 7, 1, tzinfo=UTC), end=NOW)
+    first = ingest("ADJUSTED_LAST", lookback_days=10).symbols[0]
+    assert first.status == "ok" and first.chunks_fetched == 1 and first.rows_inserted == 7  # 07-03 .. 07-12
+    version = table_version(location)
+    second = ingest("ADJUSTED_LAST", lookback_days=3).symbols[0]
+    assert second.chunks_fetched == 1 and table_version(location) == version + 1  # type: ignore[operator]
+
+    def series(what_to_show: str) -> list[datetime]:
+        lazy, _ = scan_bars(location, ["AAPL"], bar_size="1 day", start=datetime(2024, 1, 1, tzinfo=UTC), end=NOW,
+                            what_to_show=what_to_show)
+        return lazy.collect()["ts"].to_list()
+
+    assert [ts.day for ts in series("ADJUSTED_LAST")] == [10, 11, 12]
+    assert len(series("TRADES")) == 9
+    assert tws.snapshot()["requests"]["reqHistoricalData"] == 1 + 2
+
+
+def test_replace_series_is_one_commit_and_leaves_other_series_alone(tmp_path: Path) -> None:
+    """storage.bars_table.replace_series: the new snapshot inserted, changed bars updated, bars it lacks deleted,
+    all in one Delta commit."""
+    from storage.bars_table import bars_history, merge_bars, replace_series
+    from tests.test_storage import make_bars
+
+    location = TableLocation(tmp_path)
+    start = datetime(2024, 7, 30, 14, 30, tzinfo=UTC)
+    adjusted = pl.col("what_to_show").str.replace("TRADES", "ADJUSTED_LAST")
+    merge_bars(location, make_bars("MSFT", start, 5))
+    merge_bars(location, make_bars("AAPL", start, 5))
+    replace_series(location, make_bars("AAPL", start, 10).with_columns(adjusted))
+    version = table_version(location)
+    result = replace_series(location, make_bars("AAPL", start + timedelta(minutes=3), 10, price=50)
+                            .with_columns(adjusted))
+    assert (result.rows_inserted, result.rows_updated, result.rows_deleted) == (3, 7, 3)
+    assert result.version == version + 1 and bars_history(location, 1)[0]["operation"] == "MERGE"  # type: ignore[operator]
+    table = pl.read_delta(location.bars).group_by("symbol", "what_to_show").agg(pl.len(), pl.col("open").min())
+    assert sorted(table.rows()) == [("AAPL", "ADJUSTED_LAST", 10, 50.0), ("AAPL", "TRADES", 5, 100.0),
+                                    ("MSFT", "TRADES", 5, 100.0)]

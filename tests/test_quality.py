@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from ibkr_flows.ib.historical import bar_step
-from ibkr_flows.ib.sessions import midnight_utc, session_bounds, sessions_between
+from ibkr_flows.ib.sessions import bar_start, midnight_utc, session_bounds, sessions_between
 from ibkr_flows.quality.checks import BLOCKING_CHECKS
 from ibkr_flows.quality.gx_suite import suite
 from ibkr_flows.quality.validate import QualityResult, validate_bars
@@ -23,14 +23,15 @@ INGESTED = datetime(2024, 3, 8, tzinfo=UTC)
 
 def bars(days: Iterable[date], *, bar_size: str = "1 min", use_rth: bool = True,
          what_to_show: str = "TRADES") -> pl.DataFrame:
-    """Clean bars with lineage, as IB stamps them: intraday from each session's open, daily at 00:00 UTC."""
+    """Clean bars with lineage, as IB stamps them: intraday on the clock grid of the bar size with the session's
+    first bar at its open (`bar_start` of every minute of the session), daily at 00:00 UTC."""
     step = bar_step(bar_size)
     if step >= timedelta(days=1):
         stamps = [midnight_utc(day) for day in days]
     else:
-        stamps = [ts for day in days
-                  for ts in pl.datetime_range(*session_bounds(day, use_rth), step, closed="left",
-                                              time_zone="UTC", eager=True).to_list()]
+        minutes = [ts for day in days for ts in pl.datetime_range(*session_bounds(day, use_rth), timedelta(minutes=1),
+                                                                  closed="left", time_zone="UTC", eager=True)]
+        stamps = sorted({bar_start(minute, step, use_rth) for minute in minutes})
     n = len(stamps)
     wave = [(i % 50) / 10 for i in range(n)]
     return pl.DataFrame({
@@ -206,17 +207,21 @@ def test_gaps_count_clean_bars_only(bad_day: pl.DataFrame) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_hourly_bars_start_at_the_open_and_the_partial_last_bar_counts(engine: str) -> None:
+def test_hourly_bars_start_at_the_open_then_on_the_clock_hour(engine: str) -> None:
+    """IB's 1-hour RTH bars: 09:30 (a half-hour bar), 10:00, 11:00, ... 15:00 New York."""
     frame = bars([DAY], bar_size="1 hour")
-    assert frame["ts"].dt.strftime("%H:%M").to_list() == ["14:30", "15:30", "16:30", "17:30", "18:30", "19:30",
-                                                          "20:30"]
+    assert frame["ts"].dt.strftime("%H:%M").to_list() == ["14:30", "15:00", "16:00", "17:00", "18:00", "19:00",
+                                                          "20:00"]
     result = validate(frame, engine, bar_size="1 hour", window=(ts(0, 0), ts(23, 0)))
     assert result.clean.equals(frame) and result.gaps.is_empty()
-    on_the_hour = validate(frame.with_columns(ts=pl.col("ts") + timedelta(minutes=30)), engine, bar_size="1 hour")
-    assert on_the_hour.quarantined["failed_check"].to_list() == ["aligned_ts"] * 7
+    from_the_open = validate(frame.with_columns(ts=pl.datetime_range(ts(14, 30), ts(20, 30), timedelta(hours=1),
+                                                                     time_zone="UTC", eager=True)),
+                             engine, bar_size="1 hour")  # the old, wrong stamps: 09:30, 10:30, ...
+    assert from_the_open.quarantined["ts"].to_list() == [ts(h, 30) for h in range(15, 21)]
+    assert set(from_the_open.quarantined["failed_check"]) == {"aligned_ts"}
     after_close = validate(frame.with_columns(ts=pl.col("ts") + timedelta(hours=1)), engine, bar_size="1 hour")
-    assert after_close.quarantined["ts"].to_list() == [ts(21, 30)]  # on the grid, but past the 21:00 close
-    assert after_close.quarantined["failed_check"].to_list() == ["in_session"]
+    assert after_close.quarantined.sort("ts")["ts"].to_list() == [ts(15, 30), ts(21, 0)]
+    assert after_close.quarantined.sort("ts")["failed_check"].to_list() == ["aligned_ts", "in_session"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -11,10 +11,10 @@ import pytest
 from ibkr_flows.ib.historical import BAR_SIZES, InvalidDuration, parse_duration
 from ibkr_flows.sim.bars import (
     InvalidBarSize,
-    ReplayBars,
     SyntheticBars,
     request_window,
 )
+from ibkr_flows.sim.replay_bars import ReplayBars
 
 SOURCE = SyntheticBars(seed=11)
 FRIDAY_CLOSE = datetime(2024, 3, 8, 21, 0, tzinfo=UTC)
@@ -33,9 +33,12 @@ def ohlc_consistent(frame: pl.DataFrame) -> bool:
 
 
 def ohlc(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.group_by_dynamic("ts", every="1h", offset="30m").agg(
+    """Hourly bars on IB's clock grid (from minute bars of one winter session: UTC hours are New York hours); the
+    first bucket, 09:30-10:00, is stamped at the open."""
+    hourly = frame.group_by_dynamic("ts", every="1h").agg(
         pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last(),
         pl.col("volume").sum(), pl.col("count").sum())
+    return hourly.with_columns(pl.max_horizontal("ts", frame["ts"].min()).alias("ts"))
 
 
 def test_every_ib_bar_size_is_served_and_consistent() -> None:
@@ -51,7 +54,9 @@ def test_every_ib_bar_size_is_served_and_consistent() -> None:
 def test_larger_bars_are_exact_aggregates_of_smaller_ones() -> None:
     minutes = bars("1 min", "1 D")
     hours = bars("1 hour", "1 D")
-    assert minutes.height == 390 and hours.height == 7  # 09:30-16:00: six full hours and a half
+    assert minutes.height == 390 and hours.height == 7  # 09:30-16:00: a half hour, then six clock hours
+    assert [t.strftime("%H:%M") for t in hours["ts"]] == ["14:30", "15:00", "16:00", "17:00", "18:00", "19:00",
+                                                          "20:00"]
     expected = ohlc(minutes)
     assert hours.select(expected.columns).equals(expected)
     seconds = SOURCE.bars("AAPL", "1 secs", "TRADES", True, datetime(2024, 3, 8, 15, tzinfo=UTC),

@@ -1,8 +1,11 @@
-"""The simulator as the real ib_async client sees it: requests, replies, faults, counters."""
+"""The simulator as the real ib_async client sees it (requests, replies, faults, counters), and on the raw wire:
+version negotiation checked with IB's own decoder, refused handshakes, the handshake deadline, 320 for unreadable
+requests."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import struct
 import time
@@ -13,6 +16,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 from ib_async import IB, RequestError, Stock
+from ibapi.decoder import Decoder
+from ibapi.wrapper import EWrapper
 
 from ibkr_flows.ib.pacing_rules import IDENTICAL_WINDOW_S
 from ibkr_flows.ib.wire import FrameReader, client_greeting, encode_frame
@@ -112,6 +117,148 @@ def test_server_version_follows_client_max(sim: EmbeddedSimulator) -> None:
     sock.close()
 
 
+AAPL = [265598, "AAPL", "STK", "", 0.0, "", "", "SMART", "NASDAQ", "USD", "AAPL", "NMS"]
+NOPE = [0, "NOPE", "STK", "", 0.0, "", "", "SMART", "", "USD", "", ""]
+
+
+class _Recorder(EWrapper):
+    """IB's EWrapper recording the callbacks its own decoder makes, to read frames the way `ibapi` reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def error(self, *args: object) -> None:
+        self.calls.append(("error", args))
+
+    def contractDetails(self, *args: object) -> None:
+        self.calls.append(("contractDetails", args))
+
+    def historicalData(self, *args: object) -> None:
+        self.calls.append(("historicalData", args))
+
+    def historicalDataEnd(self, *args: object) -> None:
+        self.calls.append(("historicalDataEnd", args))
+
+    def tickPrice(self, *args: object) -> None:
+        self.calls.append(("tickPrice", args))
+
+    def tickSize(self, *args: object) -> None:
+        self.calls.append(("tickSize", args))
+
+
+def _decode_exactly(frame: list[str], version: int) -> _Recorder:
+    """Decode one server frame with ibapi's `Decoder` at `version` and check it consumed every field: a field too
+    many or too few means the simulator sent another version's format."""
+    recorder = _Recorder()
+    decoder = Decoder(recorder, version)
+    processors = {1: decoder.processTickPriceMsg, 2: decoder.processTickSizeMsg, 4: decoder.processErrorMsg,
+                  10: decoder.processContractDataMsg, 17: decoder.processHistoricalDataMsg}
+    fields = iter([field.encode() for field in frame[1:]])
+    processors[int(frame[0])](fields)
+    assert next(fields, None) is None, f"fields left over after decoding {frame[:2]} at v{version}"
+    return recorder
+
+
+def _api_session(sim: EmbeddedSimulator, client_max: int = 178,
+                 client_id: int = 3) -> tuple[socket.socket, FrameReader]:
+    """A raw connection through startApi, its startup frames (accounts, next id, 3 farm notices) read."""
+    sock = _raw_connect(sim)
+    reader = FrameReader()
+    sock.sendall(client_greeting(100, client_max))
+    assert _read_frames(sock, reader, 1)[0][0] == str(min(client_max, 178))
+    sock.sendall(encode_frame([71, 2, client_id, ""]))
+    _read_frames(sock, reader, 5)
+    return sock, reader
+
+
+@pytest.mark.parametrize("version", [151, 163, 178])
+def test_negotiated_version_format_as_ibapi_decodes_it(fixed_sim: EmbeddedSimulator, version: int) -> None:
+    """An older client (ibapi 9.76 offered v100..151, 9.81 v100..163) gets every message in its version's
+    format: contract details with the version field and mdSizeMultiplier, errors without advancedOrderRejectJson."""
+    sock, reader = _api_session(fixed_sim, version)
+    issuer = [""] if version >= 176 else []
+    sock.sendall(encode_frame([9, 8, 1, *AAPL, 0, "", "", *issuer]))
+    data, end = _read_frames(sock, reader, 2)
+    assert end == ["52", "1", "1"]
+    ((_, (req_id, details)),) = _decode_exactly(data, version).calls
+    assert req_id == 1 and details.contract.conId == 265598 and details.longName == "APPLE INC"
+    assert details.timeZoneId == "US/Eastern" and details.secIdList[0].value == "US0378331005"
+    assert details.stockType == ("COMMON" if version >= 152 else "")
+    sock.sendall(encode_frame([9, 8, 2, *NOPE, 0, "", "", *issuer]))
+    ((_, error_args),) = _decode_exactly(_read_frames(sock, reader, 1)[0], version).calls
+    assert error_args[0] == 2 and 200 in error_args
+    sock.sendall(encode_frame([20, 3, *AAPL, 0, "20240307-20:00:00", "5 mins", "3600 S", 1, "TRADES", 2, 0, ""]))
+    calls = _decode_exactly(_read_frames(sock, reader, 1)[0], version).calls
+    assert [name for name, _ in calls] == ["historicalData"] * 12 + ["historicalDataEnd"]
+    sock.sendall(encode_frame([59, 1, 3]) + encode_frame([1, 11, 4, *AAPL, 0, "", 1, 0, ""]))
+    frames = _read_frames(sock, reader, 3 + 9 + 1)  # tickReqParams, 10167, type; 9 ticks; snapshot end
+    _decode_exactly(frames[1], version)
+    bid_size = next(args[2] for name, args in _decode_exactly(frames[3], version).calls if name == "tickSize")
+    assert bid_size == (300 if version >= 159 else 3)  # shares from 159, round lots before
+    volume = _decode_exactly(frames[8], version).calls[0][1]
+    assert volume[1] == 74 and volume[2] > 0
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"v1..5", b"v10..v5", b"v178..157", b"v-3..178", b"vabc..def", b"v100..123", b"v179..226", b"157..178",
+     b"v157..178x"],
+)
+def test_unusable_version_ranges_are_refused(sim: EmbeddedSimulator, body: bytes) -> None:
+    """Ranges that are not ranges, and ranges with no version in 124..178, get the socket closed unanswered."""
+    sock = _raw_connect(sim)
+    sock.sendall(b"API\0" + struct.pack(">I", len(body)) + body)
+    assert sock.recv(65536) == b""
+    sock.close()
+
+
+def test_greeting_and_start_api_in_one_write(sim: EmbeddedSimulator) -> None:
+    sock = _raw_connect(sim)
+    sock.sendall(client_greeting() + encode_frame([71, 2, 4, ""]))
+    frames = _read_frames(sock, FrameReader(), 6)
+    assert frames[0][0] == "178"
+    assert frames[1] == ["15", "1", "DU1234567"] and frames[2][0] == "9"
+    sock.close()
+
+
+@pytest.mark.parametrize("says", [b"", client_greeting()])
+def test_silent_client_is_dropped_after_handshake_timeout(says: bytes) -> None:
+    """Nothing at all, or a greeting without startApi: the connection is closed once the handshake time is up."""
+    with EmbeddedSimulator(handshake_timeout=0.3) as short:
+        sock = _raw_connect(short)
+        sock.sendall(says)
+        started = time.monotonic()
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        assert 0.2 < time.monotonic() - started < 3
+        assert bool(received) == bool(says)  # the version frame, when the greeting came
+        sock.close()
+        client = IB()  # a well-behaved client is unaffected
+        client.connect(short.host, short.port, clientId=42, readonly=True, timeout=5)
+        assert client.isConnected()
+        client.disconnect()
+
+
+def test_unreadable_requests_get_320_and_the_connection_stays(fixed_sim: EmbeddedSimulator) -> None:
+    sock, reader = _api_session(fixed_sim)
+    sock.sendall(encode_frame([20, "x7", *AAPL, 0, "", "1 hour", "1 D", 1, "TRADES", 2, 0, ""]))  # bad reqId
+    error = _read_frames(sock, reader, 1)[0]
+    assert error[:4] == ["4", "2", "-1", "320"] and error[4].startswith("Error reading request. Message id 20.")
+    sock.sendall(encode_frame([20, 8, *AAPL[:5]]))  # truncated
+    assert _read_frames(sock, reader, 1)[0][3] == "320"
+    sock.sendall(encode_frame([999, 1, 2]))  # no such message
+    error = _read_frames(sock, reader, 1)[0]
+    assert error[3] == "320" and "Unknown message id '999'" in error[4]
+    sock.sendall(encode_frame([20, 9, *AAPL, 0, "20240307-21:00:00", "1 hour", "1 D", 1, "TRADES", 2, 0, ""]))
+    bars = _read_frames(sock, reader, 1)[0]
+    assert bars[:2] == ["17", "9"] and bars[4] == "7"
+    assert fixed_sim.snapshot()["errors_sent"]["320"] == 3
+    sock.close()
+
+
 # -- data requests through ib_async --------------------------------------------------------------------------------
 
 
@@ -127,11 +274,12 @@ def test_contract_details_and_unknown_symbol(ib: IB, fixed_sim: EmbeddedSimulato
     assert fixed_sim.snapshot()["errors_sent"]["200"] == 1
 
 
-def test_head_timestamp(ib: IB) -> None:
+def test_head_timestamp(ib: IB, fixed_sim: EmbeddedSimulator) -> None:
+    assert fixed_sim.sim is not None
     contract = ib.qualifyContracts(Stock("MSFT", "SMART", "USD"))[0]
     head = ib.reqHeadTimeStamp(contract, whatToShow="TRADES", useRTH=True, formatDate=2)
     assert isinstance(head, datetime) and head.tzinfo is not None
-    assert head.date() >= date(2015, 1, 2)
+    assert head == fixed_sim.sim.bar_source.head_timestamp("MSFT", "TRADES", True) and head < FIXED_NOW
 
 
 @pytest.mark.parametrize(
@@ -240,6 +388,56 @@ def test_cancel_historical_request(ib: IB, fixed_sim: EmbeddedSimulator) -> None
     _wait_until(lambda: "cancelHistoricalData" in fixed_sim.snapshot()["requests"], ib)
     snap = fixed_sim.snapshot()
     assert snap["requests"]["cancelHistoricalData"] == 1
+
+
+# -- market data, symbol search, account summary -------------------------------------------------------------------
+
+
+def test_market_data_live_is_354_delayed_after_type_3(ib: IB) -> None:
+    """Without live subscriptions TWS refuses type-1 data with 354; after reqMarketDataType(3) it says 10167 and
+    streams delayed ticks."""
+    errors: list[tuple[int, int]] = []
+    ib.errorEvent += lambda req_id, code, *_: errors.append((req_id, code))
+    aapl = Stock("AAPL", "SMART", "USD", conId=265598)
+    live = ib.reqMktData(aapl)
+    _wait_until(lambda: any(code == 354 for _, code in errors), ib)
+    assert math.isnan(live.last) and live.marketDataType == 1  # no ticks came
+    ib.cancelMktData(aapl)
+    ib.reqMarketDataType(3)
+    delayed = ib.reqMktData(Stock("MSFT", "SMART", "USD", conId=272093))
+    _wait_until(lambda: delayed.delayedLastTimestamp is not None, ib)
+    assert any(code == 10167 for _, code in errors)
+    assert delayed.marketDataType == 3
+    assert delayed.bid < delayed.last < delayed.ask and delayed.bidSize == 300
+    assert delayed.low <= delayed.last <= delayed.high and delayed.volume > 0 and delayed.close > 0
+    assert delayed.delayedLastTimestamp == FIXED_NOW - timedelta(minutes=15)
+
+
+def test_real_time_bars_are_420(ib: IB) -> None:
+    errors: list[tuple[int, str]] = []
+    ib.errorEvent += lambda req_id, code, text, *_: errors.append((code, text))
+    bars = ib.reqRealTimeBars(Stock("IBM", "SMART", "USD", conId=8314), 5, "TRADES", True)
+    _wait_until(lambda: bool(errors and errors[-1][0] == 420), ib)
+    assert errors[-1] == (420, "Invalid Real-time Query:No market data permissions for NYSE STK")
+    assert not bars
+
+
+def test_matching_symbols(ib: IB) -> None:
+    found = ib.reqMatchingSymbols("Q")
+    assert [d.contract.symbol for d in found] == ["QQQ"]
+    assert found[0].contract.conId == 320227571 and found[0].contract.description == "INVESCO QQQ TRUST SERIES 1"
+    by_name = ib.reqMatchingSymbols("microsoft")
+    assert [d.contract.symbol for d in by_name] == ["MSFT"]
+    assert ib.reqMatchingSymbols("ZZZZ") == []
+
+
+def test_account_summary(ib: IB) -> None:
+    values = {(v.tag, v.currency): v.value for v in ib.accountSummary("DU1234567")}
+    assert values[("NetLiquidation", "USD")] == "1000000.00"
+    assert values[("TotalCashValue", "USD")] == "1000000.00"
+    assert float(values[("BuyingPower", "USD")]) >= 1_000_000
+    assert values[("AccountType", "")] == "INDIVIDUAL"
+    assert values[("CashBalance", "BASE")] == values[("CashBalance", "USD")] == "1000000.00"  # $LEDGER:ALL
 
 
 # -- faults while connected --------------------------------------------------------------------------------------------
@@ -369,7 +567,7 @@ def test_replay_round_trip(tmp_path: Path) -> None:
     })
     path = tmp_path / "bars.csv"
     frame.write_csv(path)
-    from ibkr_flows.sim.bars import ReplayBars
+    from ibkr_flows.sim.replay_bars import ReplayBars
 
     with EmbeddedSimulator(bar_source=ReplayBars(path)) as sim:
         client = IB()

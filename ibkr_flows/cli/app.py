@@ -7,14 +7,22 @@ start fast.
 
 from __future__ import annotations
 
-import typer
+import os
 
-from ibkr_flows.cli.alerts import alerts_app
-from ibkr_flows.cli.backtest import backtest_app
-from ibkr_flows.cli.data import data_app
-from ibkr_flows.cli.demo import demo
-from ibkr_flows.cli.sim import sim_app
-from ibkr_flows.cli.stack import down, up
+EPHEMERAL_STARTUP_TIMEOUT_S = "180"
+"""Prefect's default (20 s) is too short for a first start on a slow machine (its SQLite database is created then):
+a command that needs the temporary server waits up to three minutes, saying so on stderr. Set before Prefect is
+imported, and only if the user has not set it."""
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
+
+import typer  # noqa: E402
+
+from ibkr_flows.cli.alerts import alerts_app  # noqa: E402
+from ibkr_flows.cli.backtest import backtest_app  # noqa: E402
+from ibkr_flows.cli.data import data_app  # noqa: E402
+from ibkr_flows.cli.demo import demo  # noqa: E402
+from ibkr_flows.cli.sim import sim_app  # noqa: E402
+from ibkr_flows.cli.stack import down, up  # noqa: E402
 
 app = typer.Typer(
     help="Interactive Brokers research pipelines: TWS connectivity doctor, historical-bar ingestion into "

@@ -96,8 +96,10 @@ def run(
             slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode, table_version=table_version)
         if as_flow:
             from flows.backtest import backtest_flow
+            from ibkr_flows.cli.errors import prefect_api
 
-            run_ = backtest_flow(request=request, data_dir=data_dir)
+            with prefect_api(Console(stderr=True)):
+                run_ = backtest_flow(request=request, data_dir=data_dir)
         else:
             run_ = run_request(request, location)
             if store:

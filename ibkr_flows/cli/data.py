@@ -37,7 +37,8 @@ def connect(
     stops at the first that fails, naming the cause and the fix. Exit codes: 0 healthy or warning; 10 nothing
     listening, 11 wrong port, 12 host unreachable, 13 not a TWS, 14 handshake silent (accept dialog),
     15 connection rejected (trusted IPs / localhost only), 16 API not ready (not logged in), 17 client id in use,
-    18 IB connectivity lost, 19 data farm down, 20 no market data permissions.
+    18 IB connectivity lost, 19 data farm down, 20 no market data permissions, 21 connection dropped (closed
+    during the handshake or the session).
     """
     from ibkr_flows.doctor.preflight import diagnose
 
@@ -74,13 +75,16 @@ def ingest(
 
     Each series resumes from its last stored bar; new series start at --start (or --lookback-days ago).
     Requests are paced by IB's rules, bad bars go to the quarantine table, and the run ends with a per-symbol
-    report. Exit code 0 when every symbol was stored, 1 when some failed, 2 for bad arguments, and the doctor's
-    code when TWS is unusable.
+    report. ADJUSTED_LAST is fetched whole up to now on every run and replaces the stored series (IB re-adjusts
+    it as a whole and serves it with no end date). Exit code 0 when every symbol was stored, 1 when some failed
+    (each with IB's reason and the fix), 2 for bad arguments, 5 when the temporary Prefect server did not start,
+    and the doctor's code when TWS is unusable.
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.ingest import ingest_flow
-    from ibkr_flows.cli.errors import EXIT_BAD_INPUT, describe, exit_on_error
+    from ibkr_flows.cli.errors import EXIT_BAD_INPUT, describe, exit_on_error, prefect_api
     from ibkr_flows.doctor.diagnosis import TWSConnectionError
     from ibkr_flows.ingest.errors import IngestIncompleteError
     from ibkr_flows.ingest.report import report_rows
@@ -95,8 +99,9 @@ def ingest(
             start=start and as_utc(start), end=end and as_utc(end), lookback_days=lookback_days,
             quality_engine=quality_engine)
         tws = TWSEndpoint(host=host, port=port, client_id=client_id)
-    with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with prefect_api(Console(stderr=True)), Progress(
+            TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
+            TimeElapsedColumn(), console=console, transient=True) as bar:
         job = bar.add_task("ingest", total=None)
         progress_listeners.append(lambda done, planned: bar.update(job, completed=done, total=planned))
         try:
@@ -116,6 +121,9 @@ def ingest(
     if isinstance(report, BaseException):
         raise report
     _print_report(console, report_rows(report))
+    for failed in report.failed:
+        console.print(f"[red]{failed.symbol} failed[/red] ({failed.error_type}): {escape(failed.error or '')}",
+                      soft_wrap=True)
     raise typer.Exit(1 if report.failed else 0)
 
 

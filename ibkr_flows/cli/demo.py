@@ -35,6 +35,7 @@ def demo(
     """
     from flows.health import tws_health_check
     from flows.ingest import ingest_flow
+    from ibkr_flows.cli.errors import prefect_api
     from ibkr_flows.ingest.report import report_markdown
     from ibkr_flows.ingest.request import IngestRequest
     from ibkr_flows.settings import TWSEndpoint
@@ -42,7 +43,7 @@ def demo(
 
     console = Console()
     failures: list[str] = []
-    with EmbeddedSimulator() as sim:
+    with prefect_api(Console(stderr=True)), EmbeddedSimulator() as sim:
         console.rule(f"[bold]1/5 TWS preflight, healthy simulator on {sim.host}:{sim.port}")
         diagnosis = _run_health_check(tws_health_check, sim.host, sim.port, client_id)
         render_diagnosis(diagnosis, console)

@@ -34,6 +34,6 @@ def render_diagnosis(diagnosis: Diagnosis, console: Console) -> None:
         parts.append(Text(f"⚠ {warning}", style="yellow"))
     evidence = Table("step", "observation", "ms", box=None, header_style="dim", pad_edge=False)
     for e in diagnosis.evidence:
-        evidence.add_row(e.step, e.observation, f"{e.elapsed_ms:.0f}")
+        evidence.add_row(Text(e.step), Text(e.observation), f"{e.elapsed_ms:.0f}")  # quotes peers: never markup
     parts += [Text("Evidence", style="bold dim"), evidence]
     console.print(Panel(Group(*parts), title="TWS preflight", border_style=style, expand=False))

@@ -108,8 +108,9 @@ def rerun(
     """Run a stored run again from its bars-table version and request: is it identical, bit for bit?
 
     Compares every metric (and every trade of a single run) and says whether the code version differs from the
-    one recorded. Nothing is stored. Exit codes: 0 identical, 1 not identical (the differences are listed), 2 an unknown run or
-    one stored before requests were recorded, 3 its bars are gone (vacuumed past its version), 4 a damaged table.
+    one recorded. Nothing is stored. Exit codes: 0 identical, 1 not identical (the differences are listed), 2 an
+    unknown run or one stored before requests were recorded, 3 no bars at the recorded version, 4 a table that
+    cannot be read at that version (damaged, or vacuumed past it).
     """
     from ibkr_flows.backtest.catalog import rerun as rerun_stored
     from ibkr_flows.cli.errors import exit_on_error

@@ -30,28 +30,44 @@ FAULT_HELP = (
 )
 
 
+MAX_PORT = 65535
+CONTROL_OFFSET = 10000
+CONTROL_DEFAULT_HELP = f"port + {CONTROL_OFFSET}, or port - {CONTROL_OFFSET} above {MAX_PORT - CONTROL_OFFSET}"
+
+
 def _control_port(port: int, control_port: int | None) -> int:
-    return control_port if control_port is not None else port + 10000
+    """The control port: as given, else `CONTROL_DEFAULT_HELP` (17497 for 7497), a valid port for every API port.
+    Both ports are range-checked by their options; one port cannot serve both."""
+    if control_port is None:
+        above = port + CONTROL_OFFSET
+        control_port = above if above <= MAX_PORT else port - CONTROL_OFFSET
+    if control_port == port:
+        raise typer.BadParameter(f"the control port must differ from the API port ({port})",
+                                 param_hint="--control-port")
+    return control_port
 
 
 @sim_app.command("start")
 def start(
-    port: Annotated[int, typer.Option(help="API port to listen on (7497 = TWS paper).")] = 7497,
+    port: Annotated[int, typer.Option(help="API port to listen on (7497 = TWS paper).", min=1, max=MAX_PORT)
+                    ] = 7497,
     host: Annotated[str, typer.Option(help="Bind address. Keep loopback unless you mean it.")] = "127.0.0.1",
     fault: Annotated[list[str] | None, typer.Option("--fault", "-f", help=FAULT_HELP)] = None,
     replay: Annotated[Path | None, typer.Option(help="Serve bars from this Parquet/CSV file instead of the "
                                                      "seeded generator.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic bar generator.")] = 7,
     account: Annotated[list[str] | None, typer.Option(help="Managed account ids (default DU1234567).")] = None,
-    control_port: Annotated[int | None, typer.Option(help="Control port for `ibkr sim set` (default: port + "
-                                                          "10000).")] = None,
+    control_port: Annotated[int | None, typer.Option(
+        help=f"Control port for `ibkr sim set` (default: {CONTROL_DEFAULT_HELP}).", min=1, max=MAX_PORT)] = None,
 ) -> None:
     """Run the simulator in the foreground until Ctrl-C."""
-    from ibkr_flows.sim.bars import ReplayBars, SyntheticBars
+    from ibkr_flows.sim.bars import SyntheticBars
     from ibkr_flows.sim.control import serve_control
     from ibkr_flows.sim.faults import Faults, parse_assignments
+    from ibkr_flows.sim.replay_bars import ReplayBars
     from ibkr_flows.sim.server import TWSSimulator
 
+    ctl_port = _control_port(port, control_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         faults = Faults().updated(parse_assignments(fault or []))
@@ -59,7 +75,6 @@ def start(
         raise typer.BadParameter(str(exc), param_hint="--fault") from exc
     source = ReplayBars(replay) if replay else SyntheticBars(seed=seed)
     sim = TWSSimulator(host, port, faults=faults, bar_source=source, accounts=account or ["DU1234567"])
-    ctl_port = _control_port(port, control_port)
 
     async def serve() -> None:
         await _listening(sim.start(), host, port)
@@ -97,8 +112,9 @@ def _command(request: dict[str, Any], port: int, control_port: int | None) -> No
     typer.echo(json.dumps(reply, indent=2))
 
 
-PortOption = Annotated[int, typer.Option(help="The simulator's API port.")]
-ControlOption = Annotated[int | None, typer.Option(help="Its control port (default: port + 10000).")]
+PortOption = Annotated[int, typer.Option(help="The simulator's API port.", min=1, max=MAX_PORT)]
+ControlOption = Annotated[int | None, typer.Option(help=f"Its control port (default: {CONTROL_DEFAULT_HELP}).",
+                                                   min=1, max=MAX_PORT)]
 
 
 @sim_app.command("set")

@@ -28,6 +28,8 @@ class FailureClass(StrEnum):
     NOT_TWS = "not-tws"
     HANDSHAKE_SILENT = "handshake-silent"
     CONNECTION_REJECTED = "connection-rejected"
+    CONNECTION_DROPPED = "connection-dropped"
+    """TWS answered the handshake, then closed the connection before the session was usable."""
     API_NOT_READY = "api-not-ready"
     CLIENT_ID_IN_USE = "client-id-in-use"
     READ_ONLY_API = "read-only-api"
@@ -57,6 +59,7 @@ _EXIT_CODES = {
     FailureClass.IB_CONNECTIVITY_LOST: 18,
     FailureClass.DATA_FARM_DOWN: 19,
     FailureClass.NO_DATA_PERMISSIONS: 20,
+    FailureClass.CONNECTION_DROPPED: 21,
 }
 """Stable, documented exit codes (README 'Troubleshooting'); warning-only classes exit 0."""
 
@@ -122,8 +125,13 @@ class Diagnosis:
             lines += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
         if self.evidence:
             lines += ["", "## Evidence", "", "| step | observation | ms |", "|---|---|---:|"]
-            lines += [f"| {e.step} | {e.observation} | {e.elapsed_ms:.0f} |" for e in self.evidence]
+            lines += [f"| {_cell(e.step)} | {_cell(e.observation)} | {e.elapsed_ms:.0f} |" for e in self.evidence]
         return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Evidence quotes what a peer sent; a `|` or a line break in it must not break the Markdown table."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 class TWSConnectionError(ConnectionError):

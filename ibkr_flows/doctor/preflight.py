@@ -11,20 +11,22 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
-from ib_async import IB, RequestError, Stock
+from ib_async import IB, ConnectionStats, Contract, Stock
 
 from ibkr_flows.doctor.diagnosis import Diagnosis, Evidence, FailureClass, Status
 from ibkr_flows.doctor.probe import Outcome, ProbeResult, probe, tcp_open
 from ibkr_flows.doctor.remediation import remediation
-from ibkr_flows.ib.codes import FARM_BROKEN, FARM_NOTICES, ErrorClass, ErrorCode, classify
+from ibkr_flows.ib.codes import FARM_BROKEN, FARM_NOTICES, ErrorClass, ErrorCode
 from ibkr_flows.ib.ports import LIVE_PORTS, WELL_KNOWN_PORTS, port_label
+from ibkr_flows.ib.refusals import Refusal, answer_or_refusal
 from ibkr_flows.settings import IBKRSettings
 
 PORT_SCAN_TIMEOUT_S = 0.5
 FREE_ID_CANDIDATES = 10
+T = TypeVar("T")
 
 
 class _Verdict(Exception):
@@ -39,9 +41,11 @@ class _Verdict(Exception):
 _OUTCOME_CLASS = {
     Outcome.UNREACHABLE: FailureClass.HOST_UNREACHABLE,
     Outcome.CLOSED_AFTER_ACCEPT: FailureClass.CONNECTION_REJECTED,
-    Outcome.CLOSED_AFTER_VERSION: FailureClass.CONNECTION_REJECTED,
+    Outcome.CLOSED_DURING_HANDSHAKE: FailureClass.CONNECTION_DROPPED,
     Outcome.SILENT_AFTER_ACCEPT: FailureClass.HANDSHAKE_SILENT,
     Outcome.NOT_TWS: FailureClass.NOT_TWS,
+    Outcome.HTTP_SERVER: FailureClass.NOT_TWS,
+    Outcome.PROTOCOL_ERROR: FailureClass.NOT_TWS,
     Outcome.VERSION_TOO_OLD: FailureClass.NOT_TWS,
     Outcome.SILENT_AFTER_VERSION: FailureClass.API_NOT_READY,
     Outcome.EMPTY_ACCOUNTS: FailureClass.API_NOT_READY,
@@ -49,10 +53,15 @@ _OUTCOME_CLASS = {
 _OUTCOME_SUMMARY = {
     Outcome.UNREACHABLE: "Cannot reach {host}:{port}.",
     Outcome.CLOSED_AFTER_ACCEPT: "TWS at {host}:{port} accepted the connection and closed it at once.",
-    Outcome.CLOSED_AFTER_VERSION: "TWS at {host}:{port} closed the connection after the version exchange.",
+    Outcome.CLOSED_DURING_HANDSHAKE: "TWS at {host}:{port} closed the connection during the handshake after "
+                                     "{messages} message(s), before the API session was usable.",
     Outcome.SILENT_AFTER_ACCEPT: "TWS at {host}:{port} accepted the connection but never answered the API "
                                  "handshake (an 'accept incoming connection' dialog, or TWS not ready).",
-    Outcome.NOT_TWS: "The service on {host}:{port} does not speak the TWS API.",
+    Outcome.NOT_TWS: "The service on {host}:{port} does not speak the TWS API (not TWS / protocol error); it "
+                     "sent {received}.",
+    Outcome.HTTP_SERVER: "The service on {host}:{port} is an HTTP server, not TWS; it answered {received}.",
+    Outcome.PROTOCOL_ERROR: "The service on {host}:{port} answered the TWS version handshake, then sent bytes no "
+                            "TWS sends (not TWS / protocol error): {received}.",
     Outcome.VERSION_TOO_OLD: "TWS at {host}:{port} is too old for ib_async (server version {version} < 157).",
     Outcome.SILENT_AFTER_VERSION: "TWS at {host}:{port} answered the handshake but the API session never became "
                                   "ready: TWS / IB Gateway is not logged in or is waiting on a dialog.",
@@ -77,6 +86,7 @@ class Preflight:
         self.server_version: int | None = None
         self.accounts: list[str] = []
         self.notices: list[tuple[int, str]] = []
+        self.http_server = False
 
     def note(self, step: str, observation: str) -> None:
         self.evidence.append(Evidence(step, observation, (time.perf_counter() - self.started) * 1000))
@@ -107,8 +117,10 @@ class Preflight:
         if result.outcome is Outcome.CLIENT_ID_IN_USE:
             result = await self._client_id_in_use()
         if result.outcome is not Outcome.READY:
+            self.http_server = result.outcome is Outcome.HTTP_SERVER
             raise _Verdict(_OUTCOME_CLASS[result.outcome], _OUTCOME_SUMMARY[result.outcome].format(
-                host=s.host, port=s.port, version=result.server_version))
+                host=s.host, port=s.port, version=result.server_version, received=result.received,
+                messages=result.messages))
         self.server_version = result.server_version
         self.accounts = result.accounts
         self.notices = list(result.notices)
@@ -161,7 +173,6 @@ class Preflight:
 
     async def _client_layers(self) -> None:
         ib = IB()
-        ib.RaiseRequestErrors = True
         errors: list[tuple[int, int, str]] = []
         ib.errorEvent += lambda req_id, code, text, _contract: errors.append((req_id, code, text))
         try:
@@ -173,23 +184,28 @@ class Preflight:
 
     async def _connect(self, ib: IB, errors: list[tuple[int, int, str]]) -> None:
         s = self.settings
-        for attempt in range(2):
-            try:
-                await ib.connectAsync(s.host, s.port, self.client_id, timeout=s.connect_timeout, readonly=True)
-            except (TimeoutError, ConnectionError, OSError) as exc:
-                id_refused = any(code == ErrorCode.CLIENT_ID_IN_USE for _, code, _ in errors)
-                if id_refused and attempt == 0:
-                    # TWS may not have released the id of the probe's socket yet; give it a moment once.
-                    errors.clear()
-                    await asyncio.sleep(1.0)
-                    continue
-                self.note("ib_async connect", f"{type(exc).__name__}: {exc or 'timed out'}; errors: {errors}")
-                raise _Verdict(
-                    FailureClass.CLIENT_ID_IN_USE if id_refused else FailureClass.API_NOT_READY,
-                    f"The raw handshake succeeded but ib_async could not connect to {s.host}:{s.port} "
-                    f"({type(exc).__name__}).",
-                ) from exc
-            break
+        with _peer_drops(ib) as drops:
+            for attempt in range(2):
+                try:
+                    await ib.connectAsync(s.host, s.port, self.client_id, timeout=s.connect_timeout, readonly=True)
+                except (TimeoutError, ConnectionError, OSError) as exc:
+                    id_refused = any(code == ErrorCode.CLIENT_ID_IN_USE for _, code, _ in errors)
+                    if id_refused and attempt == 0:
+                        # TWS may not have released the id of the probe's socket yet; give it a moment once.
+                        errors.clear()
+                        drops.clear()
+                        await asyncio.sleep(1.0)
+                        continue
+                    self.note("ib_async connect", f"{type(exc).__name__}: {exc or 'timed out'}; errors: {errors}")
+                    if drops and not id_refused:
+                        raise _Verdict(FailureClass.CONNECTION_DROPPED, _dropped_summary(s.host, s.port, drops[0])
+                                       ) from exc
+                    raise _Verdict(
+                        FailureClass.CLIENT_ID_IN_USE if id_refused else FailureClass.API_NOT_READY,
+                        f"The raw handshake succeeded but ib_async could not connect to {s.host}:{s.port} "
+                        f"({type(exc).__name__}).",
+                    ) from exc
+                break
         watched = FARM_NOTICES | {ErrorCode.CONNECTIVITY_LOST}
         self.notices += [(code, text) for _, code, text in errors if code in watched]
         self.note("ib_async connect", f"connected read-only as client {self.client_id}, server version "
@@ -202,9 +218,9 @@ class Preflight:
         wait = min(s.data_timeout, 3.0) if farm_broken else s.data_timeout
         contract = Stock(s.probe_symbol, "SMART", "USD")
 
-        async def ask(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        async def ask(what: str, about: Contract, call: Callable[[Contract], Awaitable[T]]) -> T | None:
             try:
-                return await asyncio.wait_for(call(), wait)
+                answer = await answer_or_refusal(ib, about, call, wait)
             except TimeoutError:
                 self.note(what, f"no answer within {wait:.1f} s" + (f" (farm notice: {farm_broken[0]})"
                                                                     if farm_broken else ""))
@@ -213,34 +229,45 @@ class Preflight:
                                f"{what} got no answer within {wait:.0f} s: the IB data farm is down or "
                                "disconnected." + (f" TWS reported: {farm_broken[0]}." if farm_broken else "")
                                ) from None
-            except RequestError as exc:
-                self._request_error(what, exc)
+            except ConnectionError as exc:
+                self.note(what, f"{type(exc).__name__}: {exc}")
+                raise _Verdict(FailureClass.CONNECTION_DROPPED,
+                               f"TWS at {s.host}:{s.port} closed the connection during the doctor's {what} "
+                               "request.") from exc
+            if isinstance(answer, Refusal):
+                self._refused_request(what, answer)
                 return None
+            return answer
 
-        details = await ask("contract details", lambda: ib.reqContractDetailsAsync(contract))
+        details = await ask("contract details", contract, ib.reqContractDetailsAsync)
         if not details:
             return
         contract = details[0].contract
-        bars = await ask("historical data", lambda: ib.reqHistoricalDataAsync(
-            contract, endDateTime="", durationStr="1 W", barSizeSetting="1 day", whatToShow="TRADES",
+        bars = await ask("historical data", contract, lambda about: ib.reqHistoricalDataAsync(
+            about, endDateTime="", durationStr="1 W", barSizeSetting="1 day", whatToShow="TRADES",
             useRTH=True, timeout=wait + 1))
         if bars:
             self.note("historical data", f"{len(bars)} daily bars of {s.probe_symbol}, last {bars[-1].date}")
 
-    def _request_error(self, what: str, exc: RequestError) -> None:
-        self.note(what, f"error {exc.code}: {exc.message}")
-        error_class = classify(exc.code, exc.message)
-        if error_class is ErrorClass.PERMISSIONS:
-            raise _Verdict(FailureClass.NO_DATA_PERMISSIONS,
-                           f"The account lacks market data permissions for {self.settings.probe_symbol}: "
-                           f"{exc.message}")
-        if error_class is ErrorClass.NO_DATA:
-            return  # the farm answered; an empty range is not a connectivity problem
-        if exc.code == ErrorCode.UNKNOWN_CONTRACT:
-            self.warnings.append((FailureClass.NONE, f"The doctor's probe symbol {self.settings.probe_symbol!r} "
-                                  "is unknown to TWS; set IBKR_PROBE_SYMBOL to a listed US stock."))
-            return
-        raise _Verdict(FailureClass.DATA_FARM_DOWN, f"The historical data request failed: {exc.message}")
+    def _refused_request(self, what: str, refusal: Refusal) -> None:
+        """TWS refused the doctor's request: what its error class says about the data farm."""
+        self.note(what, f"error {refusal.code} for request {refusal.req_id} ({refusal.error_class}): {refusal.text}")
+        match refusal.error_class:
+            case ErrorClass.PERMISSIONS:
+                raise _Verdict(FailureClass.NO_DATA_PERMISSIONS,
+                               f"The account lacks market data permissions for {self.settings.probe_symbol}: "
+                               f"{refusal.text}")
+            case ErrorClass.NO_DATA:
+                return  # the farm answered; an empty range is not a connectivity problem
+            case ErrorClass.PACING:
+                self.warnings.append((FailureClass.NONE, "The historical data farm answers, but IB's pacing "
+                                      f"penalty is active (error {refusal.code}): requests will be slow for a while."))
+            case _ if refusal.code == ErrorCode.UNKNOWN_CONTRACT:
+                self.warnings.append((FailureClass.NONE, f"The doctor's probe symbol {self.settings.probe_symbol!r} "
+                                      "is unknown to TWS; set IBKR_PROBE_SYMBOL to a listed US stock."))
+            case _:
+                raise _Verdict(FailureClass.DATA_FARM_DOWN,
+                               f"The {what} request failed with error {refusal.code}: {refusal.text}")
 
     def _check_connectivity_notices(self, step: str, errors: list[tuple[int, int, str]] | None = None) -> None:
         codes = [code for code, _ in self.notices] + [code for _, code, _ in errors or []]
@@ -273,7 +300,8 @@ class Preflight:
             port=s.port,
             client_id=self.client_id,
             remediation=remediation(cls, host=s.host, port=s.port, client_id=s.client_id,
-                                    open_ports=self.open_ports, suggested_client_id=self.suggested_client_id),
+                                    open_ports=self.open_ports, suggested_client_id=self.suggested_client_id,
+                                    http_server=self.http_server),
             evidence=self.evidence,
             warnings=[text for _, text in self.warnings],
             server_version=self.server_version,
@@ -284,6 +312,30 @@ class Preflight:
             farm_notices=[f"{code} {text}" for code, text in self.notices if code in FARM_NOTICES],
             elapsed_ms=(time.perf_counter() - self.started) * 1000,
         )
+
+
+@contextlib.contextmanager
+def _peer_drops(ib: IB) -> Iterator[list[ConnectionStats | None]]:
+    """Each time the peer ends the live connection (closes or resets it), with ib_async's message counts when its
+    API was ready. ib_async reports it through `apiError` while the client still counts as connected; its own
+    teardown after a failed connect reports when it no longer does."""
+    drops: list[ConnectionStats | None] = []
+
+    def on_api_error(_message: str) -> None:
+        if ib.client.isConnected():
+            drops.append(ib.client.connectionStats() if ib.client.isReady() else None)
+
+    ib.client.apiError += on_api_error
+    try:
+        yield drops
+    finally:
+        ib.client.apiError -= on_api_error
+
+
+def _dropped_summary(host: str, port: int, stats: ConnectionStats | None) -> str:
+    counts = (f" after {stats.numMsgRecv} message(s) from TWS ({stats.numMsgSent} sent)" if stats else "")
+    return (f"TWS at {host}:{port} closed the connection during the handshake{counts}, while ib_async was starting "
+            "the session.")
 
 
 def _is_loopback(host: str) -> bool:

@@ -15,8 +15,9 @@ PORT_TABLE = ", ".join(f"{port} = {what}" for port, what in WELL_KNOWN_PORTS.ite
 
 
 def remediation(cls: FailureClass, *, host: str, port: int, client_id: int, open_ports: list[int] | None = None,
-                suggested_client_id: int | None = None) -> list[str]:
-    """The ordered fix steps for one failure class, specialised with what the probe found."""
+                suggested_client_id: int | None = None, http_server: bool = False) -> list[str]:
+    """The ordered fix steps for one failure class, specialised with what the probe found (`http_server`: the
+    program that is not TWS answered HTTP)."""
     env_port = "set IBKR_PORT (environment or .env)"
     match cls:
         case FailureClass.NOT_LISTENING:
@@ -47,6 +48,14 @@ def remediation(cls: FailureClass, *, host: str, port: int, client_id: int, open
                 f"machine's IP under {API_SETTINGS} -> 'Trusted IPs'.",
                 "Prefer running this tool on the TWS machine and keeping IBKR_HOST=127.0.0.1.",
             ]
+        case FailureClass.NOT_TWS if http_server:
+            return [
+                f"An HTTP server answers on {host}:{port}, not TWS: check the port. Point IBKR_PORT (environment "
+                f"or .env) at TWS's 'Socket port' ({API_SETTINGS}); defaults: {PORT_TABLE}.",
+                "IBKR's Client Portal Web API gateway (https://localhost:5000 by default) speaks HTTP, not the TWS "
+                "socket API this project uses: run TWS or IB Gateway instead.",
+                f"To see which program owns the port: `lsof -i :{port}` (Linux/macOS) or `netstat -abno` (Windows).",
+            ]
         case FailureClass.NOT_TWS:
             return [
                 f"Something answered on {host}:{port}, but it does not speak the TWS API. Another program owns "
@@ -72,6 +81,17 @@ def remediation(cls: FailureClass, *, host: str, port: int, client_id: int, open
                 "A denied 'Accept incoming connection' dialog closes the socket the same way.",
                 "Through Docker or a port forwarder: the gateway behind it is down or rejects the forwarder's "
                 "address; with IBC set `TrustedTwsApiClientIPs` / `AllowBlindTrading` as your setup needs.",
+            ]
+        case FailureClass.CONNECTION_DROPPED:
+            return [
+                f"TWS at {host}:{port} answered the API handshake, then closed the connection before the session "
+                "was usable. TWS / IB Gateway is restarting (the daily auto-restart, an update) or shutting down: "
+                "wait a minute and retry.",
+                "If it happens every time: another login with the same user ('Existing session detected') may be "
+                "taking the session over, or TWS is failing on the API request; check the TWS API log "
+                f"({API_SETTINGS} -> tick 'Create API message log file') and restart TWS / IB Gateway.",
+                "Through Docker or a port forwarder: the forwarder may be cutting connections (idle or connection "
+                "limits); try the gateway's own port directly.",
             ]
         case FailureClass.API_NOT_READY:
             return [

@@ -73,11 +73,15 @@ class ErrorCode(IntEnum):
         ErrorClass.REQUEST
     UNKNOWN_CONTRACT = 200, "no security definition found for the request", ErrorClass.REQUEST
     ORDER_REJECTED = 201, "order rejected", ErrorClass.REQUEST
+    REQUEST_UNREADABLE = 320, "error reading an API client request (malformed fields, unknown message id)", \
+        ErrorClass.REQUEST
     REQUEST_INVALID = 321, "error validating request (bad parameter, or Read-Only API for orders)", \
         ErrorClass.REQUEST
     CLIENT_ID_IN_USE = 326, "client id already in use", ErrorClass.CLIENT_ID
     MARKET_DATA_NOT_SUBSCRIBED = 354, "requested market data is not subscribed", ErrorClass.PERMISSIONS
     HISTORICAL_QUERY_NOT_FOUND = 366, "no historical data query found for the ticker id", ErrorClass.CONNECTIVITY
+    REALTIME_QUERY_INVALID = 420, "invalid real-time query (no market data permissions for real-time bars)", \
+        ErrorClass.PERMISSIONS
     CONNECTIVITY_LOST = 1100, "connectivity between IB and TWS has been lost", ErrorClass.CONNECTIVITY
     CONNECTIVITY_RESTORED_DATA_LOST = 1101, "connectivity restored, data lost", ErrorClass.NOTICE
     CONNECTIVITY_RESTORED = 1102, "connectivity restored, data maintained", ErrorClass.NOTICE
@@ -89,6 +93,8 @@ class ErrorCode(IntEnum):
     MARKET_FARM_INACTIVE = 2108, "market data farm connection is inactive, available on demand", ErrorClass.NOTICE
     SECDEF_FARM_BROKEN = 2157, "sec-def data farm connection is broken", ErrorClass.CONNECTIVITY
     SECDEF_FARM_OK = 2158, "sec-def data farm connection is OK", ErrorClass.NOTICE
+    DELAYED_DATA_DISPLAYED = 10167, "not subscribed to live data: delayed market data is displayed instead", \
+        ErrorClass.NOTICE
     INVALID_END_DATE = 10314, "end date/time is invalid", ErrorClass.REQUEST
 
 
@@ -105,6 +111,11 @@ TIME_LENGTH_TEXT = "Time length exceed max."
 """The 162 texts that tell its cases apart (TWS sends them after `HMDS_PREFIX`)."""
 
 
+WARNING_CODES = range(2100, 2200)
+"""IB's 21xx codes are warnings and notices sent alongside an answer (2174: an end date without a time zone),
+never a request's answer; the ones listed above (a broken farm) keep their own class."""
+
+
 def classify(code: int, text: str) -> ErrorClass:
     """The class of an error as TWS reported it (code and text)."""
     if code == ErrorCode.HISTORICAL_DATA_SERVICE:
@@ -119,4 +130,4 @@ def classify(code: int, text: str) -> ErrorClass:
     try:
         return ErrorCode(code).error_class
     except ValueError:
-        return ErrorClass.UNKNOWN
+        return ErrorClass.NOTICE if code in WARNING_CODES else ErrorClass.UNKNOWN

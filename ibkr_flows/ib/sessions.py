@@ -1,9 +1,10 @@
 """Exchange sessions as IB serves bars for them: regular hours from the exchange calendar (holidays, half days),
-extended hours 04:00-20:00 New York (17:00 on half days)."""
+extended hours 04:00-20:00 New York (17:00 on half days); where intraday bars are stamped; and the session texts
+TWS puts in contract details."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -14,8 +15,8 @@ NEW_YORK = ZoneInfo("America/New_York")
 EXTENDED_OPEN = time(4, 0)
 EXTENDED_CLOSE = time(20, 0)
 HALF_DAY_EXTENDED_CLOSE = time(17, 0)
-CALENDAR_START = "1990-01-01"
-"""exchange_calendars starts 20 years back by default; replayed and generated history may go further."""
+CALENDAR_START = "1962-01-01"
+"""exchange_calendars starts 20 years back by default; IB's history of old listings (IBM: 1962) goes further."""
 
 
 @lru_cache(maxsize=8)
@@ -81,3 +82,35 @@ def session_day(instant: datetime) -> date:
     """The New York date an instant belongs to (extended hours never cross midnight there)."""
     return instant.astimezone(NEW_YORK).date()
 
+
+def grid_origin(day: date) -> datetime:
+    """Where a session's intraday bar grid is counted from: midnight New York, in UTC.
+
+    IB's bars sit on clock multiples of their size (1-hour RTH bars start 09:30, 10:00, 11:00, ...): a session's
+    first bar starts at its open and runs to the next grid line, every later bar starts on the grid."""
+    return datetime.combine(day, time(0), tzinfo=NEW_YORK).astimezone(UTC)
+
+
+def bar_start(instant: datetime, step: timedelta, use_rth: bool, calendar: str = "XNYS") -> datetime:
+    """The start of the `step` bar holding `instant` (which must lie in a session): the grid line at or before it,
+    or the session's open for the first, partial bar."""
+    day = session_day(instant)
+    origin = grid_origin(day)
+    on_grid = origin + (instant - origin) // step * step
+    return max(on_grid, session_bounds(day, use_rth, calendar)[0])
+
+
+def session_hours_text(first_day: date, days: int, use_rth: bool, calendar: str = "XNYS") -> str:
+    """TWS's `tradingHours` (extended hours) or `liquidHours` (`use_rth`) for `days` calendar days from
+    `first_day`, in the exchange's local time: `20250115:0930-20250115:1600;20250118:CLOSED;...`."""
+    parts = []
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        try:
+            open_, close = session_bounds(day, use_rth, calendar)
+        except KeyError:
+            parts.append(f"{day:%Y%m%d}:CLOSED")
+            continue
+        local_open, local_close = open_.astimezone(NEW_YORK), close.astimezone(NEW_YORK)
+        parts.append(f"{local_open:%Y%m%d:%H%M}-{local_close:%Y%m%d:%H%M}")
+    return ";".join(parts)

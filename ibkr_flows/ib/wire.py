@@ -7,6 +7,7 @@ Shared by the simulator and the doctor's raw-socket probe so that both speak byt
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable
 
@@ -105,16 +106,23 @@ def decode_payload(payload: bytes) -> list[str]:
     return fields
 
 
+_VERSION_RANGE = re.compile(r"v([0-9]{1,9})(?:\.\.([0-9]{1,9}))?")
+
+
 def parse_version_range(body: bytes) -> tuple[int, int, str]:
-    """Parse the greeting body `v157..178 +PACEAPI` into (min, max, options)."""
+    """Parse the greeting body `v157..178 +PACEAPI` into (min, max, options).
+
+    Only what IB's clients send is a range: `v<min>..<max>` (or a single `v<n>`) with plain decimal numbers and
+    min <= max. Anything else (`v10..v5`, negative or non-numeric bounds, a reversed range) raises ProtocolError:
+    TWS closes such a connection without an answer.
+    """
     text = body.decode("ascii", errors="replace").strip()
     head, _, options = text.partition(" ")
-    if not head.startswith("v"):
+    match = _VERSION_RANGE.fullmatch(head)
+    if match is None:
         raise ProtocolError(f"expected a version range like 'v157..178', got {text!r}")
-    low, sep, high = head[1:].partition("..")
-    try:
-        min_version = int(low)
-        max_version = int(high) if sep else min_version
-    except ValueError as exc:
-        raise ProtocolError(f"expected a version range like 'v157..178', got {text!r}") from exc
-    return min_version, max_version, options
+    min_version = int(match[1])
+    max_version = int(match[2]) if match[2] is not None else min_version
+    if min_version > max_version:
+        raise ProtocolError(f"reversed version range {text!r}")
+    return min_version, max_version, options.strip()

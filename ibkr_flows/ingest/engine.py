@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 
 from ib_async import ContractDetails
 
-from ibkr_flows.ingest.errors import SymbolError
-from ibkr_flows.ingest.fetch import IBSession, RetryPolicy, head_timestamp, qualify
+from ibkr_flows.ib.historical import MAX_DURATION, duration_exceeds_max
+from ibkr_flows.ingest.errors import RequestRejectedError, SymbolError
+from ibkr_flows.ingest.fetch import IBSession, RetryPolicy, head_timestamp, qualify, tws_time
 from ibkr_flows.ingest.pacing import PacingBudget, default_ledger_path
-from ibkr_flows.ingest.plan import Chunk, plan_chunks, resume_start
+from ibkr_flows.ingest.plan import WHOLE_SERIES, Chunk, plan_chunks, plan_up_to_now, resume_start
 from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.ingest.stages import (
     CheckedBatch,
@@ -150,18 +151,16 @@ class _Run:
         r = self.request
         try:
             details = await qualify(self.session, symbol, r.request_timeout_s)
-            head = None
-            if watermark is None:
-                head = await head_timestamp(self.session, self.budget, details.contract, what_to_show=r.what_to_show,
-                                            use_rth=r.use_rth, timeout=r.request_timeout_s)
-            start = resume_start(watermark, r.resolved_start(self.end), head, bar_size=r.bar_size)
+            if r.what_to_show in WHOLE_SERIES:
+                chunks, end = await self._plan_whole_series(details)
+            else:
+                chunks, end = await self._plan_from_watermark(details, watermark), self.end
         except SymbolError as exc:
             return self._failed(report, exc)
-        chunks = plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth)
         report.chunks_planned = len(chunks)
         self._tick(planned=len(chunks))
         while chunks:
-            batch = await self.stages.fetch(self.context, details, chunks, self.end)
+            batch = await self.stages.fetch(self.context, details, chunks, end)
             chunks = chunks[batch.chunks_fetched:]
             report.chunks_fetched += batch.chunks_fetched
             report.chunks_empty += batch.chunks_empty
@@ -172,6 +171,38 @@ class _Run:
                 return self._failed(report, batch.error)
         report.status = "ok" if report.chunks_planned else "up-to-date"
         return report
+
+    async def _plan_from_watermark(self, details: ContractDetails, watermark: datetime | None) -> list[Chunk]:
+        """Resume a couple of bars before the last stored one; a series never stored starts at the configured
+        start, bounded by IB's first bar."""
+        r = self.request
+        head = None
+        if watermark is None:
+            head = await head_timestamp(self.session, self.budget, details.contract, what_to_show=r.what_to_show,
+                                        use_rth=r.use_rth, timeout=r.request_timeout_s)
+        start = resume_start(watermark, r.resolved_start(self.end), head, bar_size=r.bar_size)
+        return plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth)
+
+    async def _plan_whole_series(self, details: ContractDetails) -> tuple[list[Chunk], datetime]:
+        """A series IB re-adjusts as a whole (ADJUSTED_LAST) has no watermark to resume from: every adjustment
+        rewrites its past. Each run fetches the requested range in one request up to TWS's now, and the store
+        replaces the stored series with it. IB's first trade bounds the start (the head timestamp is asked for
+        TRADES, the bars ADJUSTED_LAST adjusts)."""
+        r = self.request
+        now = await tws_time(self.session, details.contract.symbol, r.request_timeout_s)
+        head = await head_timestamp(self.session, self.budget, details.contract, what_to_show="TRADES",
+                                    use_rth=r.use_rth, timeout=r.request_timeout_s)
+        start = resume_start(None, r.resolved_start(now), head, bar_size=r.bar_size)
+        if start >= now:
+            return [], now
+        chunk = plan_up_to_now(start, now)
+        if duration_exceeds_max(chunk.duration, r.bar_size):
+            raise RequestRejectedError(
+                details.contract.symbol,
+                f"{r.what_to_show} comes in one request reaching back from now, and IB serves at most "
+                f"{MAX_DURATION[r.bar_size]} of '{r.bar_size}' bars per request (this range needs {chunk.duration}).",
+                fix=f"a larger --bar-size, or --lookback-days within {MAX_DURATION[r.bar_size]}.")
+        return [chunk], now
 
     async def _store(self, report: SymbolReport, batch: FetchedBatch) -> None:
         """One store at a time per process: Delta commits to the same partition would only conflict and retry."""

@@ -21,6 +21,9 @@ class SymbolError(IngestError):
         self.symbol = symbol
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[SymbolError], tuple[str, str]]:
+        return (type(self), (self.symbol, self.reason))
+
 
 class UnknownSymbolError(SymbolError):
     """TWS has no such contract (error 200)."""
@@ -31,7 +34,18 @@ class NoPermissionsError(SymbolError):
 
 
 class RequestRejectedError(SymbolError):
-    """TWS refused the request as malformed (321 / 10314): a bug or an unsupported combination."""
+    """TWS refused the request itself (321, 162 'Time length exceed max.', 10314, ...), or would: a combination IB
+    does not serve. Never retried and never a connection problem: the answer is IB's, the fix is the request's.
+    `code` is IB's error code (None when refused here before sending, by IB's documented rule)."""
+
+    def __init__(self, symbol: str, reason: str, code: int | None = None, fix: str = "") -> None:
+        super().__init__(symbol, f"{reason.rstrip('. ')}. Fix: {fix}" if fix else reason)
+        self.ib_reason = reason
+        self.code = code
+        self.fix = fix
+
+    def __reduce__(self) -> tuple[type[RequestRejectedError], tuple[str, str, int | None, str]]:  # type: ignore[override]
+        return (type(self), (self.symbol, self.ib_reason, self.code, self.fix))
 
 
 class RetryableError(IngestError):

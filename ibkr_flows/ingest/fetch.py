@@ -1,5 +1,5 @@
 """Talking to TWS for ingestion: one read-only connection that survives drops, and requests whose failures come
-back as the typed errors of `ingest.errors`.
+back as the typed errors of `ingest.errors` as soon as TWS gives them (`ib.refusals`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ib_async import IB, BarData, Contract, ContractDetails, RequestError, Stock
 
 from ibkr_flows.ib.codes import CONNECTIVITY_RESTORED, RETRY_POLICY, ErrorClass, ErrorCode, Retry
 from ibkr_flows.ib.codes import classify as classify_code
+from ibkr_flows.ib.refusals import Refusal, answer_or_refusal
 from ibkr_flows.ingest.errors import (
     DisconnectedError,
     IngestError,
@@ -29,6 +30,7 @@ from ibkr_flows.ingest.errors import (
 )
 from ibkr_flows.ingest.pacing import PacedRequest, PacingBudget
 from ibkr_flows.ingest.plan import Chunk
+from ibkr_flows.ingest.remedies import fix_for
 from ibkr_flows.settings import IBKRSettings
 
 log = logging.getLogger("ibkr.ingest")
@@ -148,11 +150,12 @@ def classify(symbol: str, exc: RequestError) -> IngestError | None:
         case Retry.NEXT_CLIENT_ID:  # reconnecting moves to the next client id (`IBSession`)
             return DisconnectedError(exc.message)
         case _ if error_class is ErrorClass.PERMISSIONS:
-            return NoPermissionsError(symbol, exc.message)
+            return NoPermissionsError(symbol, f"{exc.message}. Fix: {fix_for(exc.code, exc.message)}")
         case _ if exc.code == ErrorCode.UNKNOWN_CONTRACT:
             return UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
         case _:
-            return RequestRejectedError(symbol, f"TWS rejected the request ({exc.code}): {exc.message}")
+            return RequestRejectedError(symbol, f"TWS refused the request (error {exc.code}): {exc.message}",
+                                        exc.code, fix_for(exc.code, exc.message))
 
 
 async def with_retries(session: IBSession, symbol: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -178,14 +181,17 @@ async def with_retries(session: IBSession, symbol: str, what: str, call: Callabl
     raise AssertionError("unreachable")
 
 
-async def _request(session: IBSession, symbol: str, send: Callable[[], Awaitable[T]], timeout: float | None
-                   ) -> T | None:
-    """One request, optionally with a deadline; socket drops and IB errors become typed errors, and IB's
-    'no data' becomes None. `send` is called inside the guard: ib_async writes some requests to the socket as
-    soon as they are called, so a connection that died a moment ago raises right there."""
+async def _request(session: IBSession, symbol: str, contract: Contract, send: Callable[[Contract], Awaitable[T]],
+                   timeout: float | None) -> T | None:
+    """One request about `contract`, optionally with a deadline; IB's error for it ends it at once (whether or not
+    ib_async would), socket drops and IB errors become typed errors, and IB's 'no data' becomes None. `send` is
+    called inside the guard: ib_async writes some requests to the socket as soon as they are called, so a
+    connection that died a moment ago raises right there."""
     try:
-        awaitable = send()
-        return await (asyncio.wait_for(awaitable, timeout) if timeout else awaitable)
+        answer = await answer_or_refusal(session.ib, contract, send, timeout)
+        if isinstance(answer, Refusal):
+            raise answer.as_request_error()
+        return answer
     except RequestError as exc:
         error = classify(symbol, exc)
         if error is None:
@@ -207,8 +213,8 @@ def _silence(session: IBSession, what: str) -> RetryableError:
 
 async def qualify(session: IBSession, symbol: str, timeout: float) -> ContractDetails:
     async def call() -> ContractDetails:
-        details = await _request(
-            session, symbol, lambda: session.ib.reqContractDetailsAsync(Stock(symbol, "SMART", "USD")), timeout)
+        details = await _request(session, symbol, Stock(symbol, "SMART", "USD"),
+                                 session.ib.reqContractDetailsAsync, timeout)
         if not details:
             raise UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
         return details[0]
@@ -222,8 +228,8 @@ async def head_timestamp(session: IBSession, budget: PacingBudget, contract: Con
 
     async def call() -> datetime | None:
         async with budget.slot(PacedRequest(contract.conId, what_to_show, f"head {contract.conId} {what_to_show}")):
-            head = await _request(session, contract.symbol, lambda: session.ib.reqHeadTimeStampAsync(
-                contract, whatToShow=what_to_show, useRTH=use_rth, formatDate=2), timeout)
+            head = await _request(session, contract.symbol, contract, lambda own: session.ib.reqHeadTimeStampAsync(
+                own, whatToShow=what_to_show, useRTH=use_rth, formatDate=2), timeout)
         return head.astimezone(UTC) if isinstance(head, datetime) else None  # IB answers [] on error
 
     return await with_retries(session, contract.symbol, "head timestamp", call)
@@ -241,8 +247,8 @@ async def fetch_chunk(session: IBSession, budget: PacingBudget, contract: Contra
     async def call() -> list[BarData]:
         await session.connectivity.wait()
         async with budget.slot(PacedRequest(contract.conId, what_to_show, identity)):
-            bars = await _request(session, contract.symbol, lambda: session.ib.reqHistoricalDataAsync(
-                contract, endDateTime=chunk.end, durationStr=chunk.duration, barSizeSetting=bar_size,
+            bars = await _request(session, contract.symbol, contract, lambda own: session.ib.reqHistoricalDataAsync(
+                own, endDateTime=chunk.end_date_time, durationStr=chunk.duration, barSizeSetting=bar_size,
                 whatToShow=what_to_show, useRTH=use_rth, formatDate=2, timeout=timeout), None)
         if bars is None:
             return []
@@ -251,3 +257,17 @@ async def fetch_chunk(session: IBSession, budget: PacingBudget, contract: Contra
         return list(bars)
 
     return await with_retries(session, contract.symbol, f"bars until {chunk.end:%Y-%m-%d %H:%M}", call)
+
+
+async def tws_time(session: IBSession, symbol: str, timeout: float) -> datetime:
+    """TWS's clock: "now" for a request with an empty end date is TWS's now, not this machine's."""
+
+    async def call() -> datetime:
+        try:
+            return (await asyncio.wait_for(session.ib.reqCurrentTimeAsync(), timeout)).astimezone(UTC)
+        except TimeoutError as exc:
+            raise _silence(session, f"no current time within {timeout:.0f} s") from exc
+        except ConnectionError as exc:
+            raise DisconnectedError(f"connection dropped: {exc}") from exc
+
+    return await with_retries(session, symbol, "TWS current time", call)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -32,6 +33,7 @@ from ibkr_flows.ib.pacing_rules import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("ibkr.ingest")
 
 BURST_MAX = BURST_LIMIT - 1
 """IB: six or more requests for one contract/exchange/tick type within two seconds violate; five is the most."""
@@ -39,6 +41,8 @@ LONG_MAX = LONG_LIMIT
 SAFETY_S = 0.25
 """Margin added to every computed wait: a request is stamped when granted but TWS counts it when it arrives, and
 an event loop busy elsewhere can put a few hundred ms between the two. Negligible against IB's real windows."""
+NOTICE_WAIT_S = 5.0
+"""A wait this long (at IB's scale) is said on the log: a run that pauses for minutes says why, not just hangs."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ class PacingBudget:
         granted = False
         try:
             while (wait := await asyncio.to_thread(self._try_record, request, token)) > 0:
+                if wait >= NOTICE_WAIT_S * self.time_scale:
+                    log.warning("IB pacing: waiting %.0f s before the next historical request (IB allows %d per %.0f "
+                                "minutes per TWS and no identical request within %.0f s; the budget is shared by "
+                                "every process using %s)", wait, LONG_MAX, LONG_WINDOW_S * self.time_scale / 60,
+                                IDENTICAL_WINDOW_S * self.time_scale, self.ledger)
                 self.waited_s += wait
                 await asyncio.sleep(wait)
             granted = True

@@ -11,22 +11,40 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ibkr_flows.ib.historical import MAX_INTRADAY_REQUEST_S, MAX_REQUEST_SECONDS, bar_step, is_intraday
+from ibkr_flows.ib.historical import (
+    DURATION_UNIT_LIMITS,
+    EMPTY_END_REQUIRED,
+    MAX_INTRADAY_REQUEST_S,
+    MAX_REQUEST_SECONDS,
+    bar_step,
+    is_intraday,
+)
 from ibkr_flows.ib.sessions import session_bounds, sessions_between
+
+WHOLE_SERIES = frozenset(EMPTY_END_REQUIRED)
+"""What-to-show values IB serves only up to now (an empty end date; ADJUSTED_LAST) and re-adjusts as a whole on
+every dividend or split: fetched in one request per run and stored in place of the series."""
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One reqHistoricalData: bars starting in [start, end), asked as `end` + `duration`."""
+    """One reqHistoricalData: bars starting in [start, end), asked as `end` + `duration`, or, `up_to_now`, as an
+    empty end date (TWS's "now", which `end` then is) + `duration`."""
 
     start: datetime
     end: datetime
     duration: str
+    up_to_now: bool = False
+
+    @property
+    def end_date_time(self) -> datetime | str:
+        """The request's endDateTime: empty means "now" to TWS."""
+        return "" if self.up_to_now else self.end
 
     def describe(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool) -> str:
         """The lineage string stored with every row this request produced."""
-        return (f"{symbol} {bar_size} {what_to_show} {'rth' if use_rth else 'eth'} "
-                f"end={self.end:%Y%m%d-%H:%M:%S} dur={self.duration}")
+        end = f"now({self.end:%Y%m%d-%H:%M:%S})" if self.up_to_now else f"{self.end:%Y%m%d-%H:%M:%S}"
+        return f"{symbol} {bar_size} {what_to_show} {'rth' if use_rth else 'eth'} end={end} dur={self.duration}"
 
 
 def plan_chunks(start: datetime, end: datetime, *, bar_size: str, use_rth: bool, calendar: str = "XNYS"
@@ -51,6 +69,15 @@ def plan_chunks(start: datetime, end: datetime, *, bar_size: str, use_rth: bool,
             chunks.append(Chunk(piece_end - timedelta(seconds=span), piece_end, f"{span} S"))
             lo = piece_end
     return chunks
+
+
+def plan_up_to_now(start: datetime, now: datetime) -> Chunk:
+    """One request reaching back from TWS's `now` to `start`: how IB serves a series it re-adjusts as a whole
+    (ADJUSTED_LAST takes no end date). Whole days ("N D" counts sessions, so it reaches at least as far back),
+    or whole years beyond IB's 365-day cap on "D"; the bars before `start` are dropped on arrival."""
+    days = max(1, math.ceil((now - start) / timedelta(days=1)))
+    duration = f"{days} D" if days <= DURATION_UNIT_LIMITS["D"] else f"{math.ceil(days / 365)} Y"
+    return Chunk(start, now, duration, up_to_now=True)
 
 
 def _yearly_chunks(start: datetime, end: datetime) -> list[Chunk]:

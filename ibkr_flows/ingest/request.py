@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ibkr_flows.ib.historical import BarSize, WhatToShow
+from ibkr_flows.ingest.plan import WHOLE_SERIES
 
 QualityEngine = Literal["great_expectations", "polars"]
 
@@ -60,6 +61,9 @@ class IngestRequest(BaseModel):
     def _range(self) -> Self:
         if self.start and self.start > datetime.now(UTC):
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: IB has no bars there yet")
+        if self.end and self.what_to_show in WHOLE_SERIES:
+            raise ValueError(f"{self.what_to_show} is served only up to now (IB refuses an end date for it): "
+                             "leave end empty")
         if self.start and self.end and self.start >= self.end:
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
         return self

@@ -19,7 +19,7 @@ from ibkr_flows.ingest.pacing import PacingBudget
 from ibkr_flows.ingest.plan import Chunk
 from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.quality.validate import validate_bars
-from storage.bars_table import merge_bars
+from storage.bars_table import merge_bars, replace_series
 from storage.location import TableLocation
 from storage.quarantine_table import append_quarantine
 
@@ -53,6 +53,8 @@ class FetchedBatch:
     chunks_fetched: int = 0
     chunks_empty: int = 0
     error: SymbolError | None = None
+    replaces_series: bool = False
+    """A whole-series snapshot (an up-to-now request, e.g. ADJUSTED_LAST): stored in place of the series."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class CheckedBatch:
     quarantined: pl.DataFrame
     gap_bars: int
     warnings: list[str] = field(default_factory=list)
+    replaces_series: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ async def fetch_batch(context: FetchContext, details: ContractDetails, chunks: S
     run's `end` when the chunks ran out or the series failed."""
     r = context.request
     frames: list[pl.DataFrame] = []
-    batch = FetchedBatch(details.contract.symbol, (chunks[0].start, end), pl.DataFrame())
+    batch = FetchedBatch(details.contract.symbol, (chunks[0].start, end), pl.DataFrame(),
+                         replaces_series=chunks[0].up_to_now)
     try:
         for chunk in chunks:
             bars = await fetch_chunk(context.session, context.budget, details.contract, chunk, bar_size=r.bar_size,
@@ -121,15 +125,17 @@ def check_batch(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
         clean=result.clean.join(lineage.unique("ts", keep="first"), on="ts", how="left"),
         quarantined=quarantined,
         gap_bars=int(result.gaps["missing"].sum()) if result.gaps.height else 0,
-        warnings=[f"{batch.symbol}: {w.detail}" for w in result.warnings])
+        warnings=[f"{batch.symbol}: {w.detail}" for w in result.warnings], replaces_series=batch.replaces_series)
 
 
 def store_batch(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
-    """Quarantine first, then MERGE the clean rows: a crash between the two re-fetches the batch next run, and
-    both writes are idempotent."""
+    """Quarantine first, then MERGE the clean rows (or, for a whole-series snapshot, replace the series with
+    them): a crash between the two re-fetches the batch next run, and both writes are idempotent. A snapshot with
+    no clean rows replaces nothing: an empty answer never wipes a stored series."""
     if checked.quarantined.height:
         append_quarantine(location, checked.quarantined)
-    merged = merge_bars(location, checked.clean)
+    replace = checked.replaces_series and checked.clean.height
+    merged = replace_series(location, checked.clean) if replace else merge_bars(location, checked.clean)
     last = checked.clean["ts"].max() if checked.clean.height else None
     return StoredBatch(merged.rows_inserted, merged.rows_updated, checked.quarantined.height, merged.version,
                        last)  # type: ignore[arg-type]

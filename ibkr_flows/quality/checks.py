@@ -38,7 +38,8 @@ RULE_TEXT = {
     "low_le_open_close": "low <= min(open, close)",
     "volume_non_negative": "volume, wap, bar_count >= 0 (-1 allowed for MIDPOINT, BID_ASK, BID, ASK)",
     "unique_key": f"one bar per ({', '.join(BAR_KEY)}); later copies are quarantined",
-    "aligned_ts": "ts on the bar-size grid from the session open (daily+: 00:00 UTC of a session date)",
+    "aligned_ts": "ts on IB's clock grid of the bar size (multiples from midnight New York) or at the session "
+                  "open (daily+: 00:00 UTC of a session date)",
     "in_session": "ts within the session's [open, close) for the requested hours",
     "completeness": "every bar of each session fully inside the window was received",
 }
@@ -169,13 +170,16 @@ def unique_key() -> pl.Expr:
 
 
 def aligned_ts(series: BarSeries, sessions: Sessions) -> pl.Expr:
-    """Intraday bars start on the bar-size grid counted from the session open (so 1-hour RTH bars start at :30);
-    daily and longer bars are stamped 00:00 UTC of a session date. A day that is no session is in_session's."""
+    """Intraday bars start on IB's clock grid (multiples of the bar size from midnight New York, as
+    `ib.sessions.bar_start` defines it) or at the session open, for the first, partial bar: 1-hour RTH bars start
+    09:30, 10:00, 11:00, .... Daily and longer bars are stamped 00:00 UTC of a session date. A day that is no
+    session is in_session's."""
     ts, day = pl.col("ts"), series.session_day()
     if not series.intraday:
         return _passes_on_ts((ts.dt.truncate("1d") == ts) & sessions.is_session(day))
-    offset = (ts - sessions.open_of(day)).dt.total_microseconds()
-    return _passes_on_ts(offset % (series.step // timedelta(microseconds=1)) == 0)
+    midnight = day.cast(pl.Datetime("us")).dt.replace_time_zone(NEW_YORK).dt.convert_time_zone("UTC")
+    on_grid = (ts - midnight).dt.total_microseconds() % (series.step // timedelta(microseconds=1)) == 0
+    return _passes_on_ts(on_grid | (ts == sessions.open_of(day)))
 
 
 def in_session(series: BarSeries, sessions: Sessions) -> pl.Expr:

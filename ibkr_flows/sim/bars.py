@@ -1,19 +1,22 @@
-"""Where the simulator's bars come from: a deterministic generator on the real exchange calendar, or a file.
+"""Where the simulator's bars come from: a deterministic generator on the real exchange calendar (a file of the
+user's own: `replay_bars`).
 
 Every bar size is an aggregation of one base series, exactly as IB builds its bars: generated minute bars (and,
-for sizes under a minute, second bars that aggregate back to those minutes exactly) are bucketed from the
-session's open. So a 1-hour bar equals its sixty 1-minute bars, RTH bars equal the regular-hours part of the
+for sizes under a minute, second bars that aggregate back to those minutes exactly) are bucketed on IB's clock
+grid (see `aggregate`). So a 1-hour bar equals its 1-minute bars, RTH bars equal the regular-hours part of the
 extended-hours bars, and a bar is the same whichever request window asked for it: ingestion can re-fetch any
 range and get byte-identical rows, which is what idempotency tests need.
 """
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Protocol
 
 import numpy as np
@@ -23,6 +26,7 @@ import polars as pl
 from ibkr_flows.ib.historical import WHAT_TO_SHOW, bar_step, parse_duration
 from ibkr_flows.ib.sessions import (
     exchange_calendar,
+    grid_origin,
     midnight_utc,
     session_bounds,
     sessions_before,
@@ -42,9 +46,45 @@ BAR_SCHEMA: dict[str, pl.DataType] = {
 """One bar as TWS sends it: start time, OHLC, volume, WAP and trade count (-1 where not applicable)."""
 
 HALF_SPREAD = 0.01
-TICK = 0.01
-DEFAULT_BASE_PRICES = {"AAPL": 110.0, "MSFT": 46.0, "SPY": 205.0, "QQQ": 102.0, "IBM": 160.0, "NVDA": 5.0}
-"""Roughly where each symbol traded in January 2015, where generated history starts."""
+SUB_DOLLAR_HALF_SPREAD = 0.0001
+MIN_PRICE = 0.0001
+"""US stocks tick in cents from one dollar up and in 0.0001 below (split-adjusted history of NVDA, AAPL, MSFT)."""
+ANCHORS_FILE = "price_anchors.json"
+
+
+@dataclass(frozen=True)
+class PriceAnchors:
+    """Real levels one symbol's generated path must pass through: its first trading day (the head timestamp) with
+    that day's close, and month-end closes; see `price_anchors.json` for the source."""
+
+    first_trade: date
+    first_close: float
+    month_end_closes: tuple[tuple[date, float], ...]
+    """(first day of the month, that month's last close), oldest first."""
+
+
+def load_price_anchors() -> dict[str, PriceAnchors]:
+    """The anchors shipped with the package (facts, kept as data in `price_anchors.json`)."""
+    raw = json.loads((resources.files("ibkr_flows.sim") / ANCHORS_FILE).read_text(encoding="utf-8"))
+    anchors = {}
+    for symbol, entry in raw["symbols"].items():
+        months = tuple(
+            (date(int(year), month, 1), float(close))
+            for year, closes in sorted(entry["month_end_close"].items())
+            for month, close in enumerate(closes, start=1)
+        )
+        first = entry["first_trade"]
+        anchors[symbol] = PriceAnchors(date.fromisoformat(first["date"]), float(first["close"]), months)
+    return anchors
+
+
+def round_price(prices: np.ndarray) -> np.ndarray:
+    """Prices on IB's grid for US stocks: cents from one dollar up, 0.0001 below."""
+    return np.where(prices < 1.0, np.round(prices, 4), np.round(prices, 2))
+
+
+def _round_price_expr(price: pl.Expr) -> pl.Expr:
+    return pl.when(price < 1.0).then(price.round(4)).otherwise(price.round(2))
 
 
 class InvalidBarSize(ValueError):
@@ -82,12 +122,17 @@ def request_window(end: datetime, duration: str, *, bar_size: str, use_rth: bool
 # --- aggregation shared by both sources -------------------------------------------------------------------------
 
 def aggregate(base: pl.DataFrame, bar_size: str) -> pl.DataFrame:
-    """Bucket base bars (with `day` and `anchor` columns) into `bar_size` bars aligned to the session's open."""
+    """Bucket base bars (with `day`, `anchor` (the session's open) and `origin` columns) into `bar_size` bars.
+
+    Intraday bars sit on IB's clock grid (multiples of the size from midnight New York, `sessions.grid_origin`),
+    the session's first bar starting at the open: 1-hour RTH bars are 09:30 (half an hour), 10:00, 11:00, ...
+    Daily bars are the session; weekly and monthly bars are stamped with their first session (IB's dates)."""
     step = bar_step(bar_size)
     if step < timedelta(days=1):
         step_us = step // timedelta(microseconds=1)
-        offset = (pl.col("ts") - pl.col("anchor")).dt.total_microseconds() // step_us * step_us
-        key = (pl.col("anchor") + pl.duration(microseconds=offset)).alias("bucket")
+        offset = (pl.col("ts") - pl.col("origin")).dt.total_microseconds() // step_us * step_us
+        on_grid = pl.col("origin") + pl.duration(microseconds=offset)
+        key = pl.max_horizontal(on_grid, pl.col("anchor")).alias("bucket")
     elif bar_size == "1 day":
         key = pl.col("day").alias("bucket")
     else:
@@ -117,20 +162,22 @@ def as_quotes(trades: pl.DataFrame, what_to_show: str) -> pl.DataFrame:
     """The quote bars implied by a trade series treated as the midpoint, with a fixed one-tick half spread.
 
     BID_ASK follows TWS's definition: open = average bid, high = highest ask, low = lowest bid, close = average
-    ask. Quote bars carry -1 for volume, WAP and count."""
+    ask. The half spread is a cent, or a hundredth of a cent below one dollar. Quote bars carry -1 for volume, WAP
+    and count."""
     if what_to_show in ("TRADES", "ADJUSTED_LAST"):
         return trades
     typical = (pl.col("open") + pl.col("high") + pl.col("low") + pl.col("close")) / 4
-    shifts = {"MIDPOINT": 0.0, "BID": -HALF_SPREAD, "ASK": HALF_SPREAD}
+    half = pl.when(pl.col("low") < 1.0).then(SUB_DOLLAR_HALF_SPREAD).otherwise(HALF_SPREAD)
+    shifts = {"MIDPOINT": 0.0, "BID": -1.0, "ASK": 1.0}
     if what_to_show in shifts:
-        shift = shifts[what_to_show]
-        prices = [(pl.col(c) + shift).round(2).alias(c) for c in ("open", "high", "low", "close")]
+        side = shifts[what_to_show]
+        prices = [_round_price_expr(pl.col(c) + side * half).alias(c) for c in ("open", "high", "low", "close")]
     else:
         prices = [
-            (typical - HALF_SPREAD).round(2).alias("open"),
-            (pl.col("high") + HALF_SPREAD).round(2).alias("high"),
-            (pl.col("low") - HALF_SPREAD).round(2).alias("low"),
-            (typical + HALF_SPREAD).round(2).alias("close"),
+            _round_price_expr(typical - half).alias("open"),
+            _round_price_expr(pl.col("high") + half).alias("high"),
+            _round_price_expr(pl.col("low") - half).alias("low"),
+            _round_price_expr(typical + half).alias("close"),
         ]
     missing = [pl.lit(-1.0).alias("volume"), pl.lit(-1.0).alias("wap"), pl.lit(-1, dtype=pl.Int64).alias("count")]
     return trades.with_columns(*prices, *missing)
@@ -140,21 +187,23 @@ def _utc64(instant: datetime) -> np.datetime64:
     return np.datetime64(instant.astimezone(UTC).replace(tzinfo=None), "us")
 
 
-def _check_what_to_show(what_to_show: str) -> None:
+def check_what_to_show(what_to_show: str) -> None:
     if what_to_show not in WHAT_TO_SHOW:
         raise ValueError(f"whatToShow {what_to_show!r} is not served; use one of {', '.join(WHAT_TO_SHOW)}")
 
 
-def _session_table(days: Sequence[date], use_rth: bool, calendar: str) -> pl.DataFrame:
-    """One row per session: its date and the open/close its bars are bucketed from."""
+def session_table(days: Sequence[date], use_rth: bool, calendar: str) -> pl.DataFrame:
+    """One row per session: its date, its open/close, and the origin of its bar grid."""
     bounds = [session_bounds(day, use_rth, calendar) for day in days]
+    utc = pl.Datetime("us", "UTC")
     return pl.DataFrame(
-        {"day": list(days), "anchor": [b[0] for b in bounds], "close_at": [b[1] for b in bounds]},
-        schema={"day": pl.Date(), "anchor": pl.Datetime("us", "UTC"), "close_at": pl.Datetime("us", "UTC")},
+        {"day": list(days), "anchor": [b[0] for b in bounds], "close_at": [b[1] for b in bounds],
+         "origin": [grid_origin(day) for day in days]},
+        schema={"day": pl.Date(), "anchor": utc, "close_at": utc, "origin": utc},
     )
 
 
-def _finish(base: pl.DataFrame, *, native: timedelta, bar_size: str, what_to_show: str, start: datetime,
+def finish_bars(base: pl.DataFrame, *, native: timedelta, bar_size: str, what_to_show: str, start: datetime,
             end: datetime) -> pl.DataFrame:
     """Aggregate base bars that started before `end` and keep the bars that start in [start, end)."""
     base = base.filter(pl.col("ts") < end)
@@ -168,8 +217,10 @@ def _finish(base: pl.DataFrame, *, native: timedelta, bar_size: str, what_to_sho
 # --- the generator ------------------------------------------------------------------------------------------------
 
 class SyntheticBars:
-    """Seeded random walks per symbol: a daily path from `first_date`, bridged minute by minute through each
-    session's extended hours, with an intraday U-shaped volume profile.
+    """Seeded random walks per symbol, tied to real price levels: a daily path from the symbol's first trading day
+    that passes through its real month-end closes (`price_anchors.json`; a Brownian bridge between anchors, a free
+    walk after the last), bridged minute by minute through each session's extended hours, with an intraday
+    U-shaped volume profile. Symbols without anchors start at `first_date` at a price derived from their name.
 
     Deterministic in (seed, symbol, session): the same bar comes back whatever window asked for it."""
 
@@ -178,54 +229,92 @@ class SyntheticBars:
     EXTENDED_VOLUME_FACTOR = 0.03
 
     def __init__(self, seed: int = 7, calendar_name: str = "XNYS", first_date: date = date(2015, 1, 2),
-                 base_prices: dict[str, float] | None = None) -> None:
+                 anchors: dict[str, PriceAnchors] | None = None) -> None:
         self.seed = seed
         self.calendar_name = calendar_name
         self.first_date = first_date
-        self.base_prices = {**DEFAULT_BASE_PRICES, **(base_prices or {})}
+        self.anchors = load_price_anchors() if anchors is None else anchors
         cal = exchange_calendar(calendar_name)
-        self._days = [label.date() for label in cal.sessions_in_range(pd.Timestamp(first_date), cal.last_session)]
+        self._days = [label.date() for label in cal.sessions]
+        self._day_array = np.array(self._days, dtype="datetime64[D]")
         self._index = {day: i for i, day in enumerate(self._days)}
         self._daily_closes = lru_cache(maxsize=64)(self._generate_daily_closes)
         self._minutes = lru_cache(maxsize=512)(self._generate_minutes)
         self._seconds = lru_cache(maxsize=16)(self._generate_seconds)
 
+    def first_session(self, symbol: str) -> date:
+        """The symbol's first session: its first trading day on record, else the first session from `first_date`."""
+        anchors = self.anchors.get(symbol)
+        first = anchors.first_trade if anchors else self.first_date
+        return self._days[self._first_index(first)]
+
     def head_timestamp(self, symbol: str, what_to_show: str, use_rth: bool) -> datetime:
-        _check_what_to_show(what_to_show)
-        return session_bounds(self._days[0], use_rth, self.calendar_name)[0]
+        check_what_to_show(what_to_show)
+        return session_bounds(self.first_session(symbol), use_rth, self.calendar_name)[0]
 
     def bars(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
              end: datetime) -> pl.DataFrame:
-        _check_what_to_show(what_to_show)
+        check_what_to_show(what_to_show)
         step = bar_step(bar_size)
-        lo = max(start, datetime.combine(self.first_date, datetime.min.time(), tzinfo=UTC))
+        first = self.first_session(symbol)
+        lo = max(start, midnight_utc(first))
         if step >= timedelta(days=1):  # a dated bar may start before `start`'s session: take its whole bucket
             lo -= timedelta(days=31 if step > timedelta(days=1) else 1)
-        days = [d for d in sessions_between(lo, end, self.calendar_name) if d in self._index]
+        days = [d for d in sessions_between(lo, end, self.calendar_name) if d >= first]
         if not days:
             return pl.DataFrame(schema=BAR_SCHEMA)
         native = timedelta(seconds=1) if step < timedelta(minutes=1) else timedelta(minutes=1)
-        base = self._base(symbol, days, native).join(_session_table(days, use_rth, self.calendar_name), on="day")
+        base = self._base(symbol, days, native).join(session_table(days, use_rth, self.calendar_name), on="day")
         if use_rth:
             base = base.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
-        return _finish(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start, end=end)
+        return finish_bars(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start, end=end)
 
     # Generation. Arrays are per session; polars frames are built once per request.
 
     def _rng(self, symbol: str, *parts: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, zlib.crc32(symbol.encode()), *parts])
 
-    def _base_price(self, symbol: str) -> float:
-        return self.base_prices.get(symbol, 20.0 + zlib.crc32(symbol.encode()) % 480)
+    def _first_index(self, day: date) -> int:
+        """The index of the first session on or after `day`."""
+        return int(np.searchsorted(self._day_array, np.datetime64(day, "D")))
+
+    def _last_index(self, day: date) -> int:
+        """The index of the last session on or before `day`."""
+        return self._first_index(day + timedelta(days=1)) - 1
+
+    def _anchor_points(self, symbol: str) -> tuple[np.ndarray, np.ndarray]:
+        """Session indices and log prices the daily path must pass through, starting with the first session."""
+        anchors = self.anchors.get(symbol)
+        if anchors is None:
+            return np.array([self._first_index(self.first_date)]), np.log([20.0 + zlib.crc32(symbol.encode()) % 480])
+        points = [(self._first_index(anchors.first_trade), anchors.first_close)]
+        for month, close in anchors.month_end_closes:
+            month_end = (month + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+            index = self._last_index(month_end)
+            if month_end <= self._days[-1] and index > points[-1][0]:
+                points.append((index, close))
+        return np.array([i for i, _ in points]), np.log(round_price(np.array([c for _, c in points])))
 
     def _generate_daily_closes(self, symbol: str) -> np.ndarray:
-        returns = self._rng(symbol, 0).normal(0.0003, self.DAILY_VOL, len(self._days))
-        return np.round(self._base_price(symbol) * np.exp(np.cumsum(returns)), 2)
+        """Closes for every calendar session (NaN before the first): a random walk bridged through the anchors.
+
+        Between two anchors the path is the anchors' log-linear line plus the walk minus the walk's own line
+        between them (a Brownian bridge), so it hits each anchor exactly; after the last anchor np.interp holds
+        the line flat and the walk runs free."""
+        positions, log_prices = self._anchor_points(symbol)
+        first = int(positions[0])
+        index = np.arange(first, len(self._days))
+        walk = np.cumsum(self._rng(symbol, 0).normal(0.0, self.DAILY_VOL, len(index)))
+        walk_at_anchors = walk[positions - first]
+        log_path = np.interp(index, positions, log_prices) + walk - np.interp(index, positions, walk_at_anchors)
+        closes = np.full(len(self._days), np.nan)
+        closes[first:] = round_price(np.exp(log_path))
+        return closes
 
     def _generate_minutes(self, symbol: str, day: date) -> dict[str, np.ndarray]:
         i = self._index[day]
         closes_by_day = self._daily_closes(symbol)
-        prev_close = closes_by_day[i - 1] if i else self._base_price(symbol)
+        prev_close = closes_by_day[i - 1] if i and not np.isnan(closes_by_day[i - 1]) else closes_by_day[i]
         eth_open, eth_close = session_bounds(day, False, self.calendar_name)
         rth_open, rth_close = session_bounds(day, True, self.calendar_name)
         n = int((eth_close - eth_open) / timedelta(minutes=1))
@@ -234,14 +323,18 @@ class SyntheticBars:
         rng = self._rng(symbol, 1, i)
         sigma = np.where(rth, 1.0, self.EXTENDED_VOL_FACTOR) * self.DAILY_VOL / np.sqrt(390)
         walk = np.cumsum(rng.standard_normal(n) * sigma)
-        frac = np.arange(1, n + 1) / n
-        log_path = np.log(prev_close) + frac * (np.log(closes_by_day[i]) - np.log(prev_close)) + walk - frac * walk[-1]
-        close = np.round(np.exp(log_path), 2)
+        # bridged from the previous close to this session's close at its last regular minute (the daily bar's
+        # close, which the anchors fix), then free through the evening session
+        last_rth = int(np.flatnonzero(rth)[-1]) if rth.any() else n - 1
+        frac = np.minimum(np.arange(1, n + 1) / (last_rth + 1), 1.0)
+        log_path = (np.log(prev_close) + frac * (np.log(closes_by_day[i]) - np.log(prev_close))
+                    + walk - frac * walk[last_rth])
+        close = round_price(np.exp(log_path))
         open_ = np.concatenate(([prev_close], close[:-1]))
         wick = np.abs(rng.standard_normal((2, n))) * sigma * close
-        high = np.maximum(np.round(np.maximum(open_, close) + wick[0], 2), np.maximum(open_, close))
-        low = np.minimum(np.round(np.minimum(open_, close) - wick[1], 2), np.minimum(open_, close))
-        low = np.maximum(low, TICK)
+        high = np.maximum(round_price(np.maximum(open_, close) + wick[0]), np.maximum(open_, close))
+        low = np.minimum(round_price(np.minimum(open_, close) - wick[1]), np.minimum(open_, close))
+        low = np.maximum(low, MIN_PRICE)
         position = np.clip((ts - ts[rth].min()) / (ts[rth].max() - ts[rth].min()), 0, 1) if rth.any() else 0.5
         profile = np.where(rth, 1.0 + 2.0 * (2 * position - 1) ** 2, self.EXTENDED_VOLUME_FACTOR)
         base_volume = 20_000 + zlib.crc32(symbol.encode()) % 180_000
@@ -261,7 +354,7 @@ class SyntheticBars:
         bridge = walk - k * walk[:, -1:]
         scale = ((m["high"] - m["low"]) / 4)[:, None]
         path = m["open"][:, None] + (m["close"] - m["open"])[:, None] * k + scale * bridge
-        path = np.clip(np.round(path, 2), m["low"][:, None], m["high"][:, None])
+        path = np.clip(round_price(path), m["low"][:, None], m["high"][:, None])
         interior = path[:, 1:60]
         rows = np.arange(n)
         hi_at = np.argmax(interior, axis=1)
@@ -289,103 +382,3 @@ class SyntheticBars:
         columns = {name: np.concatenate([p[name] for p in parts]) for name in BAR_SCHEMA}
         columns["day"] = np.repeat(np.array(days, dtype="datetime64[D]"), [len(p["ts"]) for p in parts])
         return pl.DataFrame(columns).with_columns(pl.col("ts").dt.replace_time_zone("UTC"), pl.col("day").cast(pl.Date))
-
-
-# --- replay -------------------------------------------------------------------------------------------------------
-
-TIME_COLUMNS = ("ts", "date", "datetime", "timestamp", "time")
-
-
-class ReplayBars:
-    """Bars from a CSV or Parquet file: `ts` (or date/datetime/timestamp/time), open, high, low, close, volume,
-    optionally wap, count and symbol (without it, every symbol gets the file's bars).
-
-    Naive times are read as UTC; date-only rows are daily bars. The file's own bar size is the finest served;
-    larger sizes are aggregated from the session's open as TWS does."""
-
-    def __init__(self, path: Path | str, calendar_name: str = "XNYS") -> None:
-        self.path = Path(path)
-        self.calendar_name = calendar_name
-        self.frame = self._load(self.path)
-        gaps = self.frame.group_by("symbol").agg(pl.col("ts").sort().diff().min().alias("gap"))["gap"].drop_nulls()
-        self.native = gaps.min() if len(gaps) else timedelta(days=1)  # type: ignore[assignment]
-        if self.daily:
-            self.native = timedelta(days=1)
-
-    @staticmethod
-    def _load(path: Path) -> pl.DataFrame:
-        if path.suffix.lower() == ".parquet":
-            raw = pl.read_parquet(path)
-        elif path.suffix.lower() == ".csv":
-            raw = pl.read_csv(path, try_parse_dates=True)
-        else:
-            raise ValueError(f"{path}: replay files must be .csv or .parquet")
-        columns = {c.lower(): c for c in raw.columns}
-        time_column = next((columns[c] for c in TIME_COLUMNS if c in columns), None)
-        missing = [c for c in ("open", "high", "low", "close", "volume") if c not in columns]
-        if time_column is None or missing:
-            raise ValueError(f"{path}: needs a time column ({'/'.join(TIME_COLUMNS)}) and "
-                             f"open/high/low/close/volume; missing {missing or ['time']}")
-        frame = raw.rename({v: k for k, v in columns.items()}).rename({time_column.lower(): "ts"})
-        ts = frame["ts"]
-        daily = ts.dtype == pl.Date()
-        if daily:
-            ts = ts.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-        elif isinstance(ts.dtype, pl.Datetime):
-            ts = ts.dt.cast_time_unit("us")
-            ts = ts.dt.replace_time_zone("UTC") if ts.dtype.time_zone is None else ts.dt.convert_time_zone("UTC")
-        else:
-            raise ValueError(f"{path}: column {time_column!r} is not a date or datetime")
-        frame = frame.with_columns(
-            ts.alias("ts"),
-            (pl.col("symbol").cast(pl.String) if "symbol" in frame.columns
-             else pl.lit(None, pl.String)).alias("symbol"),
-            (pl.col("wap") if "wap" in frame.columns
-             else ((pl.col("high") + pl.col("low") + pl.col("close")) / 3).round(4)).cast(pl.Float64).alias("wap"),
-            (pl.col("count") if "count" in frame.columns else pl.lit(-1)).cast(pl.Int64).alias("count"),
-            *[pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "volume")],
-        )
-        frame = frame.with_columns(pl.lit(daily).alias("daily"))
-        return frame.select("symbol", *BAR_SCHEMA, "daily").sort("symbol", "ts")
-
-    @property
-    def daily(self) -> bool:
-        return bool(self.frame["daily"].any())
-
-    def _rows(self, symbol: str) -> pl.DataFrame:
-        if self.frame["symbol"].is_null().all():
-            return self.frame
-        return self.frame.filter(pl.col("symbol") == symbol)
-
-    def head_timestamp(self, symbol: str, what_to_show: str, use_rth: bool) -> datetime:
-        _check_what_to_show(what_to_show)
-        rows = self._rows(symbol)
-        if rows.is_empty():
-            raise ValueError(f"replay file {self.path.name} has no bars for {symbol}")
-        return rows["ts"].min()  # type: ignore[return-value]
-
-    def bars(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
-             end: datetime) -> pl.DataFrame:
-        _check_what_to_show(what_to_show)
-        step = bar_step(bar_size)
-        if step < self.native:
-            raise InvalidBarSize(f"replay file {self.path.name} holds {self.native} bars; cannot serve {bar_size}")
-        rows = self._rows(symbol)
-        if self.daily:
-            rows = rows.with_columns(pl.col("ts").dt.date().alias("day"))
-        else:
-            rows = rows.with_columns(pl.col("ts").dt.convert_time_zone("America/New_York").dt.date().alias("day"))
-        days = sorted(set(rows["day"].to_list()) & set(self._session_days(rows)))
-        rows = rows.join(_session_table(days, use_rth, self.calendar_name), on="day")
-        if use_rth and not self.daily:
-            rows = rows.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
-        return _finish(rows, native=self.native, bar_size=bar_size, what_to_show=what_to_show, start=start,
-                       end=end)
-
-    def _session_days(self, rows: pl.DataFrame) -> list[date]:
-        if rows.is_empty():
-            return []
-        cal = exchange_calendar(self.calendar_name)
-        labels = cal.sessions_in_range(pd.Timestamp(rows["day"].min()), pd.Timestamp(rows["day"].max()))
-        return [label.date() for label in labels]
-

@@ -65,7 +65,8 @@ class Faults:
     pacing_all_bar_sizes: bool = False
     """IB enforces the hard limits only for bars of 30 secs or less; True applies them to every bar size."""
     time_scale: float = 1.0
-    """Multiplies IB's pacing windows (15 s, 2 s, 10 min) so tests can run a 10-minute window in seconds."""
+    """Multiplies IB's pacing windows (15 s, 2 s, 10 min) and the keepUpToDate update period (5 s), so tests can
+    run a 10-minute window in seconds."""
     bad_bars: dict[BadBarKind, int] = field(default_factory=dict)
     """Corrupt every Nth bar of each historical reply with the given kind (N >= 1)."""
 

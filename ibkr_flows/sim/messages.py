@@ -1,4 +1,5 @@
-"""Server -> client messages at server version 178, built as field lists for `ib.wire.encode_frame`.
+"""Server -> client messages in their server-version-178 shape, built as field lists for `ib.wire.encode_frame`
+(`versions.for_version` reshapes the few that differ for a client that negotiated an older version).
 
 Texts are the ones real TWS sends, so code that matches on them (ib_async's logs, the doctor, users' own
 handlers) behaves the same against the simulator. Codes and the texts that tell 162's cases apart come from
@@ -6,6 +7,8 @@ handlers) behaves the same against the simulator. Codes and the texts that tell 
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from ibkr_flows.ib.codes import (
     HMDS_PREFIX,
@@ -16,6 +19,7 @@ from ibkr_flows.ib.codes import (
     ErrorCode,
 )
 from ibkr_flows.ib.message_ids import ServerMessage
+from ibkr_flows.sim.universe import Instrument
 
 NO_REQUEST = -1
 
@@ -41,6 +45,8 @@ FARM_OK: tuple[TWSError, ...] = (
     (ErrorCode.SECDEF_FARM_OK, "Sec-def data farm connection is OK:secdefnj"),
 )
 FARM_HMDS_BROKEN: TWSError = (ErrorCode.HMDS_FARM_BROKEN, "HMDS data farm connection is broken:ushmds")
+DELAYED_DATA_DISPLAYED: TWSError = (
+    ErrorCode.DELAYED_DATA_DISPLAYED, "Requested market data is not subscribed. Displaying delayed market data.")
 ORDER_REJECTED: TWSError = (
     ErrorCode.ORDER_REJECTED,
     "Order rejected - reason:This simulator serves market data only and never executes orders.")
@@ -87,3 +93,82 @@ def invalid_end_date(value: str) -> TWSError:
 
 def time_length_exceeded() -> TWSError:
     return ErrorCode.HISTORICAL_DATA_SERVICE, HMDS_PREFIX + TIME_LENGTH_TEXT
+
+
+def unreadable_request(message_id: int | str, cause: str) -> TWSError:
+    """320: TWS could not parse a request's fields; it answers and keeps reading the next frame."""
+    return (ErrorCode.REQUEST_UNREADABLE,
+            f"Error reading request. Message id {message_id}. Unable to parse data. {cause}")
+
+
+def unknown_message_id(message_id: str) -> TWSError:
+    """320 for a message id the protocol does not have (a garbled or foreign stream)."""
+    return ErrorCode.REQUEST_UNREADABLE, f"Error reading request. Unknown message id {message_id!r}."
+
+
+def market_data_not_subscribed(symbol: str, primary_exchange: str, trading_class: str) -> TWSError:
+    """354: live data requested (market data type 1 or 2) without a subscription; delayed data would be there."""
+    return (
+        ErrorCode.MARKET_DATA_NOT_SUBSCRIBED,
+        f"Requested market data is not subscribed.Delayed market data is available.{symbol} "
+        f"{primary_exchange}.{trading_class or symbol}/TOP/ALL",
+    )
+
+
+def realtime_no_permissions(primary_exchange: str) -> TWSError:
+    """420: real-time bars need a live subscription; they have no delayed form."""
+    return ErrorCode.REALTIME_QUERY_INVALID, f"Invalid Real-time Query:{NO_PERMISSIONS_TEXT} for {primary_exchange} STK"
+
+
+# -- market data ---------------------------------------------------------------------------------------------------
+
+TICK_VERSION = 6
+"""The version field TICK_PRICE, TICK_SIZE and TICK_STRING still carry at 178."""
+
+
+def tick_price(req_id: int, tick_type: int, price: float, size: float | str = "", attr_mask: int = 0) -> list[object]:
+    """TICK_PRICE; bid/ask/last (live or delayed) carry their size too, which clients report as a size tick."""
+    return [ServerMessage.TICK_PRICE, TICK_VERSION, req_id, tick_type, price, size, attr_mask]
+
+
+def tick_size(req_id: int, tick_type: int, size: float) -> list[object]:
+    return [ServerMessage.TICK_SIZE, TICK_VERSION, req_id, tick_type, size]
+
+
+def tick_string(req_id: int, tick_type: int, value: str) -> list[object]:
+    return [ServerMessage.TICK_STRING, TICK_VERSION, req_id, tick_type, value]
+
+
+def market_data_type(req_id: int, data_type: int) -> list[object]:
+    """MARKET_DATA_TYPE: which kind of data (1 live, 2 frozen, 3 delayed, 4 delayed frozen) the ticks are."""
+    return [ServerMessage.MARKET_DATA_TYPE, 1, req_id, data_type]
+
+
+def tick_req_params(req_id: int, min_tick: float, bbo_exchange: str, snapshot_permissions: int) -> list[object]:
+    """TICK_REQ_PARAMS, TWS's first answer to every reqMktData."""
+    return [ServerMessage.TICK_REQ_PARAMS, req_id, min_tick, bbo_exchange, snapshot_permissions]
+
+
+def tick_snapshot_end(req_id: int) -> list[object]:
+    return [ServerMessage.TICK_SNAPSHOT_END, 1, req_id]
+
+
+# -- contracts and account -------------------------------------------------------------------------------------------
+
+
+STOCK_DERIVATIVES = ("CFD", "OPT", "IOPT", "WAR", "BAG")
+"""The derivative sec types TWS lists for a US stock in a symbol search."""
+
+
+def symbol_samples(req_id: int, matches: Sequence[Instrument]) -> list[object]:
+    """SYMBOL_SAMPLES at 178: per match conId, symbol, secType, primaryExchange, currency, the derivative sec types
+    (count, then each), description and issuerId."""
+    fields: list[object] = [ServerMessage.SYMBOL_SAMPLES, req_id, len(matches)]
+    for inst in matches:
+        fields += [inst.con_id, inst.symbol, inst.sec_type, inst.primary_exchange, inst.currency,
+                   len(STOCK_DERIVATIVES), *STOCK_DERIVATIVES, inst.long_name, ""]
+    return fields
+
+
+def account_summary(req_id: int, account: str, tag: str, value: str, currency: str) -> list[object]:
+    return [ServerMessage.ACCOUNT_SUMMARY, 1, req_id, account, tag, value, currency]

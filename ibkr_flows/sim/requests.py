@@ -14,12 +14,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 @dataclass(frozen=True)
 class ContractRef:
+    """A contract as a request describes it: every field the client may set (empty / 0 = not set)."""
+
     con_id: int
     symbol: str
     sec_type: str
+    last_trade_date: str
+    strike: float
+    right: str
+    multiplier: str
     exchange: str
     primary_exchange: str
     currency: str
+    local_symbol: str
+    trading_class: str
 
     @classmethod
     def from_fields(cls, fields: list[str]) -> ContractRef:
@@ -29,9 +37,15 @@ class ContractRef:
             con_id=int(fields[0] or 0),
             symbol=fields[1],
             sec_type=fields[2],
+            last_trade_date=fields[3],
+            strike=float(fields[4] or 0),
+            right=fields[5],
+            multiplier=fields[6],
             exchange=fields[7],
             primary_exchange=fields[8],
             currency=fields[9],
+            local_symbol=fields[10],
+            trading_class=fields[11],
         )
 
 

@@ -1,4 +1,4 @@
-"""The TWS simulator: a loopback asyncio server speaking the TWS API (server version 178).
+"""The TWS simulator: a loopback asyncio server speaking the TWS API (server versions 124..178, see `versions`).
 
 It is meant to be indistinguishable from a real TWS / IB Gateway for the unmodified `ib_async` client, for the
 requests this project makes (connect, contract details, head timestamp, historical bars), and to reproduce each
@@ -32,6 +32,10 @@ from ibkr_flows.sim.universe import Universe
 
 log = logging.getLogger("ibkr.sim")
 
+HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a new connection has to send its greeting and startApi before it is dropped: TWS does not hold a
+socket open for a client that connected and said nothing."""
+
 
 class TWSSimulator:
     """One simulated TWS/Gateway. Create, `await start()`, point clients at `port`, `await stop()`."""
@@ -47,6 +51,7 @@ class TWSSimulator:
         accounts: Iterable[str] = ("DU1234567",),
         tws_timezone: str = "America/New_York",
         clock: Callable[[], datetime] | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -57,6 +62,7 @@ class TWSSimulator:
         self.accounts = list(accounts)
         self.tws_zone = ZoneInfo(tws_timezone)
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.handshake_timeout = handshake_timeout
         self.counters = Counters()
         self.pacing = PacingMonitor(time_scale=self.faults.time_scale)
         self._server: asyncio.Server | None = None

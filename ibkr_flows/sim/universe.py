@@ -1,12 +1,25 @@
 """The instruments the simulator knows, and their CONTRACT_DATA encoding at server version 178.
 
 Real conIds and listing data are used for the common names so that code which caches conIds against a real TWS
-keeps working when pointed at the simulator.
+keeps working when pointed at the simulator. A request's contract must agree with an instrument on every field it
+sets, as TWS requires: `Future('AAPL', exchange='CME')` or `Stock('AAPL', 'IBIS', 'EUR')` is no instrument (200).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
+
+from ibkr_flows.ib.sessions import session_hours_text
+from ibkr_flows.sim.requests import ContractRef
+
+ROUTABLE_EXCHANGES: tuple[str, ...] = (
+    "SMART", "AMEX", "NYSE", "CBOE", "PHLX", "ISE", "CHX", "ARCA", "ISLAND", "DRCTEDGE", "BEX", "BATS", "EDGEA",
+    "BYX", "IEX", "EDGX", "FOXRIVER", "PEARL", "NYSENAT", "LTSE", "MEMX", "IBEOS", "OVERNIGHT", "TPLUS0", "PSX",
+)
+"""The venues TWS lists in validExchanges for a US stock (SMART routes to any of them)."""
+HOURS_DAYS = 7
+"""How many calendar days of sessions TWS puts in tradingHours / liquidHours, starting today."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,33 @@ class Instrument:
     def market_name(self) -> str:
         return self.trading_class or self.symbol
 
+    @property
+    def valid_exchanges(self) -> tuple[str, ...]:
+        """Where the instrument can be asked for: SMART, every routable venue and its listing exchange."""
+        extra = () if self.primary_exchange in ROUTABLE_EXCHANGES else (self.primary_exchange,)
+        return ROUTABLE_EXCHANGES + extra
+
+    def matches(self, ref: ContractRef) -> bool:
+        """Whether a request's contract names this instrument: each field it sets (non-empty, non-zero) must
+        agree, and the exchange must be one the instrument trades on. A stock has no expiry, strike, right or
+        multiplier, so a request setting any of them names something else."""
+        wanted = (
+            (ref.con_id, self.con_id),
+            (ref.symbol.upper(), self.symbol),
+            (ref.sec_type.upper(), self.sec_type),
+            (ref.currency.upper(), self.currency),
+            (ref.primary_exchange.upper(), self.primary_exchange),
+            (ref.local_symbol.upper(), self.local_symbol),
+            (ref.trading_class.upper(), self.trading_class),
+            (ref.last_trade_date, ""),
+            (ref.strike, 0.0),
+            (ref.right, ""),
+            (ref.multiplier, ""),
+        )
+        if any(given and given != own for given, own in wanted):
+            return False
+        return not ref.exchange or ref.exchange.upper() in self.valid_exchanges
+
 
 DEFAULT_UNIVERSE: tuple[Instrument, ...] = (
     Instrument("AAPL", 265598, "NASDAQ", "APPLE INC", "US0378331005", trading_class="NMS"),
@@ -47,39 +87,36 @@ DEFAULT_UNIVERSE: tuple[Instrument, ...] = (
 
 @dataclass
 class Universe:
-    """Symbol lookup as TWS does it for `secType=STK, exchange=SMART, currency=USD` requests."""
+    """The instruments TWS knows, looked up as TWS does: by every field a request's contract sets."""
 
     instruments: dict[str, Instrument] = field(
         default_factory=lambda: {i.symbol: i for i in DEFAULT_UNIVERSE}
     )
 
-    def resolve(self, symbol: str, con_id: int = 0) -> Instrument | None:
-        if con_id:
-            return next((i for i in self.instruments.values() if i.con_id == con_id), None)
-        return self.instruments.get(symbol.upper())
+    def resolve(self, ref: ContractRef) -> Instrument | None:
+        """The instrument `ref` names, or None (TWS: 200 'No security definition has been found')."""
+        return next((i for i in self.instruments.values() if i.matches(ref)), None)
 
     def add(self, instrument: Instrument) -> None:
         self.instruments[instrument.symbol] = instrument
 
 
-_LIQUID_HOURS = "20250115:0930-20250115:1600;20250116:0930-20250116:1600"
-_TRADING_HOURS = "20250115:0400-20250115:2000;20250116:0400-20250116:2000"
-
-
-def contract_data_fields(req_id: int, inst: Instrument) -> list[object]:
+def contract_data_fields(req_id: int, inst: Instrument, exchange: str, today: date) -> list[object]:
     """CONTRACT_DATA (10) at server version >= 164: no version field; 40 + 2 x secIdCount fields.
 
-    ib_async's decoder throws on a missing trailing field and the request then never completes, so every field
-    is present even when empty.
+    `exchange` is the one the request named (TWS echoes it; SMART when none), `today` the exchange-local date the
+    trading and liquid hours start from. ib_async's decoder throws on a missing trailing field and the request
+    then never completes, so every field is present even when empty.
     """
     sec_ids = [("ISIN", inst.isin)] if inst.isin else []
     fields: list[object] = [
-        10, req_id, inst.symbol, inst.sec_type, "", 0.0, "", inst.exchange, inst.currency, inst.local_symbol,
-        inst.market_name, inst.trading_class, inst.con_id, inst.min_tick, "",
+        10, req_id, inst.symbol, inst.sec_type, "", 0.0, "", exchange or inst.exchange, inst.currency,
+        inst.local_symbol, inst.market_name, inst.trading_class, inst.con_id, inst.min_tick, "",
         "ACTIVETIM,AD,ADJUST,ALERT,ALLOC,LMT,MKT,STP,TRAIL",  # orderTypes
-        f"SMART,{inst.primary_exchange},ARCA,BATS,IEX",  # validExchanges
+        ",".join(inst.valid_exchanges),
         1, 0, inst.long_name, inst.primary_exchange, "", "Technology", "Computers", "Computers",
-        inst.time_zone_id, _TRADING_HOURS, _LIQUID_HOURS, "", "", len(sec_ids),
+        inst.time_zone_id, session_hours_text(today, HOURS_DAYS, use_rth=False),
+        session_hours_text(today, HOURS_DAYS, use_rth=True), "", "", len(sec_ids),
     ]
     for tag, value in sec_ids:
         fields += [tag, value]

@@ -1,21 +1,33 @@
-"""reqHeadTimeStamp and reqHistoricalData (and their cancels): pacing, refusals, then bars from the `BarSource`.
+"""reqHeadTimeStamp and reqHistoricalData (and their cancels): pacing, refusals, then bars from the `BarSource`,
+and for keepUpToDate the updates of the bar being built until the client cancels.
 
 Every refusal carries the code and text TWS uses for it (321, 162, 200, 10314); a broken HMDS farm or lost IB
 connectivity leaves requests unanswered, as with the real TWS. Both requests count against IB's pacing rules,
-which one simulator applies across all its clients.
+which one simulator applies across all its clients. The rules themselves (duration per bar size, how far back
+small bars go, which whatToShow / endDateTime / keepUpToDate combinations exist) are read from `ib.historical`,
+the table the ingestion plans by.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from ibkr_flows.ib.historical import BAR_SIZES, SMALL_BAR_MAX, InvalidDuration
+from ibkr_flows.ib.historical import (
+    BAR_SIZES,
+    SMALL_BAR_MAX,
+    InvalidDuration,
+    duration_exceeds_max,
+    oldest_available,
+    request_conflict,
+)
 from ibkr_flows.ib.message_ids import ServerMessage
+from ibkr_flows.ib.sessions import bar_start, session_bounds, sessions_before
 from ibkr_flows.sim import messages as msg
 from ibkr_flows.sim.bad_bars import inject_bad_bars
 from ibkr_flows.sim.bars import InvalidBarSize, request_window
@@ -35,9 +47,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ibkr.sim")
 
-MAX_BARS_PER_REPLY = 100_000
-"""TWS refuses requests far beyond its duration steps with 'Time length exceed max.'; this is the simulator's
-equivalent ceiling, generous enough for every duration/bar-size pair IB documents."""
+LIVE_UPDATE_SECONDS = 5.0
+"""How often a keepUpToDate subscription gets the bar being built (IB does not document the period; updates are
+seen every few seconds). `Faults.time_scale` shrinks it for tests."""
+DATED_LOOKBACK = timedelta(days=40)
+"""How far back the current daily, weekly or monthly bar can start."""
 
 
 def head_timestamp(session: Session, fields: list[str]) -> None:
@@ -48,7 +62,7 @@ def head_timestamp(session: Session, fields: list[str]) -> None:
         return
 
     async def work() -> None:
-        inst = resolve(session, req.req_id, req.contract.symbol, req.contract.con_id)
+        inst = resolve(session, req.req_id, req.contract)
         if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show):
             return
         ts = session.sim.bar_source.head_timestamp(inst.symbol, req.what_to_show, req.use_rth)
@@ -115,35 +129,80 @@ def _refuse_data(session: Session, req_id: int, inst: Instrument, what_to_show: 
 
 async def _answer_historical(session: Session, req: HistoricalRequest) -> None:
     sim = session.sim
-    inst = resolve(session, req.req_id, req.contract.symbol, req.contract.con_id)
+    inst = resolve(session, req.req_id, req.contract)
     if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show):
         return
-    if req.what_to_show == "ADJUSTED_LAST" and req.end.strip():
-        session.send(msg.error(req.req_id, msg.invalid_request("End date not supported with adjusted last")))
+    conflict = request_conflict(req.what_to_show, req.end, req.keep_up_to_date)
+    if conflict is not None:
+        session.send(msg.error(req.req_id, msg.invalid_request(conflict)))
         return
+    now = sim.clock()
     try:
-        end = parse_end_datetime(req.end, sim.tws_zone, sim.clock())
+        end = parse_end_datetime(req.end, sim.tws_zone, now)
     except ValueError:
         session.send(msg.error(req.req_id, msg.invalid_end_date(req.end)))
         return
     try:
+        too_long = duration_exceeds_max(req.duration, req.bar_size)
         start, end = request_window(end, req.duration, bar_size=req.bar_size, use_rth=req.use_rth)
     except InvalidDuration as exc:
         session.send(msg.error(req.req_id, msg.invalid_request(f"Invalid duration string: {exc}")))
         return
+    if too_long:
+        session.send(msg.error(req.req_id, msg.time_length_exceeded()))
+        return
+    oldest = oldest_available(req.bar_size, now)
     try:
-        bars = sim.bar_source.bars(inst.symbol, req.bar_size, req.what_to_show, req.use_rth, start, end)
+        bars = sim.bar_source.bars(inst.symbol, req.bar_size, req.what_to_show, req.use_rth,
+                                   max(start, oldest) if oldest else start, end)
     except (InvalidBarSize, ValueError) as exc:
         session.send(msg.error(req.req_id, msg.invalid_request(str(exc))))
-        return
-    if bars.height > MAX_BARS_PER_REPLY:
-        session.send(msg.error(req.req_id, msg.time_length_exceeded()))
         return
     if bars.is_empty():
         session.send(msg.error(req.req_id, msg.no_data(inst.symbol, inst.exchange, req.what_to_show)))
         return
     bars = inject_bad_bars(inst.symbol, req, bars, sim.faults.bad_bars, sim.counters.injected_bad_bars)
     session.send(_historical_fields(req, start, end, bars, sim.tws_zone))
+    if req.keep_up_to_date:
+        await _stream_updates(session, req, inst.symbol)
+
+
+async def _stream_updates(session: Session, req: HistoricalRequest, symbol: str) -> None:
+    """keepUpToDate: the bar being built now, every `LIVE_UPDATE_SECONDS`, until cancelHistoricalData (which
+    cancels this task) or the connection ends. The clock is the simulator's, so a test clock can move fast."""
+    sim = session.sim
+    while True:
+        await asyncio.sleep(LIVE_UPDATE_SECONDS * sim.faults.time_scale)
+        bar = _current_bar(session, req, symbol)
+        if bar is not None:
+            session.send(_update_fields(req, bar, sim.tws_zone))
+
+
+def _current_bar(session: Session, req: HistoricalRequest, symbol: str) -> dict[str, Any] | None:
+    """The latest bar at the simulator's now: the one being built in a session, else the last one of the last
+    session (what a chart shows after the close)."""
+    sim = session.sim
+    now = sim.clock()
+    step = BAR_SIZES[req.bar_size]
+    if step >= timedelta(days=1):
+        start = now - DATED_LOOKBACK
+    else:
+        days = sessions_before(now, 1, req.use_rth)
+        if not days:
+            return None
+        close = session_bounds(days[-1], req.use_rth)[1]
+        start = bar_start(min(now, close) - timedelta(microseconds=1), step, req.use_rth)
+    bars = sim.bar_source.bars(symbol, req.bar_size, req.what_to_show, req.use_rth, start, now)
+    return bars.row(-1, named=True) if bars.height else None
+
+
+def _update_fields(req: HistoricalRequest, bar: dict[str, Any], zone: ZoneInfo) -> list[object]:
+    """The keepUpToDate update `90, reqId, barCount, date, open, close, high, low, WAP, volume`: note the order
+    TWS uses here (open, close, high, low)."""
+    daily = BAR_SIZES[req.bar_size] >= timedelta(days=1)
+    return [int(ServerMessage.HISTORICAL_DATA_UPDATE), req.req_id, bar["count"],
+            format_bar_time(bar["ts"], daily, req.format_date, zone),
+            bar["open"], bar["close"], bar["high"], bar["low"], bar["wap"], bar["volume"]]
 
 
 def _historical_fields(req: HistoricalRequest, start: datetime, end: datetime, bars: pl.DataFrame,
