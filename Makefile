@@ -14,13 +14,22 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_SERVER_LOGGING_LEVEL := CRITICAL
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 demo: .venv/.synced
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} .venv/bin/ibkr demo
 
-test: .venv/.synced
+test: .venv/.synced browser
 	.venv/bin/pytest
+
+# The browser tests (tests/test_artifacts_browser.py) open the Prefect UI in Debian's headless Chromium through its
+# chromedriver. Installed here when missing (as root, or through sudo); nothing to do once both are there.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	$$sudo apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 lint: .venv/.synced
 	.venv/bin/ruff check .
@@ -34,6 +43,7 @@ bench: .venv/.synced
 	.venv/bin/python bench/backtest_engine.py
 	.venv/bin/python bench/cli_backtest.py
 	.venv/bin/python bench/grid_sma.py
+	.venv/bin/python bench/grid_strategies.py
 
 $(UV):
 	$(PYTHON) -m venv .tools

@@ -13,13 +13,13 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from storage.commits import with_commit_retries
 from storage.errors import BarsSchemaError, CorruptTableError
 from storage.location import TableLocation
-from storage.schema import BAR_KEY, BARS_SCHEMA, PARTITION_COLUMN, PRICE_COLUMNS
+from storage.schema import BAR_KEY, BARS_SCHEMA, PARTITION_COLUMN, PRICE_COLUMNS, UTC_US
 from storage.tables import conform, current_version, exists, open_table
 
 log = logging.getLogger("ibkr.storage")
@@ -37,6 +37,18 @@ class MergeResult:
     attempts: int
     rows_deleted: int = 0
     """Stored bars of a replaced series that the new snapshot no longer has (`replace_series` only)."""
+    operation: str = ""
+    """How it was written: "create" (the table's first commit), "append" (only new bars), "merge" (revised bars,
+    with the new ones), "replace" (`replace_series`), "none" (every bar already stored as is: no commit)."""
+
+
+SERIES_KEY = ("con_id", "bar_size", "what_to_show", "use_rth")
+"""One series: an instrument's bars of one size, type and session (the bar key without `ts`)."""
+
+OPERATION_KEY = "ibkr.operation"
+FLOW_RUN_KEY = "ibkr.flow_run_id"
+SYMBOLS_KEY = "ibkr.symbols"
+"""Commit metadata every write to the bars table carries (`DeltaTable.history()` shows them as top-level keys)."""
 
 
 def conform_bars(frame: pl.DataFrame) -> pl.DataFrame:
@@ -52,6 +64,35 @@ def conform_bars(frame: pl.DataFrame) -> pl.DataFrame:
     return bars
 
 
+def _joined(values: pl.Series) -> str:
+    return ",".join(sorted(str(v) for v in values.drop_nulls().unique().to_list()))
+
+
+def series_app_id(con_id: int, bar_size: str, what_to_show: str, use_rth: bool) -> str:
+    """The Delta app-transaction id of one series: every commit writing bars of the series carries it, so two
+    commits racing on one series conflict in delta-rs (`ConcurrentTransaction`) whatever files they touch."""
+    return f"ibkr.bars/{con_id}/{bar_size}/{what_to_show}/{'rth' if use_rth else 'eth'}"
+
+
+def _commit_properties(bars: pl.DataFrame, operation: str, table: DeltaTable | None) -> CommitProperties:
+    """Commit metadata (flow runs and symbols of the batch) plus one app transaction per series in it, numbered
+    with the version the commit is planned to be (one past the version of `table`, the read it is based on; 0
+    when creating the table): increasing per series, and equal to the commit's version unless other series'
+    commits landed in between.
+
+    Creating the table allows no commit retry: delta-rs 1.6 commits the loser of two concurrent creations as
+    the next version, data and all, without any conflict check (two processes doubled every bar that way in
+    tests/test_bars_append_race.py); with no retry the loser gets `CommitFailedError` and plans again against
+    the winner's table."""
+    planned = table.version() + 1 if table is not None else 0
+    transactions = [Transaction(series_app_id(*series), planned)
+                    for series in bars.select(SERIES_KEY).unique().sort(SERIES_KEY).iter_rows()]
+    metadata = {FLOW_RUN_KEY: _joined(bars["flow_run_id"]), OPERATION_KEY: operation,
+                SYMBOLS_KEY: _joined(bars["symbol"])}
+    return CommitProperties(custom_metadata=metadata, app_transactions=transactions,
+                            max_commit_retries=0 if table is None else None)
+
+
 def _merge_predicate(months: list[str]) -> str:
     keys = " AND ".join(f"t.{k} = s.{k}" for k in BAR_KEY)
     literal = ", ".join(f"'{m}'" for m in months)
@@ -62,39 +103,104 @@ def _changed() -> str:
     return " OR ".join(f"t.{c} != s.{c}" for c in PRICE_COLUMNS)
 
 
+@dataclass(frozen=True)
+class WritePlan:
+    """A batch split against the stored bars of one table version."""
+
+    version: int
+    new: pl.DataFrame
+    """Rows whose key is not stored: a plain append."""
+    changed: pl.DataFrame
+    """Stored keys with different values (IB revised the bar): these need a MERGE."""
+    unchanged: int
+    """Rows stored with the same values: nothing to write."""
+
+
+def stored_in_range(table: DeltaTable, bars: pl.DataFrame) -> pl.DataFrame:
+    """The stored bars (key and values) the batch could collide with, read at `table`'s version: only the months
+    the batch touches (partition pruning from the log), only its series and its [first, last] bar start (file
+    statistics skip files outside it). A key can only be stored in the month of its `ts`, so this is exact."""
+    months = bars[PARTITION_COLUMN].unique().to_list()
+    series = bars.select(SERIES_KEY).unique()
+    lo, hi = bars["ts"].min(), bars["ts"].max()
+    return (
+        pl.scan_delta(table)
+        .filter(
+            pl.col(PARTITION_COLUMN).is_in(months),
+            pl.col("ts").is_between(pl.lit(lo, dtype=UTC_US), pl.lit(hi, dtype=UTC_US)),
+            *(pl.col(k).is_in(series[k].unique().to_list()) for k in SERIES_KEY),
+        )
+        .select(*BAR_KEY, *PRICE_COLUMNS)
+        .collect()
+    )
+
+
+def plan_write(table: DeltaTable, bars: pl.DataFrame) -> WritePlan:
+    """Split `bars` (conformed) into new rows, revised rows and rows already stored, against `table`'s version."""
+    stored = stored_in_range(table, bars)
+    if stored.is_empty():
+        return WritePlan(table.version(), bars, bars.clear(), 0)
+    matched = bars.join(stored, on=list(BAR_KEY), how="inner", suffix="__stored")
+    differs = pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__stored")) for c in PRICE_COLUMNS)
+    changed = matched.filter(differs).select(bars.columns)
+    new = bars.join(stored.select(BAR_KEY), on=list(BAR_KEY), how="anti")
+    return WritePlan(table.version(), new, changed, matched.height - changed.height)
+
+
+def write_plan(table: DeltaTable, bars: pl.DataFrame, plan: WritePlan) -> tuple[int, int, int, str]:
+    """Commit `plan` (made from `table`'s version) as one commit based on that version: (version, inserted,
+    updated, operation). Raises `CommitFailedError` when a commit since then wrote bars of one of its series."""
+    if plan.changed.is_empty() and plan.new.is_empty():
+        return plan.version, 0, 0, "none"
+    if plan.changed.is_empty():
+        plan.new.write_delta(table, mode="append", delta_write_options={
+            "partition_by": [PARTITION_COLUMN], "commit_properties": _commit_properties(bars, "append-bars", table)})
+        return table.version(), plan.new.height, 0, "append"
+    months = sorted(plan.changed[PARTITION_COLUMN].unique().to_list())
+    metrics = (
+        table.merge(pl.concat([plan.changed, plan.new]).to_arrow(), _merge_predicate(months), source_alias="s",
+                    target_alias="t", commit_properties=_commit_properties(bars, "merge-bars", table))
+        .when_matched_update_all(predicate=_changed())
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    return (table.version(), int(metrics.get("num_target_rows_inserted", 0)),
+            int(metrics.get("num_target_rows_updated", 0)), "merge")
+
+
 def merge_bars(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
-    """Insert new bars and replace revised ones; safe to repeat and to run from several processes at once."""
+    """Insert new bars and replace revised ones; safe to repeat and to run from several processes at once.
+
+    The batch is compared with the stored bars of its series in its time range at one table version v (a pruned
+    read): bars not stored are appended, revised bars (and then the new ones with them) go through one MERGE
+    limited to the months of the revisions, bars stored identically are not written. Always one commit (none
+    when nothing changed), based on version v and carrying each series' app transaction: if another writer
+    committed bars of the same series after v, delta-rs refuses the commit (`ConcurrentTransaction`) and the
+    whole write is planned again from the newer version, so no key is ever stored twice."""
     path = location.bars
     if frame.is_empty():
         return MergeResult(current_version(path), 0, 0, 0)
     bars = conform_bars(frame)
-    months = sorted(bars[PARTITION_COLUMN].unique().to_list())
 
-    def write() -> dict[str, Any]:
+    def write() -> tuple[int, int, int, str]:
         if not exists(path):
             try:
-                bars.write_delta(path, mode="error", delta_write_options={"partition_by": [PARTITION_COLUMN]})
-                return {"num_target_rows_inserted": bars.height, "num_target_rows_updated": 0}
-            except DeltaError as exc:  # another writer created it first: fall through to the MERGE
+                bars.write_delta(path, mode="error", delta_write_options={
+                    "partition_by": [PARTITION_COLUMN],
+                    "commit_properties": _commit_properties(bars, "append-bars", None)})
+                return DeltaTable(path).version(), bars.height, 0, "create"
+            except CommitFailedError:  # another writer created it first: plan again, against its table
+                raise
+            except DeltaError as exc:  # the same, seen before writing
                 if "already exists" not in str(exc):
                     raise
                 log.info("bars table created concurrently (%s); merging instead", exc)
-        merger = DeltaTable(path).merge(
-            bars.to_arrow(), _merge_predicate(months), source_alias="s", target_alias="t",
-        )
-        return merger.when_matched_update_all(predicate=_changed()).when_not_matched_insert_all().execute()
+        table = DeltaTable(path)
+        return write_plan(table, bars, plan_write(table, bars))
 
-    metrics, attempts = with_commit_retries(write, what="bars MERGE")
-    return MergeResult(
-        version=DeltaTable(path).version(),
-        rows_inserted=int(metrics.get("num_target_rows_inserted", 0)),
-        rows_updated=int(metrics.get("num_target_rows_updated", 0)),
-        attempts=attempts,
-    )
-
-
-SERIES_KEY = ("con_id", "bar_size", "what_to_show", "use_rth")
-"""One series: an instrument's bars of one size, type and session (the bar key without `ts`)."""
+    (version, inserted, updated, operation), attempts = with_commit_retries(write, what="bars write")
+    return MergeResult(version=version, rows_inserted=inserted, rows_updated=updated, attempts=attempts,
+                       operation=operation)
 
 
 def replace_series(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
@@ -113,7 +219,9 @@ def replace_series(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
 
     def write() -> dict[str, Any]:
         keys = " AND ".join(f"t.{k} = s.{k}" for k in BAR_KEY)
-        return (DeltaTable(path).merge(bars.to_arrow(), keys, source_alias="s", target_alias="t")
+        table = DeltaTable(path)
+        return (table.merge(bars.to_arrow(), keys, source_alias="s", target_alias="t",
+                            commit_properties=_commit_properties(bars, "replace-series", table))
                 .when_matched_update_all(predicate=_changed())
                 .when_not_matched_insert_all()
                 .when_not_matched_by_source_delete(predicate=in_series)
@@ -126,6 +234,7 @@ def replace_series(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
         rows_updated=int(metrics.get("num_target_rows_updated", 0)),
         attempts=attempts,
         rows_deleted=int(metrics.get("num_target_rows_deleted", 0)),
+        operation="replace",
     )
 
 

@@ -12,7 +12,7 @@ import polars as pl
 from storage.location import TableLocation
 from storage.results_table import NUMERIC_METRIC_COLUMNS
 from storage.schema import UTC_US
-from storage.tables import conform, exists, insert_new_rows
+from storage.tables import append_once, conform, exists
 
 GRID_IDENTITY: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -43,8 +43,9 @@ def grid_rows(results: pl.DataFrame, axes: list[str], identity: dict[str, Any]) 
     return conform(frame, GRID_RESULTS_SCHEMA, what="grid results")
 
 
-def append_grid_results(location: TableLocation, rows: pl.DataFrame) -> int:
-    return insert_new_rows(location.grid_results, rows, ("run_id", "params"), what="grid results append")
+def append_grid_results(location: TableLocation, run_id: str, rows: pl.DataFrame) -> int:
+    """Every combination of one grid run in one commit stamped with the run id (`append_once`)."""
+    return append_once(location.grid_results, rows, f"grid_results:{run_id}", what="grid results append")
 
 
 def read_grid_results(location: TableLocation, run_id: str | None = None) -> pl.DataFrame:

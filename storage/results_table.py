@@ -3,8 +3,8 @@
 Identity columns say what ran on which data (strategy, parameters as JSON, range, bars-table version, code
 version); the metric columns are every field of the engine's `Metrics`, typed, so results can be filtered and
 ranked in SQL or polars without parsing. The schema is defined here (storage is the bottom layer and imports no
-engine); a test keeps it equal to `Metrics`. Appends are insert-if-absent on (run_id, symbol): a retried task
-never doubles a run.
+engine); a test keeps it equal to `Metrics`. A run's rows are one append stamped with the run id (`append_once`):
+a retried task never doubles a run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import polars as pl
 
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import conform, exists, insert_new_rows
+from storage.tables import append_once, conform, exists
 
 IDENTITY_COLUMNS: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -92,13 +92,11 @@ def result_row(*, identity: Mapping[str, Any], metrics: Mapping[str, Any]) -> di
     return row
 
 
-def append_backtest_results(location: TableLocation, rows: list[dict[str, Any]]) -> int:
-    """Store result rows; returns how many were new."""
-    if not rows:
-        return 0
+def append_backtest_results(location: TableLocation, run_id: str, rows: list[dict[str, Any]]) -> int:
+    """Store one run's rows in one commit; returns how many were new (0 when the run is already stored)."""
     frame = conform(pl.DataFrame(rows, schema_overrides=dict(RESULTS_SCHEMA), strict=False), RESULTS_SCHEMA,
                     what="backtest results")
-    return insert_new_rows(location.backtest_results, frame, ("run_id", "symbol"), what="backtest results append")
+    return append_once(location.backtest_results, frame, f"backtest_results:{run_id}", what="backtest results append")
 
 
 def read_backtest_results(location: TableLocation) -> pl.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from storage.commits import with_commit_retries
 from storage.errors import BarsSchemaError, NotADeltaTableError
@@ -78,3 +78,33 @@ def insert_new_rows(path: str, rows: pl.DataFrame, key: tuple[str, ...], *, what
 
     inserted, _ = with_commit_retries(write, what=what)
     return inserted
+
+
+TRANSACTION_RETENTION = "interval 7 days"
+"""How long a table remembers the app ids of `append_once` writes: retries come within minutes; a week is plenty,
+and the ids expire from checkpoints instead of growing the log forever."""
+
+
+def append_once(path: str, rows: pl.DataFrame, app_id: str, *, what: str) -> int:
+    """Append `rows` as one commit stamped with Delta's application transaction `app_id` (a run id, say), unless a
+    commit with that id already landed: a retried store never appends twice, and two writers racing with the same
+    id cannot both land (delta-rs refuses the second commit as a concurrent transaction; the retry then finds the
+    id). A plain append, so it costs what an append costs, not a MERGE. A table written before a column was added
+    to its schema gains the column. Returns how many rows were appended (0 when already stored)."""
+    if rows.is_empty():
+        return 0
+    stamp = CommitProperties(app_transactions=[Transaction(app_id, 1)])
+
+    def write() -> int:
+        if not exists(path):
+            write_deltalake(path, rows.to_arrow(), mode="error", commit_properties=stamp,
+                            configuration={"delta.setTransactionRetentionDuration": TRANSACTION_RETENTION})
+            return rows.height
+        table = DeltaTable(path)
+        if table.transaction_version(app_id) is not None:
+            return 0
+        write_deltalake(table, rows.to_arrow(), mode="append", schema_mode="merge", commit_properties=stamp)
+        return rows.height
+
+    appended, _ = with_commit_retries(write, what=what)
+    return appended

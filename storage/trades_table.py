@@ -1,14 +1,16 @@
 """The backtest_trades table: every trade of every stored backtest run, keyed by (run_id, symbol, entry_time), so
-`ibkr backtest show` lists a past run's trades without running it again. The duration is not stored: it is
-`exit_time - entry_time`, and Delta has no duration type."""
+`ibkr backtest show` lists a past run's trades without running it again. A run's trades are one append. The
+duration is not stored: it is `exit_time - entry_time`, and Delta has no duration type."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import polars as pl
 
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import conform, exists, insert_new_rows
+from storage.tables import append_once, conform, exists
 
 TRADE_COLUMNS: dict[str, pl.DataType] = {
     "entry_time": UTC_US,
@@ -25,12 +27,14 @@ TRADE_COLUMNS: dict[str, pl.DataType] = {
 TRADES_SCHEMA = pl.Schema({"run_id": pl.String(), "symbol": pl.String(), **TRADE_COLUMNS})
 
 
-def append_trades(location: TableLocation, run_id: str, symbol: str, trades: pl.DataFrame) -> int:
-    """Store one symbol's trades of a run (insert-if-absent: a retried store never doubles them)."""
-    rows = trades.select(list(TRADE_COLUMNS)).with_columns(pl.lit(run_id).alias("run_id"),
-                                                          pl.lit(symbol).alias("symbol"))
-    return insert_new_rows(location.backtest_trades, conform(rows, TRADES_SCHEMA, what="backtest trades"),
-                           ("run_id", "symbol", "entry_time"), what="backtest trades append")
+def append_trades(location: TableLocation, run_id: str, trades: Mapping[str, pl.DataFrame]) -> int:
+    """Store a run's trades, per symbol, in one commit stamped with the run id (`append_once`: a retried store
+    never doubles them). Returns how many rows were new."""
+    rows = pl.concat([frame.select(list(TRADE_COLUMNS)).with_columns(pl.lit(run_id).alias("run_id"),
+                                                                     pl.lit(symbol).alias("symbol"))
+                      for symbol, frame in trades.items()])
+    return append_once(location.backtest_trades, conform(rows, TRADES_SCHEMA, what="backtest trades"),
+                       f"backtest_trades:{run_id}", what="backtest trades append")
 
 
 def read_trades(location: TableLocation, run_id: str) -> pl.DataFrame:

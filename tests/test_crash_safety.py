@@ -1,5 +1,5 @@
-"""Crash safety and concurrency on real Delta tables: SIGKILL mid-MERGE, writers racing a compaction, readers
-pinned to one version while writers commit."""
+"""Crash safety and concurrency on real Delta tables: SIGKILL mid-write (a MERGE of revised bars, an append of new
+ones), writers racing a compaction, readers pinned to one version while writers commit."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ WRITER = textwrap.dedent("""
     from storage.location import TableLocation
     from tests.test_storage import make_bars
     start = datetime(2024, 5, 1, 13, 30, tzinfo=UTC)
-    batch = pl.concat([make_bars(s, start + timedelta(minutes=50_000), 200_000) for s in ("AAPL", "MSFT", "SPY")])
+    offset = int(sys.argv[2])
+    batch = pl.concat([make_bars(s, start + timedelta(minutes=offset), 200_000) for s in ("AAPL", "MSFT", "SPY")])
     print("ready", flush=True)
     merge_bars(TableLocation(sys.argv[1]), batch)
     print("merged", flush=True)
@@ -47,26 +48,35 @@ def _seed(location: TableLocation) -> None:
     merge_bars(location, pl.concat([make_bars(s, START, 80_000) for s in ("AAPL", "MSFT", "SPY")]))
 
 
-def _start_writer(path: Path) -> subprocess.Popen[str]:
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
+OFFSETS = {"merge": 50_000, "append": 80_000}
+"""Where the writer's batch starts (minutes after the seed's first bar): at 50k its first 30k bars per symbol are
+stored with other prices (one MERGE: 30k revised, 170k new), at 80k all are new (one append)."""
+
+
+def _start_writer(path: Path, mode: str = "merge") -> subprocess.Popen[str]:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(OFFSETS[mode])], cwd=ROOT,
+                              stdout=subprocess.PIPE,
                               text=True, start_new_session=True)
     assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
     return writer
 
 
 @pytest.fixture(scope="module")
-def merge_seconds(tmp_path_factory: pytest.TempPathFactory) -> float:
-    """How long the writer takes from "ready" to exit on this machine (the MERGE plus interpreter teardown), so
-    kills land at fractions of it rather than at guesses."""
-    path = tmp_path_factory.mktemp("timing")
-    _seed(TableLocation(path))
-    writer = _start_writer(path)
-    started = time.perf_counter()
-    writer.wait(timeout=120)
-    return time.perf_counter() - started
+def write_seconds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    """How long the writer takes from "ready" to exit on this machine (the write plus interpreter teardown), per
+    mode, so kills land at fractions of it rather than at guesses."""
+    seconds = {}
+    for mode in OFFSETS:
+        path = tmp_path_factory.mktemp(f"timing-{mode}")
+        _seed(TableLocation(path))
+        writer = _start_writer(path, mode)
+        started = time.perf_counter()
+        writer.wait(timeout=120)
+        seconds[mode] = time.perf_counter() - started
+    return seconds
 
 
-def _killed_mid_merge(tmp_path: Path, delay: float) -> tuple[TableLocation, int]:
+def _killed_mid_merge(tmp_path: Path, delay: float, mode: str = "merge") -> tuple[TableLocation, int]:
     """Seed a table, start the writer and SIGKILL it `delay` s into its MERGE; returns the table and its version
     before the MERGE. The merge time varies with the machine's load: when the writer finishes before the kill,
     it is run again on a fresh table with two thirds of the delay (three tries)."""
@@ -74,7 +84,7 @@ def _killed_mid_merge(tmp_path: Path, delay: float) -> tuple[TableLocation, int]
         location = TableLocation(tmp_path / f"try{attempt}")
         _seed(location)
         before = table_version(location)
-        writer = _start_writer(location.root)
+        writer = _start_writer(location.root, mode)
         time.sleep(delay * (2 / 3) ** attempt)
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
@@ -83,19 +93,21 @@ def _killed_mid_merge(tmp_path: Path, delay: float) -> tuple[TableLocation, int]
     pytest.fail(f"the MERGE finished before the kill three times (first delay {delay:.2f} s)")
 
 
-@pytest.mark.parametrize("fraction", [0.05, 0.25, 0.45, 0.65])
-def test_sigkill_during_merge_leaves_a_readable_table_and_a_rerun_completes(fraction: float, merge_seconds: float,
-                                                                            tmp_path: Path) -> None:
-    location, before = _killed_mid_merge(tmp_path, fraction * merge_seconds)
+@pytest.mark.parametrize(("mode", "fraction"), [("merge", 0.05), ("merge", 0.25), ("merge", 0.45), ("merge", 0.65),
+                                                ("append", 0.1), ("append", 0.4), ("append", 0.7)])
+def test_sigkill_during_a_write_leaves_a_readable_table_and_a_rerun_completes(
+        mode: str, fraction: float, write_seconds: dict[str, float], tmp_path: Path) -> None:
+    location, before = _killed_mid_merge(tmp_path, fraction * write_seconds[mode], mode)
 
     after = table_version(location)
     assert after in (before, before + 1)  # the previous version, or the complete next one: never a torn one
+    total = OFFSETS[mode] + 200_000  # bars per symbol once the write is complete
     rows = _all_rows(location)
-    assert rows.height in (3 * 80_000, 3 * 250_000)  # per symbol: 30k overlapping, 170k new
-    merge_bars(location, pl.concat([make_bars(s, START + timedelta(minutes=50_000), 200_000)
+    assert rows.height in (3 * 80_000, 3 * total)  # merge, per symbol: 30k revised, 170k new; append: 200k new
+    merge_bars(location, pl.concat([make_bars(s, START + timedelta(minutes=OFFSETS[mode]), 200_000)
                                     for s in ("AAPL", "MSFT", "SPY")]))
     rows = _all_rows(location)
-    assert rows.height == 3 * 250_000
+    assert rows.height == 3 * total
     assert rows.select(pl.struct("con_id", "ts").is_unique().all()).item()
 
 

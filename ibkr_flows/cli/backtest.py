@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -80,12 +81,16 @@ def run(
     3 no stored bars for the range (the message gives the `ibkr data ingest` command that fetches them),
     4 a damaged bars table.
     """
-    started = time.perf_counter()
+    from ibkr_flows.backtest.runner import prefetch_code_version
+
+    prefetch_code_version()
     from ibkr_flows.backtest.request import BacktestRequest
     from ibkr_flows.backtest.runner import run_request, store_run
     from ibkr_flows.cli.errors import exit_on_error
     from storage.location import TableLocation
 
+    started = time.perf_counter()
+    store_s = 0.0
     console = Console(stderr=as_json)
     location = TableLocation.at(data_dir)
     with exit_on_error(console):
@@ -103,11 +108,13 @@ def run(
         else:
             run_ = run_request(request, location)
             if store:
+                stored = time.perf_counter()
                 store_run(location, run_, "cli")
+                store_s = time.perf_counter() - stored
     elapsed = time.perf_counter() - started
     if plot is not None:
         _write_plots(run_, plot, console)
-    _print(run_, elapsed, as_json, console)
+    _print(run_, Timings(elapsed, run_.read_s, run_.engine_s, store_s), as_json, console)
 
 
 def _write_plots(run_, plot: Path, console: Console) -> None:  # type: ignore[no-untyped-def]
@@ -119,17 +126,30 @@ def _write_plots(run_, plot: Path, console: Console) -> None:  # type: ignore[no
         console.print(f"chart: {path}")
 
 
-def _print(run_, elapsed: float, as_json: bool, console: Console) -> None:  # type: ignore[no-untyped-def]
+@dataclass(frozen=True)
+class Timings:
+    """Where a command's time went after its imports: reading the bars, the engine, storing the result."""
+
+    total_s: float
+    read_s: float
+    engine_s: float
+    store_s: float
+
+
+def _print(run_, timings: Timings, as_json: bool, console: Console) -> None:  # type: ignore[no-untyped-def]
     from ibkr_flows.backtest.metrics import metric_values
     from ibkr_flows.backtest.report import metric_rows
+    from ibkr_flows.cli.json_output import strict_json
 
     if as_json:
         payload = {
             "run_id": run_.run_id, "bars_version": run_.table_version, "code_version": run_.code_version,
-            "execution_time_s": round(elapsed, 4),
+            "execution_time_s": round(timings.total_s, 4),
+            "timings_s": {"read": round(timings.read_s, 4), "engine": round(timings.engine_s, 4),
+                          "store": round(timings.store_s, 4)},
             "results": {s.symbol: metric_values(s.result.metrics) for s in run_.results},
         }
-        typer.echo(json.dumps(payload, indent=2, default=str))
+        typer.echo(strict_json(payload))
         return
     from rich.table import Table
 
@@ -141,7 +161,8 @@ def _print(run_, elapsed: float, as_json: bool, console: Console) -> None:  # ty
     console.print(table)
     console.print(f"{first.bars} bars {first.start:%Y-%m-%d %H:%M} → {first.end:%Y-%m-%d %H:%M} UTC, bars table "
                   f"version {run_.table_version}; {first.annualization}", soft_wrap=True)
-    console.print(f"execution time: {elapsed:.3f} s (engine and data read {run_.elapsed_s:.3f} s)")
+    console.print(f"execution time: {timings.total_s:.3f} s (read {timings.read_s:.3f} s, engine "
+                  f"{timings.engine_s:.3f} s, store {timings.store_s:.3f} s)")
 
 
 def _axis(text: str) -> tuple[str, object]:

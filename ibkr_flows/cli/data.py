@@ -1,8 +1,7 @@
-"""`ibkr data ...`: commands that talk to TWS / IB Gateway."""
+"""`ibkr data ...`: talk to TWS / IB Gateway (connect, ingest); the catalog of stored bars is in `data_catalog`."""
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from typing import Annotated
@@ -10,10 +9,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ibkr_flows.cli.data_catalog import export_command, history_command, ls_command, quarantine_command, show_command
+from ibkr_flows.cli.json_output import strict_json
 from ibkr_flows.cli.times import as_utc
 from ibkr_flows.settings import IBKRSettings
 
-data_app = typer.Typer(help="Talk to TWS / IB Gateway: check connectivity (and, later, ingest bars).",
+data_app = typer.Typer(help="Market data: check the connection to TWS / IB Gateway, ingest historical bars into "
+                       "Delta tables, and know what is stored (list, show, export, quarantine review, history).",
                        no_args_is_help=True)
 
 
@@ -46,7 +48,7 @@ def connect(
     settings = IBKRSettings.with_overrides(host=host, port=port, client_id=client_id, connect_timeout=timeout)
     diagnosis = diagnose(settings, retry_client_id=retry_client_id, check_data=data_check)
     if as_json:
-        typer.echo(json.dumps(diagnosis.to_json(), indent=2))
+        typer.echo(strict_json(diagnosis.to_json()))
     else:
         from ibkr_flows.cli.render import render_diagnosis
 
@@ -134,3 +136,10 @@ def _print_report(console: Console, rows: list[dict[str, object]]) -> None:
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)
+
+
+data_app.command("ls")(ls_command)
+data_app.command("show")(show_command)
+data_app.command("export")(export_command)
+data_app.command("quarantine")(quarantine_command)
+data_app.command("history")(history_command)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
 
 from ibkr_flows.cli.render import render_diagnosis
 from ibkr_flows.doctor.diagnosis import Diagnosis, TWSConnectionError
@@ -67,6 +66,8 @@ def demo(
         if isinstance(outcome, BaseException):
             failures.append(f"ingestion failed: {outcome}")
         else:
+            from rich.markdown import Markdown  # markdown-it costs 30 ms to import: only the demo pays it
+
             console.print(Markdown(report_markdown(outcome)))
             failures += _backtest(console, chosen, outcome, data_dir)
             failures += _grid(console, chosen[0], outcome, data_dir)

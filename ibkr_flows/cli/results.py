@@ -8,13 +8,13 @@ curve, is null).
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from ibkr_flows.cli.json_output import strict_json
 from ibkr_flows.cli.times import as_utc
 
 EXIT_NOT_IDENTICAL = 1
@@ -133,25 +133,6 @@ def rerun(
             _print_rows(console, [vars(d) for d in report.differences[:50]], "differences (first 50)")
     if not report.identical:
         raise typer.Exit(EXIT_NOT_IDENTICAL)
-
-
-def strict_json(value: Any) -> str:
-    """JSON any parser reads: NaN and infinities become null, datetimes ISO 8601 strings."""
-    return json.dumps(_finite(value), indent=2, default=_iso, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def _request(row: dict[str, Any]) -> Any:

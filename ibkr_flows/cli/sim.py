@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ibkr_flows.cli.json_output import strict_json
 from ibkr_flows.sim.control import ControlError, send_command
 
 T = TypeVar("T")
@@ -109,7 +110,7 @@ def _command(request: dict[str, Any], port: int, control_port: int | None) -> No
     except ControlError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(json.dumps(reply, indent=2))
+    typer.echo(strict_json(reply))
 
 
 PortOption = Annotated[int, typer.Option(help="The simulator's API port.", min=1, max=MAX_PORT)]

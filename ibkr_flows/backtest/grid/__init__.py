@@ -1,7 +1,8 @@
 """Parameter grids: every combination of a strategy's parameters backtested on the same bars, ranked, and checked
 for overfitting (holdout, walk-forward, deflated Sharpe ratio, plateau score).
 
-Modules: `spec` (what to sweep, validated), `kernel` (numba crossover kernel), `evaluate` (one row of metrics per
+Modules: `spec` (what to sweep, validated), `kernel` (the numba fill loop for every combination, fed target rows
+or crossovers; `charges`, `compiled` and `indicators` are its parts), `evaluate` (one row of metrics per
 combination), `overfitting` (splits and statistics), `report` (`run_grid`, the whole procedure).
 """
 

@@ -1,20 +1,23 @@
 """Evaluate grid combinations on one symbol's bars: one row per combination, the parameters and its metrics.
 
 A row is, by definition, the `Metrics` that `run_backtest(bars, bar_size, replace(base, params=combination))`
-reports. Crossover strategies (any `AverageCrossover` that keeps the base class's trend rule) with the built-in
-cost and sizing models take the numba kernel, which computes each distinct moving average once with the strategy's
-own expression (or its bit-identical numpy twin, `average_rows`) and reproduces the engine's fills exactly;
-anything else runs the engine once per combination.
+reports. With the built-in cost and sizing models every strategy takes the numba kernel, which reproduces the
+engine's fills exactly: crossovers (any `AverageCrossover` that keeps the base class's trend rule) through
+`crossover_grid`, which computes each distinct moving average once with the strategy's own expression (or its
+bit-identical numpy twin, `average_rows`) and compares them block by block; every other strategy through
+`targets_grid`, fed the signal rows its `Strategy.grid_targets` writes. A cost or sizing model the kernel does not
+know runs the engine once per combination.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +27,7 @@ import polars as pl
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
 from ibkr_flows.backtest.engine import BacktestConfig, _check_bars, run_backtest
 from ibkr_flows.backtest.errors import BacktestError
-from ibkr_flows.backtest.grid import kernel
+from ibkr_flows.backtest.grid import charges, kernel
 from ibkr_flows.backtest.grid.spec import Combination, GridSpec, GridSpecError
 from ibkr_flows.backtest.metrics import Annualization, Metrics, annualization
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
@@ -40,6 +43,8 @@ AVERAGES_BYTES = 512 * 2**20
 """Moving averages held at once; pairs needing more distinct periods are run in groups."""
 KERNEL_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 """Threads the kernel's pairs are split over: the cores this process may use."""
+TARGETS_BYTES = 256 * 2**20
+"""Signal rows (one byte per bar and combination) held at once; larger grids are run in groups."""
 BLOCK_BARS = 1024
 """Kernel block: its averages, opens and closes stay in L2 while every pair passes over them (25 averages: 220 KB).
 Fixed, not fitted to the number of averages, because a held run's sums are cut at block edges: a row must not
@@ -86,6 +91,8 @@ def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: Backt
     rules = _kernel_rules(base.commission, base.sizing)
     if rules is not None and strategies and all(_is_plain_crossover(s) for s in strategies):
         metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, *rules, annual)
+    elif rules is not None and strategies:
+        metrics = _target_columns(bars, strategies, base, *rules, annual)
     else:
         rows = [metric_row(run_backtest(bars, bar_size, combination_config(base, c)).metrics) for c in combinations]
         metrics = {name: [row[name] for row in rows] for name in METRIC_COLUMNS}
@@ -102,40 +109,35 @@ def _is_plain_crossover(strategy: Strategy) -> bool:
 
 
 def _kernel_rules(commission: CommissionModel, sizing: Sizing
-                  ) -> tuple[kernel.CommissionRule, kernel.SizingRule] | None:
+                  ) -> tuple[charges.CommissionRule, charges.SizingRule] | None:
     """The kernel's encoding of the cost and sizing models, None for models it does not know. Exact types only:
     a subclass may charge differently. Every field is converted to its declared type: numba compiles the kernel
     once per combination of field types, and an int where a float belongs would compile it again."""
     if isinstance(commission, IBKRFixed | IBKRTiered) and type(commission) in (IBKRFixed, IBKRTiered):
-        fee = kernel.CommissionRule(kernel.COMMISSION_PER_SHARE, float(commission.per_share),
+        fee = charges.CommissionRule(charges.COMMISSION_PER_SHARE, float(commission.per_share),
                                     float(commission.minimum), float(commission.max_rate), 0.0)
     elif type(commission) is PercentCommission:
-        fee = kernel.CommissionRule(kernel.COMMISSION_PERCENT, 0.0, 0.0, 0.0, float(commission.rate))
+        fee = charges.CommissionRule(charges.COMMISSION_PERCENT, 0.0, 0.0, 0.0, float(commission.rate))
     elif type(commission) is NoCommission:
-        fee = kernel.CommissionRule(kernel.COMMISSION_NONE, 0.0, 0.0, 0.0, 0.0)
+        fee = charges.CommissionRule(charges.COMMISSION_NONE, 0.0, 0.0, 0.0, 0.0)
     else:
         return None
     if type(sizing) is AllIn:
-        size = kernel.SizingRule(kernel.SIZING_ALL_IN, 0, 1.0)
+        size = charges.SizingRule(charges.SIZING_ALL_IN, 0, 1.0)
     elif type(sizing) is FixedShares:
-        size = kernel.SizingRule(kernel.SIZING_FIXED_SHARES, int(sizing.n), 1.0)
+        size = charges.SizingRule(charges.SIZING_FIXED_SHARES, int(sizing.n), 1.0)
     elif type(sizing) is FixedFraction:
-        size = kernel.SizingRule(kernel.SIZING_FIXED_FRACTION, 0, float(sizing.f))
+        size = charges.SizingRule(charges.SIZING_FIXED_FRACTION, 0, float(sizing.f))
     else:
         return None
     return fee, size
 
 
 def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], base: BacktestConfig,
-                       commission: kernel.CommissionRule, sizing: kernel.SizingRule, annual: Annualization
+                       commission: charges.CommissionRule, sizing: charges.SizingRule, annual: Annualization
                        ) -> dict[str, list[Any]]:
-    ts = bars["ts"].to_numpy()
-    unit = np.datetime_data(ts.dtype)[0]
-    open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
-    close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
-    ticks = np.ascontiguousarray(ts.view(np.int64))
-    settings = kernel.Settings(long_only=base.mode == "long_only", cash=float(base.cash),
-                               slippage_bps=float(base.slippage_bps))
+    open_, close, ticks, unit = _prices(bars)
+    settings = _settings(base)
     columns: dict[str, list[Any]] = {name: [] for name in METRIC_COLUMNS}
     for group in _period_groups(strategies, max(2, AVERAGES_BYTES // (8 * bars.height))):
         periods = sorted({p for k in group for p in (strategies[k].fast_period, strategies[k].slow_period)})
@@ -144,17 +146,72 @@ def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], b
         fast = np.array([row_of[strategies[k].fast_period] for k in group], dtype=np.int64)
         slow = np.array([row_of[strategies[k].slow_period] for k in group], dtype=np.int64)
         run = functools.partial(_run_kernel, open_, close, ticks, averages, fast, slow, settings, commission, sizing)
-        # every thread takes every T-th pair: pairs with a short fast average trade far more often, and a
-        # contiguous split gave one thread ~20 % more work
-        slices = [slice(t, None, KERNEL_THREADS) for t in range(min(KERNEL_THREADS, len(group)))]
-        state_f = np.empty((len(group), kernel.N_FLOAT))
-        state_i = np.empty((len(group), kernel.N_INT), dtype=np.int64)
-        with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="grid-kernel") as pool:
-            for pairs, (f, i) in zip(slices, pool.map(run, slices), strict=True):
-                state_f[pairs], state_i[pairs] = f, i
+        state_f, state_i = _threaded(run, len(group))
         for name, values in _columns(state_f, state_i, close, float(base.cash), annual, unit).items():
             columns[name].extend(values)  # the groups are consecutive runs of the strategies
     return columns
+
+
+def _target_columns(bars: pl.DataFrame, strategies: list[Strategy], base: BacktestConfig,
+                    commission: charges.CommissionRule, sizing: charges.SizingRule, annual: Annualization
+                    ) -> dict[str, list[Any]]:
+    """Any strategy: its `grid_targets` writes one signal row per combination, `kernel.targets_grid` fills them.
+    Combinations go in consecutive groups whose rows fit in `TARGETS_BYTES`."""
+    open_, close, ticks, unit = _prices(bars)
+    settings = _settings(base)
+    n = bars.height
+    padded = -(-n // 8) * 8  # whole uint64 words per row
+    per_group = max(1, TARGETS_BYTES // padded)
+    columns: dict[str, list[Any]] = {name: [] for name in METRIC_COLUMNS}
+    for first in range(0, len(strategies), per_group):
+        group = strategies[first:first + per_group]
+        targets = np.zeros((len(group), padded), dtype=np.int8)
+        _write_targets(bars, group, targets[:, :n])
+        if not kernel.clip_targets(targets, settings.long_only):
+            raise BacktestError(f"{type(group[0]).__name__}.grid_targets must write signals in {{-1, 0, 1}}")
+        run = functools.partial(_run_targets, open_, close, ticks, targets, settings, commission, sizing)
+        state_f, state_i = _threaded(run, len(group))
+        for name, values in _columns(state_f, state_i, close, float(base.cash), annual, unit).items():
+            columns[name].extend(values)
+    return columns
+
+
+def _write_targets(bars: pl.DataFrame, strategies: list[Strategy], out: np.ndarray) -> None:
+    """The strategy's `grid_targets` on contiguous parts of the combinations, one per kernel thread (the hooks
+    compile or call polars, both without the GIL). Contiguous, because combinations sharing an indicator sit next
+    to each other in axis order and a part computes each of its indicators once."""
+    parts = min(KERNEL_THREADS, len(strategies))
+    edges = [len(strategies) * t // parts for t in range(parts + 1)]
+    hook = type(strategies[0]).grid_targets
+    with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="grid-targets") as pool:
+        for done in [pool.submit(hook, bars, strategies[a:b], out[a:b]) for a, b in itertools.pairwise(edges)]:
+            done.result()
+
+
+def _prices(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """The kernel's inputs from the bars: opens, closes, timestamps as int64 ticks, and the ticks' unit."""
+    ts = bars["ts"].to_numpy()
+    open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
+    close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
+    return open_, close, np.ascontiguousarray(ts.view(np.int64)), np.datetime_data(ts.dtype)[0]
+
+
+def _settings(base: BacktestConfig) -> kernel.Settings:
+    return kernel.Settings(long_only=base.mode == "long_only", cash=float(base.cash),
+                           slippage_bps=float(base.slippage_bps))
+
+
+def _threaded(run: Callable[[slice], tuple[np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`run` over `count` combinations split across `KERNEL_THREADS`, its states put back in combination order.
+    Every thread takes every T-th combination: those that trade often (a short fast average) tend to sit next to
+    each other, and a contiguous split gave one thread ~20 % more work."""
+    slices = [slice(t, None, KERNEL_THREADS) for t in range(min(KERNEL_THREADS, count))]
+    state_f = np.empty((count, kernel.N_FLOAT))
+    state_i = np.empty((count, kernel.N_INT), dtype=np.int64)
+    with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="grid-kernel") as pool:
+        for part, (f, i) in zip(slices, pool.map(run, slices), strict=True):
+            state_f[part], state_i[part] = f, i
+    return state_f, state_i
 
 
 def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.ndarray, periods: list[int]
@@ -168,10 +225,18 @@ def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.nd
 
 
 def _run_kernel(open_: np.ndarray, close: np.ndarray, ticks: np.ndarray, averages: np.ndarray, fast: np.ndarray,
-                slow: np.ndarray, settings: kernel.Settings, commission: kernel.CommissionRule,
-                sizing: kernel.SizingRule, pairs: slice) -> tuple[np.ndarray, np.ndarray]:
+                slow: np.ndarray, settings: kernel.Settings, commission: charges.CommissionRule,
+                sizing: charges.SizingRule, pairs: slice) -> tuple[np.ndarray, np.ndarray]:
     return kernel.crossover_grid(open_, close, ticks, averages, np.ascontiguousarray(fast[pairs]),
                                  np.ascontiguousarray(slow[pairs]), settings, commission, sizing, BLOCK_BARS)
+
+
+def _run_targets(open_: np.ndarray, close: np.ndarray, ticks: np.ndarray, targets: np.ndarray,
+                 settings: kernel.Settings, commission: charges.CommissionRule, sizing: charges.SizingRule,
+                 part: slice) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.arange(targets.shape[0], dtype=np.int64)[part]
+    return kernel.targets_grid(open_, close, ticks, targets, targets.view(np.uint64), rows, settings, commission,
+                               sizing, BLOCK_BARS)
 
 
 def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list[list[int]]:

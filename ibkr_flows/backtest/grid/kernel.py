@@ -1,4 +1,9 @@
-"""The crossover grid kernel: every (fast, slow) pair run through the engine's fill loop in one numba pass.
+"""The grid kernel: many combinations run through the engine's fill loop in one numba pass.
+
+Two entries feed the same fill loop (`_advance`): `targets_grid` takes one target row per combination (the
+strategy's signals, -1/0/1 decided at each close, as `Strategy.grid_targets` writes them), whatever the strategy;
+`crossover_grid` takes moving averages and (fast, slow) index pairs and compares them block by block, so a
+crossover grid never holds a pairs x bars array.
 
 It is a transcription of `engine.held_positions` + `engine.simulate` + the sums behind `metrics.compute_metrics`,
 operation for operation in the same order (slippage, commission, whole-share sizing, cash updates, equity marks,
@@ -14,16 +19,12 @@ pair's state lives in a row of two arrays between blocks. Within a block a pair 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import numba
 import numpy as np
 
-# Commission kinds: NONE is NoCommission, PER_SHARE is IBKR's schedule (Fixed or Tiered), PERCENT a value fraction.
-COMMISSION_NONE, COMMISSION_PER_SHARE, COMMISSION_PERCENT = 0, 1, 2
-# Sizing kinds: AllIn, FixedShares, FixedFraction.
-SIZING_ALL_IN, SIZING_FIXED_SHARES, SIZING_FIXED_FRACTION = 0, 1, 2
+from ibkr_flows.backtest.grid.charges import CommissionRule, SizingRule, commission_of, entry_size
+from ibkr_flows.backtest.grid.compiled import jit as _jit
 
 # Float state per pair, row layout of the `state_f` array.
 (F_CASH, F_ENTRY_PRICE, F_ENTRY_FEE, F_PREV_EQUITY, F_PEAK, F_MIN_PEAK_RATIO, F_SUM_R, F_SUM_R2, F_SUM_DOWN2,
@@ -34,85 +35,12 @@ N_FLOAT = 16
 N_INT = 9
 
 
-class CommissionRule(NamedTuple):
-    """The commission model as the kernel charges it: `kind` picks the formula, the fields it does not use are 0.
-    A record, not a model object, because numba compiles named tuples (as plain structs) but not dataclasses."""
-
-    kind: int  # COMMISSION_NONE, COMMISSION_PER_SHARE or COMMISSION_PERCENT
-    per_share: float
-    minimum: float
-    max_rate: float
-    rate: float
-
-
-class SizingRule(NamedTuple):
-    """The sizing model: `kind` picks the rule, `fixed_shares` is FixedShares' count, `fraction` FixedFraction's."""
-
-    kind: int  # SIZING_ALL_IN, SIZING_FIXED_SHARES or SIZING_FIXED_FRACTION
-    fixed_shares: int
-    fraction: float
-
-
 class Settings(NamedTuple):
     """The rest of the `BacktestConfig` every pair shares: starting cash, mode (long only or not) and slippage."""
 
     long_only: bool
     cash: float
     slippage_bps: float
-
-
-def _jit(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Compile with an on-disk cache (compilation takes seconds and would otherwise be paid by every process,
-    e.g. each Prefect task); without a writable cache location, compile per process instead of failing. The GIL
-    is released so that threads (the evaluator's, Prefect's thread task runner) run pairs on every core: numba's
-    own `parallel=True` is not used because its default threading layer aborts when called from two threads.
-    `options` go to numba (`@_jit(fastmath=...)`)."""
-    if function is None:
-        return lambda f: _jit(f, **options)
-    try:
-        return numba.njit(cache=True, nogil=True, **options)(function)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True, **options)(function)
-
-
-@_jit
-def _commission(commission: CommissionRule, shares: int, price: float) -> float:
-    """costs.IBKRFixed / IBKRTiered (`_per_share_order`), PercentCommission, NoCommission."""
-    if commission.kind == COMMISSION_PER_SHARE:
-        if shares == 0:
-            return 0.0
-        return min(max(shares * commission.per_share, commission.minimum), commission.max_rate * shares * price)
-    if commission.kind == COMMISSION_PERCENT:
-        return commission.rate * shares * price
-    return 0.0
-
-
-@_jit
-def _affordable_shares(budget: float, price: float, commission: CommissionRule) -> int:
-    """sizing.affordable_shares, step for step."""
-    if budget <= 0 or price <= 0:
-        return 0
-    shares = int(np.floor(budget / price))
-    while shares > 0:
-        excess = shares * price + _commission(commission, shares, price) - budget
-        if not excess > 0:
-            break
-        shares -= max(1, int(np.ceil(excess / price)))
-    shares = max(shares, 0)
-    while (shares + 1) * price + _commission(commission, shares + 1, price) <= budget:
-        shares += 1
-    return shares
-
-
-@_jit
-def _size(cash: float, price: float, sizing: SizingRule, commission: CommissionRule) -> int:
-    """sizing.AllIn / FixedShares / FixedFraction."""
-    if sizing.kind == SIZING_FIXED_FRACTION:
-        return _affordable_shares(sizing.fraction * cash, price, commission)
-    affordable = _affordable_shares(cash, price, commission)
-    if sizing.kind == SIZING_FIXED_SHARES:
-        return min(sizing.fixed_shares, affordable)
-    return affordable
 
 
 @_jit
@@ -125,30 +53,92 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, average
     """
     n = close.shape[0]
     pairs = fast.shape[0]
-    state_f = np.zeros((pairs, N_FLOAT))
-    state_i = np.zeros((pairs, N_INT), dtype=np.int64)
-    state_f[:, F_CASH] = settings.cash
-    state_f[:, F_PEAK] = settings.cash
-    state_f[:, F_MIN_PEAK_RATIO] = 1.0
-    state_f[:, F_BEST_PCT] = -np.inf
-    state_f[:, F_WORST_PCT] = np.inf
+    state_f, state_i = _initial_state(pairs, settings)
     above = np.zeros(block // 8 + 1, dtype=np.uint64)  # the block's crossing masks, see _run_end
     below = np.zeros_like(above)
+    no_targets = np.zeros(0, dtype=np.int8)
     for start in range(0, n, block):
         stop = min(start + block, n)
         opens = open_[start:stop]
         closes = close[start:stop]
         for k in range(pairs):
-            _advance(start, n, opens, closes, ts, averages[fast[k], start:stop], averages[slow[k], start:stop],
-                     above, below, state_f[k], state_i[k], settings, commission, sizing)
+            _crossing_masks(averages[fast[k], start:stop], averages[slow[k], start:stop], above, below)
+            _advance(start, n, opens, closes, ts, above, below, no_targets, state_f[k], state_i[k], settings,
+                     commission, sizing)
     return state_f, state_i
 
 
 @_jit
-def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, fast: np.ndarray,
-             slow: np.ndarray, above: np.ndarray, below: np.ndarray, sf: np.ndarray, si: np.ndarray, settings: Settings,
+def targets_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, targets: np.ndarray, words: np.ndarray,
+                 rows: np.ndarray, settings: Settings, commission: CommissionRule, sizing: SizingRule, block: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Run combination k = the signals in targets[rows[k]] for every k; returns the final (state_f, state_i).
+
+    `targets` is int8, one row per combination and one column per bar (rows padded to a multiple of 8 columns,
+    the padding never read as a signal), already clipped to the mode (no -1 in long-only mode); `words` is the
+    same memory viewed as uint64, eight bars to a word, so that runs without a change are skipped eight bars at a
+    time. `block` must be a multiple of 8.
+    """
+    n = close.shape[0]
+    combinations = rows.shape[0]
+    state_f, state_i = _initial_state(combinations, settings)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        opens = open_[start:stop]
+        closes = close[start:stop]
+        for k in range(combinations):
+            block_words = words[rows[k], start >> 3:(stop + 7) >> 3]
+            _advance(start, n, opens, closes, ts, block_words, block_words, targets[rows[k], start:stop],
+                     state_f[k], state_i[k], settings, commission, sizing)
+    return state_f, state_i
+
+
+@_jit
+def clip_targets(targets: np.ndarray, long_only: bool) -> bool:
+    """Check that every signal is -1, 0 or 1 (False if not) and, in long-only mode, turn -1 into 0 (the engine's
+    `held_positions` does the same), in one pass over the rows: numpy's comparisons and maximum took three passes
+    and temporaries as large as the rows."""
+    flat = targets.reshape(-1)
+    valid = True
+    for i in range(flat.shape[0]):
+        valid &= (flat[i] >= -1) & (flat[i] <= 1)
+        if long_only:
+            flat[i] = max(flat[i], 0)
+    return valid
+
+
+@_jit
+def _initial_state(combinations: int, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """Every combination's state before the first bar: all cash, at its peak, no trades."""
+    state_f = np.zeros((combinations, N_FLOAT))
+    state_i = np.zeros((combinations, N_INT), dtype=np.int64)
+    state_f[:, F_CASH] = settings.cash
+    state_f[:, F_PEAK] = settings.cash
+    state_f[:, F_MIN_PEAK_RATIO] = 1.0
+    state_f[:, F_BEST_PCT] = -np.inf
+    state_f[:, F_WORST_PCT] = np.inf
+    return state_f, state_i
+
+
+@_jit
+def _crossing_masks(fast: np.ndarray, slow: np.ndarray, above: np.ndarray, below: np.ndarray) -> None:
+    """One byte per bar of the block: 1 where fast > slow in `above`, where fast < slow in `below` (a vectorized
+    loop: the comparisons cost less made all at once than one by one inside the runs)."""
+    above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
+    for j in range(fast.shape[0]):
+        above_bytes[j] = fast[j] > slow[j]
+        below_bytes[j] = fast[j] < slow[j]
+
+
+@_jit
+def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, above: np.ndarray,
+             below: np.ndarray, targets: np.ndarray, sf: np.ndarray, si: np.ndarray, settings: Settings,
              commission: CommissionRule, sizing: SizingRule) -> None:
-    """One pair over one block of bars (global bars start..start + len(closes)), state in and out of sf/si.
+    """One combination over one block of bars (global bars start..start + len(closes)), state in and out of sf/si.
+
+    The signals come from one of two sources: a target row (`targets` non-empty: the block's signals, `above` the
+    same bytes as uint64 words, `below` unused), or a crossover's masks (`targets` empty: `above` and `below` from
+    `_crossing_masks`; a tie keeps the signal).
 
     Per bar, in the engine's order: the target held during the bar is the previous close's signal (flat on the
     first and last bar); a change of target fills at this bar's open (close the old position, then open the new
@@ -156,8 +146,8 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     signal is stored already clipped to the mode: in long-only mode a tie then keeps "flat" where the engine keeps
     -1 and clips it, the same target.
 
-    The bars are walked in runs: the block's comparisons of the two averages are made up front (a vectorized
-    loop), `_run_end` finds the first close after a fill whose signal changes the target, eight bars per step, and
+    The bars are walked in runs: `_run_end` (or `_target_run_end`) finds the first close after a fill whose
+    signal changes the target, eight bars per step, and
     the bars up to it hold the same shares and cash. A flat run's equity is its cash on every bar, so only its
     first bar is marked (returns 0, the same side of the peak throughout): in long-only mode about half the bars
     cost nothing but their comparisons. A held run's returns are summed four bars at a time (`_held_run`); its
@@ -171,10 +161,8 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     last_peak, longest, exposed = si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED]
     short = 0 if settings.long_only else -1  # engine.held_positions: a -1 target is flat in long-only mode
     m = closes.shape[0]
+    by_target = targets.shape[0] > 0
     above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
-    for j in range(m):
-        above_bytes[j] = fast[j] > slow[j]
-        below_bytes[j] = fast[j] < slow[j]
     last = min(m, n - 1 - start) - 1  # a run ends here at the latest: bar n - 1 is always flat, a run of its own
     j = 0
     while j < m:
@@ -184,24 +172,28 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
             price = opens[j]
             if shares != 0:
                 fill = price * (1 + (-side) * settings.slippage_bps / 10_000)
-                fee = _commission(commission, abs(shares), fill)
+                fee = commission_of(commission, abs(shares), fill)
                 cash += shares * fill - fee
                 _record_trade(sf, si, side * abs(shares) * (fill - entry_price) - (entry_fee + fee),
                               abs(shares) * entry_price, entry_fee + fee)
                 shares = 0
             if target != 0:
                 fill = price * (1 + target * settings.slippage_bps / 10_000)
-                size = _size(cash, fill, sizing, commission)
+                size = entry_size(cash, fill, sizing, commission)
                 if size:
-                    entry_fee = _commission(commission, size, fill)
+                    entry_fee = commission_of(commission, size, fill)
                     cash -= target * size * fill + entry_fee
                     shares, side, entry_price = target * size, target, fill
             held = target
-        e = _run_end(above, below, j, last, held != 1, held != short)  # the run: bars j..e hold these shares
-        if fast[e] > slow[e]:
-            signal = 1
-        elif fast[e] < slow[e]:
-            signal = short
+        if by_target:  # the run: bars j..e hold these shares
+            e = _target_run_end(above, j, last, held)
+            signal = targets[e]
+        else:
+            e = _run_end(above, below, j, last, held != 1, held != short)
+            if above_bytes[e]:
+                signal = 1
+            elif below_bytes[e]:
+                signal = short
         equity = cash + shares * closes[j]  # the run's first bar: its return is against the bar before it
         if bar > 0 and equity != prev_equity:  # else the return is exactly 0 and adds nothing
             r = equity / prev_equity - 1
@@ -325,5 +317,32 @@ def _run_end(above: np.ndarray, below: np.ndarray, j: int, last: int, watch_abov
         return last
     byte = 0
     while (hits >> np.uint64(8 * byte)) & np.uint64(1) == 0:
+        byte += 1
+    return min(int(word) * 8 + byte, last)
+
+
+BYTE_ONES = np.uint64(0x0101010101010101)
+
+
+@_jit
+def _target_run_end(words: np.ndarray, j: int, last: int, held: int) -> int:
+    """The first bar in j..last whose signal differs from `held`, else last (j if j >= last).
+
+    `words` holds the block's signals, one byte per bar, eight bars to a word; XOR with `held` repeated in every
+    byte leaves a nonzero byte exactly where the signal differs. Bytes past `last` may be padding or the last
+    bar's: a hit there is clipped to `last`.
+    """
+    if j >= last:
+        return j
+    pattern = np.uint64(held & 0xFF) * BYTE_ONES
+    word, final = np.uint64(j >> 3), np.uint64(last >> 3)  # unsigned: numba skips its negative-index check
+    hits = (words[word] ^ pattern) & FROM_BYTE[j & 7]
+    while hits == 0 and word < final:
+        word += np.uint64(1)
+        hits = words[word] ^ pattern
+    if hits == 0:
+        return last
+    byte = 0
+    while (hits >> np.uint64(8 * byte)) & np.uint64(0xFF) == 0:
         byte += 1
     return min(int(word) * 8 + byte, last)

@@ -112,9 +112,13 @@ def plateau_score(results: pl.DataFrame, axes: Mapping[str, Sequence[ParamValue]
 
 
 def _cell(axes: Mapping[str, Sequence[ParamValue]], at: Mapping[str, ParamValue], reach: int) -> pl.Expr:
-    """Rows within `reach` steps of `at` on every axis."""
+    """Rows within `reach` steps of `at` on every axis. An axis mixing integers and floats (lower = 20, 27.5) is a
+    Float64 column (see `evaluate_grid`), and polars' `is_in` will not compare it with a list of integers."""
     condition = pl.lit(True)
     for name, values in axes.items():
         i = list(values).index(at[name])
-        condition &= pl.col(name).is_in(list(values[max(i - reach, 0):i + reach + 1]))
+        near = list(values[max(i - reach, 0):i + reach + 1])
+        if not all(isinstance(v, int) for v in values):
+            near = [float(v) for v in near]
+        condition &= pl.col(name).is_in(near)
     return condition

@@ -12,7 +12,7 @@ from storage.location import TableLocation
 def store_grid_report(location: TableLocation, report: GridReport, request: GridRequest, *, table_version: int,
                       run_id: str, flow_run_id: str) -> int:
     """Append every combination (insert-if-absent on run and parameters: a retried store never doubles them)."""
-    return append_grid_results(location, grid_rows(report.results, list(request.grid), {
+    return append_grid_results(location, run_id, grid_rows(report.results, list(request.grid), {
         "run_id": run_id, "flow_run_id": flow_run_id, "symbol": request.symbol, "strategy": request.strategy,
         "rank_by": request.rank_by, "bar_size": request.bar_size, "range_start": request.start,
         "range_end": request.end, "bars_version": table_version, "code_version": code_version(),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
+import numpy as np
 import polars as pl
 
 from ibkr_flows.backtest.strategies.base import Strategy
@@ -23,3 +25,7 @@ class BuyAndHold(Strategy):
 
     def target(self) -> pl.Expr:
         return pl.lit(1, dtype=pl.Int8)
+
+    @classmethod
+    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray) -> None:
+        out[:] = 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
+import numpy as np
 import polars as pl
 
 from ibkr_flows.backtest.strategies.base import Strategy, hold, require_positive
@@ -33,3 +35,17 @@ class DonchianBreakout(Strategy):
         prior_low = pl.col("low").rolling_min(self.lookback).shift(1)
         close = pl.col("close")
         return hold(pl.when(close > prior_high).then(1).when(close < prior_low).then(-1))
+
+    @classmethod
+    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray) -> None:
+        """The channels from one sparse table per side (`grid.indicators.SparseExtremes`, max and min being exact
+        whatever the algorithm), read and compared in one compiled pass per lookback."""
+        from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
+
+        high, low, close = (bars[c].to_numpy().astype(np.float64) for c in ("high", "low", "close"))
+        longest = max(strategy.lookback for strategy in strategies)
+        highs = indicators.SparseExtremes(high, longest, highest=True)
+        lows = indicators.SparseExtremes(low, longest, highest=False)
+        for k, strategy in enumerate(strategies):
+            (high_level, span), (low_level, _) = highs.level(strategy.lookback), lows.level(strategy.lookback)
+            indicators.breakout_targets(close, high_level, low_level, span, strategy.lookback, out[k])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
+import numpy as np
 import polars as pl
 
 from ibkr_flows.backtest.strategies.base import Strategy, hold, require_between, require_positive, require_smaller
@@ -52,3 +55,34 @@ class RsiReversion(Strategy):
     def target(self) -> pl.Expr:
         rsi = wilder_rsi("close", self.period)
         return hold(pl.when(rsi < self.lower).then(1).when(rsi > self.upper).then(0))
+
+    @classmethod
+    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray) -> None:
+        """One RSI per distinct period, compiled; each combination's thresholds applied to it in compiled code.
+
+        The Wilder averages' seeds (a polars rolling mean, whose summation order is polars' business) come from the
+        expression itself, run on the period + 1 bars they depend on; the recursion after them is the compiled
+        twin's, `grid.indicators.wilder_rsi`."""
+        from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
+
+        close = bars["close"].to_numpy().astype(np.float64)
+        by_period: dict[int, list[int]] = defaultdict(list)
+        for k, strategy in enumerate(strategies):
+            by_period[strategy.period].append(k)
+        rsi = np.empty(close.shape[0])
+        for period, rows in by_period.items():
+            indicators.wilder_rsi(close, period, *_wilder_seeds(bars, period), rsi)
+            for k in rows:
+                indicators.threshold_targets(rsi, strategies[k].lower, strategies[k].upper, 1, 0, out[k])
+
+
+def _wilder_seeds(bars: pl.DataFrame, period: int) -> tuple[float, float]:
+    """The average gain and loss at bar `period`, where `wilder_average` seeds them (0, 0 when there is no such
+    bar: the RSI is then null throughout)."""
+    if bars.height <= period:
+        return 0.0, 0.0
+    change = pl.col("close").diff()
+    seeds = bars.head(period + 1).select(wilder_average(change.clip(lower_bound=0.0), period).alias("gain"),
+                                         wilder_average((-change).clip(lower_bound=0.0), period).alias("loss"))
+    gain, loss = seeds.row(period)
+    return float(gain), float(loss)

@@ -1,0 +1,143 @@
+"""Reviewing what is stored against the quality rules: quarantined rows re-checked before release, and each
+stored series' sessions compared with the exchange calendar.
+
+Storage holds the rows and records the decisions; the rules and the calendar live here, above it. A release
+re-runs today's blocking checks (`validate_bars`) on the quarantined bars and, because a quarantined bar must
+never silently replace a stored one (the unique_key rule's promise), also refuses a bar whose key is stored with
+other values. Bars that pass are merged into the bars table through its ordinary MERGE, then marked released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import polars as pl
+
+from ibkr_flows.ib.historical import BAR_SIZES, is_intraday
+from ibkr_flows.ib.sessions import NEW_YORK, exchange_calendar
+from ibkr_flows.quality.validate import Engine, validate_bars
+from storage.bars_catalog import list_series, stored_bars_like
+from storage.bars_table import merge_bars
+from storage.location import TableLocation
+from storage.quarantine_table import Review, mark_reviewed, pending_quarantine
+from storage.schema import BAR_COLUMNS, BAR_KEY, PRICE_COLUMNS
+
+STORED_DIFFERS = "stored_bar_differs"
+"""Why a bar that passes every rule stays quarantined: the bars table holds another bar with its key."""
+SERIES_RULE_KEY = ("bar_size", "use_rth", "what_to_show")
+DAILY_SIZES = [size for size in BAR_SIZES if not is_intraday(size)]
+US_PER_DAY = 86_400_000_000
+NEW_YORK_EDT_OFFSET_US = 4 * 3_600_000_000
+
+
+class NothingToReviewError(LookupError):
+    """No pending quarantined row matches the filters of a release or drop."""
+
+
+@dataclass(frozen=True)
+class ReleaseReport:
+    examined: int
+    """Pending rows matching the filters."""
+    released: int
+    """Rows marked released (their bars merged into the bars table)."""
+    still_failing: dict[str, int]
+    """Rows left in quarantine, by the check they fail now (or `STORED_DIFFERS`)."""
+    bars_version: int | None
+    """The bars table version after the merge (None when nothing was merged)."""
+
+
+def release_quarantined(location: TableLocation, review: Review, *, symbol: str | None = None,
+                        check: str | None = None, engine: Engine = "polars") -> ReleaseReport:
+    """Re-check the pending rows matching the filters and release those that pass today's rules."""
+    pending = _pending(location, symbol, check).with_row_index("_row")
+    verdicts = pl.concat([_recheck(location, group, engine) for _, group in
+                          pending.group_by(SERIES_RULE_KEY, maintain_order=True)])
+    passed = pending.join(verdicts.filter(pl.col("now_failing").is_null()), on="_row", how="semi")
+    version = None
+    if passed.height:
+        bars = passed.unique(list(BAR_KEY), keep="first").with_columns(ingested_at=pl.lit(review.at))
+        version = merge_bars(location, bars).version
+    released = mark_reviewed(location, passed, review)
+    failing = verdicts.filter(pl.col("now_failing").is_not_null())["now_failing"].value_counts(sort=True)
+    return ReleaseReport(examined=pending.height, released=released,
+                         still_failing=dict(failing.iter_rows()), bars_version=version)
+
+
+def drop_quarantined(location: TableLocation, review: Review, *, symbol: str | None = None,
+                     check: str | None = None) -> int:
+    """Mark the pending rows matching the filters dropped (kept as the audit record); returns how many."""
+    return mark_reviewed(location, _pending(location, symbol, check), review)
+
+
+def _pending(location: TableLocation, symbol: str | None, check: str | None) -> pl.DataFrame:
+    pending = pending_quarantine(location, symbol=symbol, check=check)
+    if pending.is_empty():
+        filters = " ".join(f"--{name} {value}" for name, value in (("symbol", symbol), ("check", check)) if value)
+        raise NothingToReviewError(f"no pending quarantined rows{' match ' + filters if filters else ''} "
+                                   "(`ibkr data quarantine` counts them)")
+    return pending
+
+
+def _recheck(location: TableLocation, group: pl.DataFrame, engine: Engine) -> pl.DataFrame:
+    """`_row` and `now_failing` (null: passes) for every row of one series' pending rows. Identical copies of a
+    bar (quarantined by several runs) are judged once, so they do not fail unique_key against each other."""
+    series = group.row(0, named=True)
+    if any(series[k] is None for k in SERIES_RULE_KEY):
+        return group.select("_row", now_failing=pl.lit("not_null"))
+    candidates = group.group_by(list(BAR_COLUMNS), maintain_order=True).agg("_row")
+    result = validate_bars(candidates, bar_size=series["bar_size"], use_rth=series["use_rth"],
+                           what_to_show=series["what_to_show"], engine=engine)
+    clean = result.clean.with_columns(now_failing=_stored_differs(location, result.clean))
+    judged = pl.concat([clean.select("_row", "now_failing"),
+                        result.quarantined.select("_row", now_failing=pl.col("failed_check"))])
+    return judged.explode("_row")
+
+
+def _stored_differs(location: TableLocation, clean: pl.DataFrame) -> pl.Series:
+    """`STORED_DIFFERS` where the bars table holds the bar's key with other values, else null. A stored bar with
+    the same values (an earlier release that merged but was not marked) lets the row pass: releases repeat."""
+    stored = stored_bars_like(location, clean).rename({c: f"stored_{c}" for c in PRICE_COLUMNS})
+    joined = clean.select(*BAR_KEY, *PRICE_COLUMNS).join(stored, on=list(BAR_KEY), how="left",
+                                                         maintain_order="left")
+    has_stored = pl.col("stored_close").is_not_null() | pl.col("stored_open").is_not_null()
+    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"stored_{c}")) for c in PRICE_COLUMNS])
+    return joined.select(pl.when(has_stored & differs).then(pl.lit(STORED_DIFFERS))).to_series()
+
+
+def session_day() -> pl.Expr:
+    """The session a stored bar belongs to, as a date, in integer arithmetic (a per-row time-zone conversion
+    costs seconds on 10M rows): a daily stamp's UTC date; for an intraday bar the New York date, which a fixed
+    UTC-4 offset gives in both EST and EDT for every bar inside extended hours (04:00-20:00 New York)."""
+    shift = pl.when(pl.col("bar_size").is_in(DAILY_SIZES)).then(0).otherwise(NEW_YORK_EDT_OFFSET_US)
+    return ((pl.col("ts").dt.epoch("us") - shift) // US_PER_DAY).cast(pl.Int32).cast(pl.Date)
+
+
+def catalog_series(location: TableLocation, calendar: str = "XNYS") -> tuple[pl.DataFrame, int | None]:
+    """Every stored series (`storage.bars_catalog.list_series`) with `sessions_missing` and `missing_sessions`:
+    the exchange's sessions between its first and last bar that have no bar. Judged for intraday and daily bars;
+    null for weekly and monthly bars, which do not have one bar per session."""
+    listing = list_series(location, session_day=session_day())
+    missing = [_missing_sessions(row, calendar) for row in listing.series.iter_rows(named=True)]
+    series = listing.series.drop("bar_days").with_columns(
+        pl.Series("sessions_missing", [None if m is None else len(m) for m in missing], pl.Int64()),
+        pl.Series("missing_sessions", missing, pl.List(pl.Date())))
+    return series, listing.version
+
+
+def _missing_sessions(row: dict[str, object], calendar: str) -> list[date] | None:
+    """The calendar's sessions from the first bar's session to the last one's (`sessions_between` of the bars'
+    span, in one calendar call) that have no bar."""
+    first, last, size = row["first_bar"], row["last_bar"], row["bar_size"]
+    if not isinstance(first, datetime) or not isinstance(last, datetime) or size not in BAR_SIZES:
+        return None
+    if is_intraday(str(size)):
+        first_day, last_day = first.astimezone(NEW_YORK).date(), last.astimezone(NEW_YORK).date()
+    elif size == "1 day":
+        first_day, last_day = first.astimezone(UTC).date(), last.astimezone(UTC).date()
+    else:
+        return None
+    expected = pl.Series(exchange_calendar(calendar).sessions_in_range(first_day, last_day).date.tolist(),
+                         dtype=pl.Date())
+    seen = pl.Series(row["bar_days"] or [], dtype=pl.Date())
+    return expected.filter(~expected.is_in(seen.implode())).to_list()
