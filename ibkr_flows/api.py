@@ -2,6 +2,7 @@
 them (one pinned table version, UTC timestamps), without Prefect or a TWS connection.
 
     from ibkr_flows.api import load_bars, load_results
+    series = list_series()                      # what is stored: one row per series, sessions missing
     bars = load_bars("AAPL", start="2024-07-01", end="2024-07-13")
     best = load_results(sort_by="sharpe").head(5)
 """
@@ -14,10 +15,17 @@ import polars as pl
 
 from ibkr_flows.backtest.catalog import RunKind, list_runs
 from ibkr_flows.ib.historical import BarSize, WhatToShow
+from ibkr_flows.quality.review import catalog_series
 from storage.bars_table import read_bars
 from storage.location import TableLocation
 
 BAR_VALUES = ["ts", "open", "high", "low", "close", "volume", "wap", "bar_count"]
+
+
+def list_series(data_dir: str | None = None) -> pl.DataFrame:
+    """Every stored series as `ibkr data ls` lists it: first and last bar, rows, sessions missing, quarantined rows,
+    last ingest."""
+    return catalog_series(TableLocation.at(data_dir))[0]
 
 
 def load_bars(symbol: str, *, start: datetime | str, end: datetime | str, bar_size: BarSize = "1 min",

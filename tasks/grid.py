@@ -70,7 +70,8 @@ def publish_grid(report: GridReport, request: GridRequest, *, table_version: int
         key="grid-summary",
         description=f"{report.combinations_tried} combinations of {report.strategy} on {request.symbol}",
         markdown=grid_markdown(report, symbol=request.symbol, table_version=table_version,
-                               code_version=code_version(), run_id=run_id, heatmap=heatmap))
+                               code_version=code_version(), run_id=run_id, heatmap=heatmap,
+                               heatmap_axes=(x, y)))
     top = report.top(request.top_n)
     create_table_artifact(key="grid-top", description=f"top {top.height} by {report.rank_by}", table=[
         {k: format_value(k, v) if isinstance(v, float) else v for k, v in row.items()}

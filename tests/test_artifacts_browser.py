@@ -316,6 +316,7 @@ def test_grid_artifacts_render_in_the_browser(stack: Stack, runs: dict[str, dict
     [heatmap] = _check_images(browser, summary, "grid-summary")
     # The axis names are drawn inside the PNG (matplotlib labels); on the page the image is known by its alt text.
     assert "heatmap" in heatmap["alt"].lower(), heatmap
+    assert "fast_period" in heatmap["alt"] and "slow_period" in heatmap["alt"], heatmap
     _screenshot(browser, "grid-summary")
 
     top = json.loads(published["grid-top"]["data"])

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from ibkr_flows.api import load_bars, load_results
+from ibkr_flows.api import list_series, load_bars, load_results
 from ibkr_flows.cli.app import app
 from storage.bars_table import merge_bars, table_version
 from storage.location import TableLocation
@@ -190,6 +190,8 @@ def test_a_table_from_before_request_recording_gains_the_column_and_says_why_it_
 
 
 def test_notebook_api_reads_bars_and_results(location: TableLocation, runs: dict[str, str]) -> None:
+    (series,) = list_series(data_dir=str(location.root)).iter_rows(named=True)
+    assert series["symbol"] == "AAPL" and series["rows"] >= 3 * 390 and series["sessions_missing"] == 0
     bars = load_bars("aapl", start="2024-07-10", end="2024-07-11", data_dir=str(location.root))
     assert bars.height == 390 and bars["ts"].is_sorted() and bars["ts"].dtype.time_zone == "UTC"
     results = load_results(strategy="rsi_reversion", data_dir=str(location.root))

@@ -50,7 +50,10 @@ def trade_rows(run: BacktestRun, limit: int = 500) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str)) or value is None else str(value)
+    """A table cell a person reads: floats to 6 decimals (not `-87.00000000001137`), times as text."""
+    if isinstance(value, float):
+        return round(value, 6)
+    return value if isinstance(value, (int, str)) or value is None else str(value)
 
 
 def run_markdown(run: BacktestRun, charts: dict[str, bytes] | None = None) -> str:

@@ -12,7 +12,6 @@ from rich.console import Console
 from ibkr_flows.cli.data_catalog import export_command, history_command, ls_command, quarantine_command, show_command
 from ibkr_flows.cli.json_output import strict_json
 from ibkr_flows.cli.times import as_utc
-from ibkr_flows.settings import IBKRSettings
 
 data_app = typer.Typer(help="Market data: check the connection to TWS / IB Gateway, ingest historical bars into "
                        "Delta tables, and know what is stored (list, show, export, quarantine review, history).",
@@ -45,6 +44,8 @@ def connect(
     from ibkr_flows.doctor.preflight import diagnose
 
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL)
+    from ibkr_flows.settings import IBKRSettings  # pydantic-settings costs ~0.1 s: only commands that connect pay it
+
     settings = IBKRSettings.with_overrides(host=host, port=port, client_id=client_id, connect_timeout=timeout)
     diagnosis = diagnose(settings, retry_client_id=retry_client_id, check_data=data_check)
     if as_json:

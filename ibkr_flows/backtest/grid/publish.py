@@ -54,7 +54,9 @@ def _metric_line(label: str, metrics: Metrics | None) -> str:
 
 
 def grid_markdown(report: GridReport, *, symbol: str, table_version: int, code_version: str, run_id: str,
-                  heatmap: bytes | None = None) -> str:
+                  heatmap: bytes | None = None, heatmap_axes: tuple[str, str] = ("", "")) -> str:
+    """`heatmap_axes` (x, y) name the heatmap in its alt text, which is what a screen reader or a broken image
+    shows."""
     wf = report.walk_forward
     lines = [
         f"# Grid `{report.strategy}` on {symbol}",
@@ -80,5 +82,7 @@ def grid_markdown(report: GridReport, *, symbol: str, table_version: int, code_v
                       f"{format_value('sharpe', wf.efficiency)}, compounded out-of-sample return "
                       f"{format_value('total_return_pct', wf.out_of_sample_return_pct)}"]
     if heatmap is not None:
-        lines += ["", f"![heatmap](data:image/png;base64,{base64.b64encode(heatmap).decode()})"]
+        x, y = heatmap_axes
+        alt = f"{report.rank_by} heatmap by {x} x {y}" if x and y else f"{report.rank_by} heatmap"
+        lines += ["", f"![{alt}](data:image/png;base64,{base64.b64encode(heatmap).decode()})"]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ibkr_flows.ib.message_ids import ServerMessage
 from ibkr_flows.sim import messages as msg
+from ibkr_flows.sim.versions import order_id_field
 
 if TYPE_CHECKING:
     from ibkr_flows.sim.session import Session
@@ -28,5 +29,7 @@ def executions(session: Session, fields: list[str]) -> None:
 
 
 def reject_order(session: Session, fields: list[str]) -> None:
-    """placeOrder (`3, orderId, ...`) gets error 201 for that order id."""
-    session.send(msg.error(int(fields[1]) if fields[1].isdigit() else msg.NO_REQUEST, msg.ORDER_REJECTED))
+    """placeOrder gets error 201 for its order id (`3, orderId, ...`; before version 145, `3, version, orderId`)."""
+    at = order_id_field(session.server_version)
+    order_id = fields[at] if len(fields) > at else ""
+    session.send(msg.error(int(order_id) if order_id.isdigit() else msg.NO_REQUEST, msg.ORDER_REJECTED))
