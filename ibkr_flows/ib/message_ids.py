@@ -37,7 +37,9 @@ class ServerMessage(IntEnum):
 
 
 class ClientMessage(IntEnum):
-    """Ids of messages clients send (ibapi's `OUT`), with the API call that sends each."""
+    """Ids of messages clients send (ibapi's `OUT`), with the API call that sends each. The order-placing ids
+    (3, 4) are not here: this project never sends them; the simulator knows them to refuse them
+    (`sim.handlers.orders`)."""
 
     api_name: str
 
@@ -49,8 +51,6 @@ class ClientMessage(IntEnum):
 
     REQ_MKT_DATA = 1, "reqMktData"
     CANCEL_MKT_DATA = 2, "cancelMktData"
-    PLACE_ORDER = 3, "placeOrder"
-    CANCEL_ORDER = 4, "cancelOrder"
     REQ_OPEN_ORDERS = 5, "reqOpenOrders"
     REQ_ACCOUNT_UPDATES = 6, "reqAccountUpdates"
     REQ_EXECUTIONS = 7, "reqExecutions"

@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ibkr_flows.ib.message_ids import PROTOCOL_CLIENT_MESSAGES, ClientMessage, ServerMessage, api_name
+from ibkr_flows.ib.message_ids import PROTOCOL_CLIENT_MESSAGES, ServerMessage, api_name
 from ibkr_flows.ib.wire import API_PREFIX, FrameReader, ProtocolError, encode_frame, parse_version_range
 from ibkr_flows.sim import messages as msg
 from ibkr_flows.sim.faults import ConnectFault
-from ibkr_flows.sim.handlers import HANDLERS, ORDER_MESSAGES
-from ibkr_flows.sim.versions import SERVER_VERSION, for_version, negotiate, order_id_field
+from ibkr_flows.sim.handlers import HANDLERS, ORDER_MESSAGES, orders
+from ibkr_flows.sim.versions import SERVER_VERSION, for_version, negotiate
 
 if TYPE_CHECKING:
     from ibkr_flows.sim.server import TWSSimulator
@@ -143,7 +143,7 @@ class Session:
         self.messages_received += 1
         head = fields[0]
         msg_id = int(head) if head.isdigit() else -1
-        name = api_name(msg_id) if msg_id >= 0 else f"msg{head!r}"
+        name = orders.ORDER_CALLS.get(msg_id) or api_name(msg_id) if msg_id >= 0 else f"msg{head!r}"
         self.sim.counters.requests[name] += 1
         faults = self.sim.faults
         if msg_id not in PROTOCOL_CLIENT_MESSAGES:
@@ -166,11 +166,7 @@ class Session:
 
     def _refuse_read_only(self, msg_id: int, fields: list[str]) -> None:
         """321 for an order request; placeOrder's refusal names its order id."""
-        req_id = msg.NO_REQUEST
-        if msg_id == ClientMessage.PLACE_ORDER:
-            at = order_id_field(self.server_version)
-            order_id = fields[at] if len(fields) > at else ""
-            req_id = int(order_id) if order_id.isdigit() else msg.NO_REQUEST
+        req_id = orders.order_id(fields, self.server_version) if msg_id == orders.PLACE_ORDER else msg.NO_REQUEST
         self.send(msg.error(req_id, msg.READ_ONLY))
 
     # -- data requests ---------------------------------------------------------------------------------------

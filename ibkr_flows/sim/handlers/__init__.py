@@ -23,7 +23,7 @@ Handler: TypeAlias = Callable[["Session", list[str]], None]
 HANDLERS: dict[int, Handler] = {
     ClientMessage.REQ_MKT_DATA: market_data.mkt_data,
     ClientMessage.CANCEL_MKT_DATA: market_data.cancel_mkt_data,
-    ClientMessage.PLACE_ORDER: orders.reject_order,
+    orders.PLACE_ORDER: orders.reject_order,
     ClientMessage.REQ_OPEN_ORDERS: orders.open_orders,
     ClientMessage.REQ_ACCOUNT_UPDATES: account.account_updates,
     ClientMessage.REQ_EXECUTIONS: orders.executions,
@@ -44,7 +44,7 @@ HANDLERS: dict[int, Handler] = {
     ClientMessage.REQ_COMPLETED_ORDERS: orders.completed_orders,
 }
 
-ORDER_MESSAGES = frozenset({ClientMessage.PLACE_ORDER, ClientMessage.REQ_OPEN_ORDERS,
+ORDER_MESSAGES = frozenset({orders.PLACE_ORDER, ClientMessage.REQ_OPEN_ORDERS,
                             ClientMessage.REQ_AUTO_OPEN_ORDERS, ClientMessage.REQ_ALL_OPEN_ORDERS,
                             ClientMessage.REQ_COMPLETED_ORDERS})
 """Requests TWS refuses with 321 when its 'Read-Only API' box is ticked (server side only: no client sends them)."""

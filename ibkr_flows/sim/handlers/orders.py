@@ -15,6 +15,12 @@ from ibkr_flows.sim.versions import order_id_field
 if TYPE_CHECKING:
     from ibkr_flows.sim.session import Session
 
+PLACE_ORDER, CANCEL_ORDER = 3, 4
+"""The order-placing message ids (ibapi's `OUT.PLACE_ORDER`, `CANCEL_ORDER`). They live on the server side only:
+the simulator recognises them to refuse them; no client code of this project knows them."""
+ORDER_CALLS = {PLACE_ORDER: "placeOrder", CANCEL_ORDER: "cancelOrder"}
+"""Their API names, for the simulator's request counters."""
+
 
 def open_orders(session: Session, fields: list[str]) -> None:
     session.send([ServerMessage.OPEN_ORDER_END, 1])
@@ -28,8 +34,14 @@ def executions(session: Session, fields: list[str]) -> None:
     session.send([ServerMessage.EXECUTION_DATA_END, 1, int(fields[2])])
 
 
+def order_id(fields: list[str], server_version: int) -> int:
+    """The order id of a placeOrder (`3, orderId, ...`; before version 145, `3, version, orderId`), or
+    `NO_REQUEST` when it cannot be read."""
+    at = order_id_field(server_version)
+    value = fields[at] if len(fields) > at else ""
+    return int(value) if value.isdigit() else msg.NO_REQUEST
+
+
 def reject_order(session: Session, fields: list[str]) -> None:
-    """placeOrder gets error 201 for its order id (`3, orderId, ...`; before version 145, `3, version, orderId`)."""
-    at = order_id_field(session.server_version)
-    order_id = fields[at] if len(fields) > at else ""
-    session.send(msg.error(int(order_id) if order_id.isdigit() else msg.NO_REQUEST, msg.ORDER_REJECTED))
+    """placeOrder gets error 201 for its order id."""
+    session.send(msg.error(order_id(fields, session.server_version), msg.ORDER_REJECTED))
