@@ -323,6 +323,23 @@ def test_webhook_secret_appears_in_no_log_artifact_or_event(stack: Stack) -> Non
         assert TOKEN not in Path(log).read_text(errors="replace"), log
 
 
+def test_cli_ingest_records_its_run_in_the_server_ibkr_up_started(stack: Stack) -> None:
+    """With no PREFECT_API_URL, `ibkr data ingest` finds the server `ibkr up` left running (through PREFECT_HOME's
+    state file) and runs as the `ingest-bars` flow there, rather than start a temporary server."""
+    env = {k: v for k, v in stack.env.items() if k != "PREFECT_API_URL"}
+    result = _ibkr("data", "ingest", "MSFT", "--bar-size", "1 day", "--lookback-days", "10", "--quality-engine",
+                   "polars", "--port", str(stack.sim_port), "--client-id", "44", "--data-dir",
+                   str(stack.data_dir / "cli"), "--json", env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "from ibkr up" in result.stderr and "temporary" not in result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["mode"] == "prefect" and payload["prefect_api_url"] == stack.api_url
+    assert payload["symbols"][0]["rows_inserted"] > 0
+    run = Api(stack.api_url)("GET", f"/flow_runs/{payload['flow_run_id']}")
+    assert run["state_type"] == "COMPLETED"
+    assert Api(stack.api_url)("GET", f"/flows/{run['flow_id']}")["name"] == "ingest-bars"
+
+
 def test_ibkr_down_stops_everything(stack: Stack) -> None:
     pids = [stack.state["server_pid"], stack.state["worker_pid"]]
     assert all(group_alive(pid) for pid in pids)

@@ -1,17 +1,17 @@
-"""`ibkr data ...`: talk to TWS / IB Gateway (connect, ingest); the catalog of stored bars is in `data_catalog`."""
+"""`ibkr data ...`: talk to TWS / IB Gateway (`connect`); `ingest` is in `cli.ingest`, the catalog of stored bars in
+`data_catalog`."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from ibkr_flows.cli.data_catalog import export_command, history_command, ls_command, quarantine_command, show_command
+from ibkr_flows.cli.ingest import ingest_command
 from ibkr_flows.cli.json_output import strict_json
-from ibkr_flows.cli.times import as_utc
 
 data_app = typer.Typer(help="Market data: check the connection to TWS / IB Gateway, ingest historical bars into "
                        "Delta tables, and know what is stored (list, show, export, quarantine review, history).",
@@ -57,88 +57,7 @@ def connect(
     raise typer.Exit(diagnosis.exit_code)
 
 
-@data_app.command("ingest")
-def ingest(
-    symbols: Annotated[list[str], typer.Argument(help="Ticker symbols, e.g. AAPL MSFT SPY.")],
-    bar_size: Annotated[str, typer.Option(help="IB bar size: '1 min', '5 mins', '1 hour', '1 day', ...")] = "1 min",
-    what_to_show: Annotated[str, typer.Option(help="TRADES, MIDPOINT, BID_ASK, ADJUSTED_LAST")] = "TRADES",
-    rth: Annotated[bool, typer.Option("--rth/--eth", help="Regular trading hours only, or extended hours.")] = True,
-    start: Annotated[datetime | None, typer.Option(help="Start (UTC) for series never stored before.")] = None,
-    end: Annotated[datetime | None, typer.Option(help="End (UTC, exclusive); default now.")] = None,
-    lookback_days: Annotated[int, typer.Option(help="Default start: this many days before end.")] = 7,
-    quality_engine: Annotated[str, typer.Option(help="great_expectations, or polars (the same rules, faster).")
-                              ] = "great_expectations",
-    data_dir: Annotated[str | None, typer.Option(help="Where the Delta tables live [env IBKR_DATA_DIR, ./data]")
-                        ] = None,
-    host: Annotated[str | None, typer.Option(help="TWS host [env IBKR_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="API port [env IBKR_PORT]")] = None,
-    client_id: Annotated[int | None, typer.Option(help="API client id [env IBKR_CLIENT_ID]")] = None,
-) -> None:
-    """Fetch historical bars into the Delta bars table, incrementally (the `ingest-bars` Prefect flow).
-
-    Each series resumes from its last stored bar; new series start at --start (or --lookback-days ago).
-    Requests are paced by IB's rules, bad bars go to the quarantine table, and the run ends with a per-symbol
-    report. ADJUSTED_LAST is fetched whole up to now on every run and replaces the stored series (IB re-adjusts
-    it as a whole and serves it with no end date). Exit code 0 when every symbol was stored, 1 when some failed
-    (each with IB's reason and the fix), 2 for bad arguments, 5 when the temporary Prefect server did not start,
-    and the doctor's code when TWS is unusable.
-    """
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from flows.ingest import ingest_flow
-    from ibkr_flows.cli.errors import EXIT_BAD_INPUT, describe, exit_on_error, prefect_api
-    from ibkr_flows.doctor.diagnosis import TWSConnectionError
-    from ibkr_flows.ingest.errors import IngestIncompleteError
-    from ibkr_flows.ingest.report import report_rows
-    from ibkr_flows.ingest.request import IngestRequest
-    from ibkr_flows.settings import TWSEndpoint
-    from tasks.ingest import progress_listeners
-
-    console = Console()
-    with exit_on_error(console):  # the flow validates too; building the request here answers before Prefect starts
-        request = IngestRequest(
-            symbols=tuple(symbols), bar_size=bar_size, what_to_show=what_to_show, use_rth=rth,
-            start=start and as_utc(start), end=end and as_utc(end), lookback_days=lookback_days,
-            quality_engine=quality_engine)
-        tws = TWSEndpoint(host=host, port=port, client_id=client_id)
-    with prefect_api(Console(stderr=True)), Progress(
-            TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
-            TimeElapsedColumn(), console=console, transient=True) as bar:
-        job = bar.add_task("ingest", total=None)
-        progress_listeners.append(lambda done, planned: bar.update(job, completed=done, total=planned))
-        try:
-            state = ingest_flow(request=request, tws=tws, data_dir=data_dir, return_state=True)
-        finally:
-            progress_listeners.clear()
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, TWSConnectionError):
-        from ibkr_flows.cli.render import render_diagnosis
-
-        render_diagnosis(outcome.diagnosis, console)
-        raise typer.Exit(outcome.diagnosis.exit_code)
-    if isinstance(outcome, ValueError):
-        console.print(f"[red]error:[/red] {describe(outcome)}")
-        raise typer.Exit(EXIT_BAD_INPUT)
-    report = outcome.report if isinstance(outcome, IngestIncompleteError) else outcome
-    if isinstance(report, BaseException):
-        raise report
-    _print_report(console, report_rows(report))
-    for failed in report.failed:
-        console.print(f"[red]{failed.symbol} failed[/red] ({failed.error_type}): {escape(failed.error or '')}",
-                      soft_wrap=True)
-    raise typer.Exit(1 if report.failed else 0)
-
-
-def _print_report(console: Console, rows: list[dict[str, object]]) -> None:
-    from rich.table import Table
-
-    table = Table(*rows[0].keys()) if rows else Table()
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    console.print(table)
-
-
+data_app.command("ingest")(ingest_command)
 data_app.command("ls")(ls_command)
 data_app.command("show")(show_command)
 data_app.command("export")(export_command)

@@ -33,8 +33,9 @@ def demo(
     unless PREFECT_API_URL points at a server.
     """
     from flows.health import tws_health_check
-    from flows.ingest import ingest_flow
     from ibkr_flows.cli.errors import prefect_api
+    from ibkr_flows.cli.ingest import ingest_progress, run_ingest_flow
+    from ibkr_flows.ingest.engine import IngestReport
     from ibkr_flows.ingest.report import report_markdown
     from ibkr_flows.ingest.request import IngestRequest
     from ibkr_flows.settings import TWSEndpoint
@@ -60,15 +61,17 @@ def demo(
         sim.clear_faults()
         chosen = symbols or ["AAPL", "MSFT", "SPY"]
         console.rule(f"[bold]3/5 Ingest {days} days of 1-minute bars for {', '.join(chosen)} into {data_dir}")
-        state = ingest_flow(request=IngestRequest(symbols=tuple(chosen), lookback_days=days), data_dir=data_dir,
-                            tws=TWSEndpoint(host=sim.host, port=sim.port, client_id=client_id), return_state=True)
-        outcome = state.result(raise_on_failure=False)
-        if isinstance(outcome, BaseException):
+        with ingest_progress(console, enabled=True, warnings=[]) as on_progress:
+            outcome, _ = run_ingest_flow(IngestRequest(symbols=tuple(chosen), lookback_days=days),
+                                         TWSEndpoint(host=sim.host, port=sim.port, client_id=client_id), data_dir,
+                                         on_progress)
+        if not isinstance(outcome, IngestReport):
             failures.append(f"ingestion failed: {outcome}")
         else:
             from rich.markdown import Markdown  # markdown-it costs 30 ms to import: only the demo pays it
 
             console.print(Markdown(report_markdown(outcome)))
+            failures += [f"{s.symbol} failed: {s.error}" for s in outcome.failed]
             failures += _backtest(console, chosen, outcome, data_dir)
             failures += _grid(console, chosen[0], outcome, data_dir)
 
