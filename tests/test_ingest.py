@@ -201,11 +201,27 @@ def test_silence_is_not_mistaken_for_no_data(tws: EmbeddedSimulator, tmp_path: P
     assert aapl.chunks_empty == 0 and aapl.rows_inserted == 0
 
 
-def test_no_data_is_an_empty_range_not_a_failure(tws: EmbeddedSimulator, tmp_path: Path) -> None:
+def test_no_data_in_every_range_fails_the_symbol_never_ok(tws: EmbeddedSimulator, tmp_path: Path) -> None:
+    """162 'no data' is an empty range, not an error: every range is still requested. But a symbol whose every
+    range came back empty stored nothing where bars were expected, which is never `ok`."""
     tws.update_faults(no_data_symbols={"IBM"})
-    report = run(tws, TableLocation(tmp_path), ("IBM",), start=datetime(2024, 7, 11, tzinfo=UTC))
-    ibm = report.symbols[0]
-    assert ibm.status == "ok" and ibm.chunks_empty == ibm.chunks_fetched == 2 and ibm.rows_inserted == 0
+    report = run(tws, TableLocation(tmp_path), ("IBM", "SPY"), start=datetime(2024, 7, 11, tzinfo=UTC))
+    ibm, spy = report.symbols
+    assert ibm.chunks_empty == ibm.chunks_fetched == 2 and ibm.rows_inserted == 0
+    assert ibm.status == "failed" and ibm.error_type == "NothingStoredError"
+    assert "no bars for any of the 2 requested ranges" in ibm.error
+    assert spy.status == "ok" and spy.rows_inserted > 0 and report.failed == [ibm]
+
+
+def test_every_bar_quarantined_fails_the_symbol_never_ok(tws: EmbeddedSimulator, tmp_path: Path) -> None:
+    """A replay file without a `count` column used to make every TRADES bar fail its check: the run said `ok`
+    over an empty table. Whatever the cause, all bars quarantined is a failure that says where to look."""
+    tws.update_faults(bad_bars={"negative-volume": 1})  # every bar
+    report = run(tws, TableLocation(tmp_path), ("AAPL",), start=datetime(2024, 7, 11, tzinfo=UTC))
+    aapl = report.symbols[0]
+    assert aapl.rows_fetched > 0 and aapl.rows_quarantined == aapl.rows_fetched and aapl.rows_inserted == 0
+    assert aapl.status == "failed" and aapl.error_type == "NothingStoredError"
+    assert "ibkr data quarantine --show --symbol AAPL" in aapl.error
 
 
 def test_connectivity_loss_mid_run_is_waited_out(tws: EmbeddedSimulator, tmp_path: Path) -> None:

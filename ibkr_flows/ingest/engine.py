@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from ib_async import ContractDetails
 
 from ibkr_flows.ib.historical import MAX_DURATION, duration_exceeds_max
-from ibkr_flows.ingest.errors import RequestRejectedError, SymbolError
+from ibkr_flows.ingest.errors import NothingStoredError, RequestRejectedError, SymbolError
 from ibkr_flows.ingest.fetch import IBSession, RetryPolicy, head_timestamp, qualify, tws_time
 from ibkr_flows.ingest.pacing import PacingBudget, default_ledger_path
 from ibkr_flows.ingest.plan import WHOLE_SERIES, Chunk, plan_chunks, plan_up_to_now, resume_start
@@ -169,6 +169,8 @@ class _Run:
                 await self._store(report, batch)
             if batch.error is not None:
                 return self._failed(report, batch.error)
+        if report.chunks_planned and (problem := _nothing_stored(report, self.request)):
+            return self._failed(report, NothingStoredError(symbol, problem))
         report.status = "ok" if report.chunks_planned else "up-to-date"
         return report
 
@@ -223,6 +225,19 @@ class _Run:
         report.status, report.error, report.error_type = "failed", exc.reason, type(exc).__name__
         log.error("%s failed: %s", report.symbol, exc.reason)
         return report
+
+
+def _nothing_stored(report: SymbolReport, request: IngestRequest) -> str | None:
+    """Why a symbol whose requests all came back stored nothing, or None when it stored (or re-confirmed) bars."""
+    if report.rows_fetched == 0:
+        hours = "regular hours" if request.use_rth else "extended hours"
+        return (f"IB returned no bars for any of the {report.chunks_fetched} requested ranges ('{request.bar_size}' "
+                f"{request.what_to_show}, {hours}); nothing was stored. Fix: check the symbol traded in that range, "
+                "or try --eth or another --what-to-show")
+    if report.rows_quarantined >= report.rows_fetched and not (report.rows_inserted or report.rows_updated):
+        return (f"all {report.rows_fetched} bars fetched failed the quality checks and were quarantined; nothing "
+                f"was stored. See `ibkr data quarantine --show --symbol {report.symbol}` for the checks that failed")
+    return None
 
 
 async def ingest_async(request: IngestRequest, location: TableLocation, settings: IBKRSettings, *,

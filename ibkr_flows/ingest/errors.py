@@ -48,6 +48,12 @@ class RequestRejectedError(SymbolError):
         return (type(self), (self.symbol, self.ib_reason, self.code, self.fix))
 
 
+class NothingStoredError(SymbolError):
+    """Bars were expected (requests were planned and sent) but none were stored: every range came back empty, or
+    every bar fetched failed the quality checks. A run that says `ok` over an empty table is the failure users
+    find last, so this fails the symbol with what happened and where to look."""
+
+
 class RetryableError(IngestError):
     """Worth another try after a pause: pacing violations, timeouts, dropped connections."""
 

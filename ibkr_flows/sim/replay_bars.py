@@ -19,8 +19,10 @@ class ReplayBars:
     """Bars from a CSV or Parquet file: `ts` (or date/datetime/timestamp/time), open, high, low, close, volume,
     optionally wap, count and symbol (without it, every symbol gets the file's bars).
 
-    Naive times are read as UTC; date-only rows are daily bars. The file's own bar size is the finest served;
-    larger sizes are aggregated from the session's open as TWS does."""
+    Naive times are read as UTC; date-only rows are daily bars, and so are rows whose times are all midnight a day
+    or more apart (what pandas writes for dates). The file's own bar size is the finest served; larger sizes are
+    aggregated from the session's open as TWS does. Without a `count` column the trade count is served as 0: TWS
+    always sends one for TRADES, and IB's -1 would tell the quality checks there were no trades to count."""
 
     def __init__(self, path: Path | str, calendar_name: str = "XNYS") -> None:
         self.path = Path(path)
@@ -47,8 +49,9 @@ class ReplayBars:
                              f"open/high/low/close/volume; missing {missing or ['time']}")
         frame = raw.rename({v: k for k, v in columns.items()}).rename({time_column.lower(): "ts"})
         ts = frame["ts"]
-        daily = ts.dtype == pl.Date()
+        daily = ts.dtype == pl.Date() or _midnights_a_day_apart(ts)
         if daily:
+            ts = ts.dt.date() if ts.dtype != pl.Date() else ts
             ts = ts.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
         elif isinstance(ts.dtype, pl.Datetime):
             ts = ts.dt.cast_time_unit("us")
@@ -61,7 +64,7 @@ class ReplayBars:
              else pl.lit(None, pl.String)).alias("symbol"),
             (pl.col("wap") if "wap" in frame.columns
              else ((pl.col("high") + pl.col("low") + pl.col("close")) / 3).round(4)).cast(pl.Float64).alias("wap"),
-            (pl.col("count") if "count" in frame.columns else pl.lit(-1)).cast(pl.Int64).alias("count"),
+            (pl.col("count") if "count" in frame.columns else pl.lit(0)).cast(pl.Int64).alias("count"),
             *[pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "volume")],
         )
         frame = frame.with_columns(pl.lit(daily).alias("daily"))
@@ -108,3 +111,12 @@ class ReplayBars:
         labels = cal.sessions_in_range(pd.Timestamp(rows["day"].min()), pd.Timestamp(rows["day"].max()))
         return [label.date() for label in labels]
 
+
+def _midnights_a_day_apart(ts: pl.Series) -> bool:
+    """Daily bars written as datetimes: every time is 00:00 and no two rows of a symbol are less than a day apart
+    (an intraday file has times other than midnight in every session)."""
+    if not isinstance(ts.dtype, pl.Datetime) or ts.is_empty():
+        return False
+    at_midnight = (ts.dt.hour() == 0) & (ts.dt.minute() == 0) & (ts.dt.second() == 0) & (ts.dt.microsecond() == 0)
+    gaps = ts.unique().sort().diff().drop_nulls()
+    return bool(at_midnight.all()) and (gaps.is_empty() or gaps.min() >= timedelta(days=1))  # type: ignore[operator]
