@@ -32,6 +32,7 @@ from ibkr_flows.ingest.stages import (
     fetch_batch,
     store_batch,
 )
+from ibkr_flows.quality.validate import warm_up
 from ibkr_flows.settings import IBKRSettings
 from storage.bars_table import watermarks
 from storage.location import TableLocation
@@ -126,6 +127,7 @@ class _Run:
         started = time.perf_counter()
         r = self.request
         try:
+            warm_up(r.quality_engine)  # Great Expectations' import (seconds) overlaps connecting and fetching
             await self.session.ensure_connected()
             marks = await asyncio.to_thread(watermarks, self.location, bar_size=r.bar_size,
                                             what_to_show=r.what_to_show, use_rth=r.use_rth, symbols=list(r.symbols))

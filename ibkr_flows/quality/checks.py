@@ -207,6 +207,12 @@ def rules(series: BarSeries, sessions: Sessions) -> dict[str, pl.Expr]:
     return {name: expr.alias(name) for name, expr in exprs.items()}
 
 
+def first_failed() -> pl.Expr:
+    """`failed_check`: the first blocking check (precedence order) a row fails, null when it passes them all, over
+    a frame of one failure column per check (`~rule`)."""
+    return pl.coalesce([pl.when(pl.col(c)).then(pl.lit(c)) for c in BLOCKING_CHECKS]).alias("failed_check")
+
+
 def _value(column: str) -> pl.Expr:
     return pl.format("{} {}", pl.lit(column), pl.col(column).cast(pl.String).fill_null("null"))
 

@@ -1,16 +1,18 @@
 """The quality gate the ingestion calls: split a batch into clean and quarantined rows and report session gaps.
 
-Both engines apply the rules of `quality.checks` in the same precedence and give identical clean and quarantined
-frames: "polars" evaluates the expressions directly; "great_expectations" lets the GX suite of `quality.gx_suite`
-decide pass/fail per check and name the failing rows (GX's own COMPLETE results, fetched only for failed checks).
-Completeness is a warning computed in polars for both engines: it needs the exchange calendar, not a row rule.
+Both engines evaluate the rules of `quality.checks` once, in polars, in the same precedence, and give identical
+clean and quarantined frames. "great_expectations" also validates the batch's `failed_check` column with the GX
+gate of `quality.gx_suite` (one expectation, one pass): its verdict must agree, and its validation result, GX's
+documented record of the gate, comes back with the result. Completeness is a warning computed in polars for both
+engines: it needs the exchange calendar, not a row rule.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
@@ -22,11 +24,15 @@ from ibkr_flows.quality.checks import (
     CheckOutcome,
     Sessions,
     details,
+    first_failed,
     rules,
 )
 from ibkr_flows.quality.completeness import GAPS_SCHEMA, completeness_outcome, is_judged, judged_sessions, session_gaps
 
-__all__ = ["CheckOutcome", "Engine", "QualityResult", "validate_bars"]
+if TYPE_CHECKING:
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+
+__all__ = ["CheckOutcome", "Engine", "QualityResult", "validate_bars", "warm_up"]
 
 Engine = Literal["great_expectations", "polars"]
 ENGINES: tuple[Engine, ...] = ("great_expectations", "polars")
@@ -43,6 +49,9 @@ class QualityResult:
     engine: Engine
     outcomes: list[CheckOutcome] = field(default_factory=list)
     """Every check run, blocking and warning."""
+    validation: ExpectationSuiteValidationResult | None = None
+    """GX's validation result of the gate (engine "great_expectations"): success, the batch's fingerprint and, when
+    it fails, counts and the first failing rows; `.to_json_dict()` stores it. None for the polars engine."""
 
     @property
     def warnings(self) -> list[CheckOutcome]:
@@ -71,43 +80,42 @@ def validate_bars(frame: pl.DataFrame, *, bar_size: str, use_rth: bool, what_to_
         raise ValueError(f"bars frame lacks column(s) {', '.join(missing)}")
     series = BarSeries(bar_size, use_rth, what_to_show, calendar)
     sessions = Sessions.for_frame(frame, series)
-    failing, passed = _failures(frame, series, sessions, engine)
+    failing = frame.select(~expr for expr in rules(series, sessions).values())
+    failed_check = failing.select(first_failed()).to_series()
+    validation = None
+    if engine == "great_expectations":
+        from ibkr_flows.quality.gx_suite import gate
 
-    first_failure = pl.coalesce([pl.when(pl.col(c)).then(pl.lit(c)) for c in BLOCKING_CHECKS])
-    failed_check = failing.select(first_failure.alias("failed_check")).to_series()
+        validation = gate(failed_check)
+
     why = details(series, sessions)
     quarantined = (frame.with_columns(failed_check)
                    .filter(pl.col("failed_check").is_not_null())
                    .with_columns(check_detail=pl.coalesce([pl.when(pl.col("failed_check") == c).then(why[c])
                                                            for c in BLOCKING_CHECKS]).cast(pl.String())))
     clean = frame.filter(failed_check.is_null())
-    outcomes = [_blocking_outcome(c, passed[c], int(failing[c].sum()), quarantined) for c in BLOCKING_CHECKS]
+    outcomes = [_blocking_outcome(c, int(failing[c].sum()), quarantined) for c in BLOCKING_CHECKS]
 
     gaps = pl.DataFrame(schema=GAPS_SCHEMA)
     if is_judged(series):
         judged = judged_sessions(series, window, sessions)
         gaps = session_gaps(clean, series, judged)
         outcomes.append(completeness_outcome(gaps, judged.days.len()))
-    return QualityResult(clean=clean, quarantined=quarantined, gaps=gaps, engine=engine, outcomes=outcomes)
+    return QualityResult(clean=clean, quarantined=quarantined, gaps=gaps, engine=engine, outcomes=outcomes,
+                         validation=validation)
 
 
-def _failures(frame: pl.DataFrame, series: BarSeries, sessions: Sessions,
-              engine: Engine) -> tuple[pl.DataFrame, dict[str, bool]]:
-    """One boolean column per blocking check (True where a row fails it) and each check's verdict."""
-    if frame.is_empty() or engine == "polars":
-        failing = frame.select(~expr for expr in rules(series, sessions).values())
-        return failing, {c: not failing[c].any() for c in BLOCKING_CHECKS}
-    from ibkr_flows.quality.gx_suite import run_suite
+def warm_up(engine: Engine) -> threading.Thread | None:
+    """Start building the engine's machinery on a thread (GX: a 3-14 s import), to overlap it with fetching."""
+    if engine != "great_expectations":
+        return None
+    from ibkr_flows.quality.gx_suite import warm_up as gx_warm_up
 
-    verdicts = run_suite(frame, series, sessions)
-    index = pl.int_range(frame.height, dtype=pl.Int64(), eager=True)
-    failing = pl.DataFrame([index.is_in(pl.Series(v.rows, dtype=pl.Int64()).implode()).alias(c)
-                            for c, v in verdicts.items()])
-    return failing, {c: v.passed for c, v in verdicts.items()}
+    return gx_warm_up()
 
 
-def _blocking_outcome(check: str, passed: bool, failed_rows: int, quarantined: pl.DataFrame) -> CheckOutcome:
-    if passed:
+def _blocking_outcome(check: str, failed_rows: int, quarantined: pl.DataFrame) -> CheckOutcome:
+    if not failed_rows:
         return CheckOutcome(check, "blocking", passed=True, failed_rows=0, detail=RULE_TEXT[check])
     labelled = quarantined.filter(pl.col("failed_check") == check).height
     return CheckOutcome(check, "blocking", passed=False, failed_rows=failed_rows,
