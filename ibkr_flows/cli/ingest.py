@@ -74,7 +74,7 @@ def ingest_command(
         tws = TWSEndpoint(host=host, port=port, client_id=client_id)
     server = configured_server() if prefect is not False else None
     use_prefect = prefect is True or server is not None
-    notes = Console(stderr=True)
+    notes = Console(stderr=True, soft_wrap=True)  # one line per note: readable in logs and by grep
     if server is not None:
         os.environ.setdefault("PREFECT_API_URL", server.api_url)  # before Prefect is imported, so it is used
         notes.print(f"recording the run in the Prefect server at {server.api_url} (from {server.source})", style="dim")
