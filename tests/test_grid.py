@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import ibkr_flows.backtest.grid.evaluate as grid_evaluate
 from ibkr_flows.backtest import engine
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
-from ibkr_flows.backtest.engine import BacktestConfig, Mode
+from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
 from ibkr_flows.backtest.errors import UnknownStrategyError
 from ibkr_flows.backtest.grid import (
     METRIC_COLUMNS,
@@ -37,6 +37,8 @@ from ibkr_flows.backtest.grid import (
     walk_forward_folds,
 )
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
+from ibkr_flows.backtest.strategies import get_strategy
+from ibkr_flows.backtest.strategies.base import Entry
 
 START = datetime(2024, 1, 2, tzinfo=UTC)
 CROSSOVER_GRID = {"fast_period": range(2, 31, 2), "slow_period": range(5, 81, 5)}
@@ -156,16 +158,22 @@ def test_chunks_cover_every_combination_exactly_once(n_chunks: int | None, chunk
             spec.chunks(**bad)
 
 
+CONVENTIONS = [("state", "close"), ("cross", "close"), ("state", "open"), ("cross", "open")]
+"""(entry, finalize): the default first."""
+
+
+@pytest.mark.parametrize(("entry", "finalize"), CONVENTIONS, ids=["-".join(c) for c in CONVENTIONS])
 @pytest.mark.parametrize(("strategy", "bars", "mode", "commission", "sizing", "cash", "slippage_bps"),
                          [s[1:] for s in SETTINGS], ids=[s[0] for s in SETTINGS])
 def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode: Mode, commission: CommissionModel,
-                                         sizing: Sizing, cash: float, slippage_bps: float,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sampled combinations of a 15 x 16 grid against `run_backtest`. The kernel path must compute them (the
-    grid's own access to the engine is cut), across several bar blocks, moving-average groups and threads."""
+                                         sizing: Sizing, cash: float, slippage_bps: float, entry: Entry,
+                                         finalize: Finalize, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampled combinations of a 15 x 16 grid against `run_backtest`, under every entry and finalize convention.
+    The kernel path must compute them (the grid's own access to the engine is cut), across several bar blocks,
+    moving-average groups and threads."""
     spec = GridSpec(strategy, CROSSOVER_GRID)
     base = BacktestConfig(strategy, cash=cash, commission=commission, slippage_bps=slippage_bps, sizing=sizing,
-                          mode=mode)
+                          mode=mode, entry=entry, finalize=finalize)
     rng = np.random.default_rng(len(strategy) + len(mode))
     combinations = spec.combinations()
     sample = [combinations[i] for i in rng.choice(len(combinations), 12, replace=False)]
@@ -179,22 +187,22 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
     assert table["trades"].sum() > 100
     for combination, row in zip(sample, table.iter_rows(named=True), strict=True):
         assert {name: row[name] for name in spec.axes} == combination
-        single = engine.run_backtest(bars, "5 mins", BacktestConfig(
-            strategy, combination, cash=cash, commission=commission, slippage_bps=slippage_bps, sizing=sizing,
-            mode=mode))
+        single = engine.run_backtest(bars, "5 mins", grid_evaluate.combination_config(base, combination))
         assert_rows_equal(row, metric_row(single.metrics))
 
 
 @settings(max_examples=60, deadline=None)
-@given(closes=st.lists(st.floats(0.01, 1e6), min_size=1, max_size=300),
+@given(name=st.sampled_from(["sma_crossover", "ema_crossover"]),
+       closes=st.lists(st.floats(0.01, 1e6), min_size=1, max_size=300),
        periods=st.lists(st.integers(1, 40), min_size=1, max_size=4))
-def test_numpy_sma_is_the_polars_sma_bit_for_bit(closes: list[float], periods: list[int]) -> None:
-    """The grid builds SMAs with `sma_rows`; the engine with the `sma` expression. Same bits, same crossings."""
-    from ibkr_flows.backtest.strategies.sma_crossover import sma, sma_rows
-
+def test_compiled_averages_are_the_polars_averages_bit_for_bit(name: str, closes: list[float], periods: list[int]
+                                                               ) -> None:
+    """The grid builds averages with `average_rows` (compiled); the engine with the `average` expression. Same bits,
+    same crossings."""
+    cls = get_strategy(name)
     frame = pl.DataFrame({"close": closes})
-    expected = [frame.select(sma("close", p)).to_series().fill_null(np.nan).to_numpy() for p in periods]
-    np.testing.assert_array_equal(sma_rows(np.array(closes), periods), np.array(expected))
+    expected = [frame.select(cls.average("close", p)).to_series().fill_null(np.nan).to_numpy() for p in periods]
+    np.testing.assert_array_equal(cls.average_rows(np.array(closes), periods), np.array(expected))
 
 
 def test_kernel_compiles_without_a_cache_location() -> None:

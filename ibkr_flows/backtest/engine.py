@@ -5,10 +5,14 @@ finalize_trades=True`, so its results can be reproduced):
 
 - A strategy decides on a bar's close; the order fills at the NEXT bar's open, so no fill ever uses a price the
   decision could not have known. The last bar's decision is never traded.
-- A position still open at the end is closed at the last bar's open, like any other order: the end of the data is
-  a flat decision taken at the second-to-last close, and it overrides that bar's own signal (no round trip that
-  opens and closes at one price). This is backtesting.py's `finalize_trades=True` fill; note it is the last OPEN,
-  not the last close, so the final bar never adds PnL.
+- `finalize="close"` (the default): a position still open at the end is closed at the last bar's open, like any
+  other order: the end of the data is a flat decision taken at the second-to-last close, and it overrides that
+  bar's own signal (no round trip that opens and closes at one price). This is backtesting.py's
+  `finalize_trades=True` fill; note it is the last OPEN, not the last close, so the final bar never adds PnL.
+  `finalize="open"` leaves it open, marked to market at the last close, and not counted as a trade (backtesting.py's
+  default `finalize_trades=False`, vectorbt's portfolios): the second-to-last close's signal is traded too.
+- `entry` (a strategy's `entries`): "state" takes a position on every bar where the strategy's condition holds,
+  "cross" only where it starts to hold (`strategies.base.Entry`).
 - Every bar's equity is cash plus the position marked at that bar's close.
 - long_only turns a -1 target into flat; long_short reverses by closing, then opening the other side at the same
   open, sized from the cash after the close.
@@ -32,8 +36,10 @@ from ibkr_flows.backtest.errors import BacktestError, NoBarsError
 from ibkr_flows.backtest.metrics import Metrics, annualization, compute_metrics, drawdown_pct
 from ibkr_flows.backtest.sizing import AllIn, Sizing
 from ibkr_flows.backtest.strategies import Strategy, strategy_params
+from ibkr_flows.backtest.strategies.base import Entry
 
 Mode = Literal["long_only", "long_short"]
+Finalize = Literal["close", "open"]
 PRICE_COLUMNS = ("open", "high", "low", "close")
 REQUIRED_COLUMNS = ("ts", *PRICE_COLUMNS, "volume")
 
@@ -41,8 +47,9 @@ REQUIRED_COLUMNS = ("ts", *PRICE_COLUMNS, "volume")
 @dataclass(frozen=True)
 class BacktestConfig:
     """Everything about a run except the data. Defaults: USD 100,000, IBKR Pro Fixed commissions, no slippage,
-    all-in sizing, long only. `bars_per_session` overrides the RTH session length used for annualizing intraday bars
-    (pass it for extended-hours data)."""
+    all-in sizing, long only, positions taken on the strategy's state and closed at the end (`entry`, `finalize`:
+    the module's conventions). `bars_per_session` overrides the RTH session length used for annualizing intraday
+    bars (pass it for extended-hours data)."""
 
     strategy: str
     params: Mapping[str, object] = field(default_factory=dict)
@@ -52,6 +59,8 @@ class BacktestConfig:
     sizing: Sizing = field(default_factory=AllIn)
     mode: Mode = "long_only"
     bars_per_session: int | None = None
+    entry: Entry = "state"
+    finalize: Finalize = "close"
 
     def __post_init__(self) -> None:
         if not self.cash > 0:
@@ -60,7 +69,10 @@ class BacktestConfig:
             raise BacktestError(f"slippage_bps must be >= 0 (it works against the trader), got {self.slippage_bps}")
         if self.mode not in get_args(Mode):
             raise BacktestError(f"mode must be one of {', '.join(get_args(Mode))}, got {self.mode!r}")
-        self.build_strategy()  # fail on a bad strategy name or parameters now, not when the data has been loaded
+        if self.finalize not in get_args(Finalize):
+            raise BacktestError(f"finalize must be one of {', '.join(get_args(Finalize))}, got {self.finalize!r}")
+        # fail on a bad strategy name, parameters or entry now, not when the data has been loaded
+        self.build_strategy().check_entry(self.entry)
 
     def build_strategy(self) -> Strategy:
         return strategy_params(self.strategy, self.params)
@@ -102,10 +114,10 @@ def run_backtest(bars: pl.DataFrame, bar_size: str, config: BacktestConfig) -> B
         raise BacktestError(
             f"{strategy} cannot trade on {bars.height} bars: it needs {strategy.warmup_bars} warm-up bars, then a bar "
             f"to decide on, one to fill on and one to exit on ({strategy.warmup_bars + 3} in all)")
-    signals = strategy.signals(bars)
+    signals = strategy.signals(bars, config.entry)
     if signals.len() != bars.height or signals.null_count() or not signals.is_in([-1, 0, 1]).all():
         raise BacktestError(f"{strategy} must return one signal in {{-1, 0, 1}} per bar")
-    held = held_positions(signals.to_numpy().astype(np.int8), config.mode)
+    held = held_positions(signals.to_numpy().astype(np.int8), config.mode, config.finalize)
     sim = simulate(bars["open"].to_numpy(), bars["close"].to_numpy(), held,
                    config.cash, config.commission, config.slippage_bps, config.sizing)
     trades = _trades_frame(bars["ts"], sim)
@@ -117,11 +129,14 @@ def run_backtest(bars: pl.DataFrame, bar_size: str, config: BacktestConfig) -> B
     return BacktestResult(strategy=strategy, trades=trades, equity=equity, metrics=metrics)
 
 
-def held_positions(signals: np.ndarray, mode: Mode) -> np.ndarray:
+def held_positions(signals: np.ndarray, mode: Mode, finalize: Finalize = "close") -> np.ndarray:
     """Target held during each bar: the previous bar's signal, flat on the first bar and, to exit at the last
-    bar's open, flat on the last bar too."""
+    bar's open (`finalize="close"`), flat on the last bar too."""
     held = np.zeros(len(signals), dtype=np.int8)
-    held[1:-1] = signals[:-2]
+    if finalize == "close":
+        held[1:-1] = signals[:-2]
+    else:
+        held[1:] = signals[:-1]
     return np.maximum(held, 0) if mode == "long_only" else held
 
 

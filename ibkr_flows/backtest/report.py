@@ -69,7 +69,9 @@ def run_markdown(run: BacktestRun, charts: dict[str, bytes] | None = None) -> st
         f"- **Data**: bars table version {run.table_version} · **code**: {run.code_version} · run `{run.run_id}`",
         f"- **Costs**: {r.commission}{f' {r.commission_rate:.4%}' if r.commission == 'percent' else ''}, "
         f"slippage {r.slippage_bps:g} bps · sizing {r.sizing} · {r.mode} · cash {r.cash:,.0f}",
-        f"- **Fills**: signal on bar close, fill at the next bar's open; {first.annualization}",
+        f"- **Fills**: signal on bar close, fill at the next bar's open; entry on the {r.entry}; a position open at "
+        f"the end is {'closed at the last open' if r.finalize == 'close' else 'left open, marked at the last close'}"
+        f"; {first.annualization}",
         "",
     ]
     rows = metric_rows(run)

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
-from ibkr_flows.backtest.engine import BacktestConfig, Mode
+from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
+from ibkr_flows.backtest.strategies.base import Entry
 from ibkr_flows.ib.historical import BarSize, WhatToShow
 
 if TYPE_CHECKING:
@@ -53,6 +54,10 @@ class BacktestSettings(BaseModel):
                                "(size = fraction of equity)")
     size: float = Field(0.0, ge=0, description="Shares for fixed_shares, a fraction of equity for fixed_fraction")
     mode: Mode = Field("long_only", description="long_only (a short signal means flat) or long_short")
+    entry: Entry = Field("state", description="state (a position whenever the rule's condition holds, e.g. fast > "
+                         "slow) or cross (only where it starts to hold: crossovers, rsi_reversion)")
+    finalize: Finalize = Field("close", description="close (a position open at the end is closed at the last "
+                               "bar's open and counted) or open (left open, marked at the last close, not counted)")
     table_version: int | None = Field(None, ge=0, description="Read this version of the bars table (time "
                                       "travel); empty = the latest")
 
@@ -86,7 +91,7 @@ class BacktestSettings(BaseModel):
     def config(self, params: dict[str, Any] | None = None) -> BacktestConfig:
         return BacktestConfig(strategy=self.strategy, params=dict(params or {}), cash=self.cash,
                               commission=self.commission_model(), slippage_bps=self.slippage_bps,
-                              sizing=self.sizing_model(), mode=self.mode)
+                              sizing=self.sizing_model(), mode=self.mode, entry=self.entry, finalize=self.finalize)
 
     def ingest_hint(self, symbol: str) -> str:
         """The command that would fetch the missing bars."""

@@ -42,6 +42,12 @@ def _params(assignments: list[str], fast: int | None, slow: int | None) -> dict[
     return params
 
 
+EntryOption = Annotated[str, typer.Option(help="state (a position whenever the condition holds, e.g. fast > slow) or "
+                                               "cross (only on the bar it starts to hold; crossovers, rsi_reversion)")]
+FinalizeOption = Annotated[str, typer.Option(help="close (a position open at the end closes at the last open) or "
+                                                  "open (left open, marked at the last close, not counted as a trade)")]
+
+
 @backtest_app.command("run")
 def run(
     strategy: Annotated[str, typer.Option(help="sma_crossover, ema_crossover, rsi_reversion, donchian_breakout, "
@@ -66,6 +72,8 @@ def run(
     size: Annotated[float, typer.Option(help="Shares (fixed_shares) or fraction of equity (fixed_fraction).")
                     ] = 0.0,
     mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
+    entry: EntryOption = "state",
+    finalize: FinalizeOption = "close",
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version (time travel).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write the equity/drawdown chart(s) as PNG here.")] = None,
@@ -98,7 +106,8 @@ def run(
             strategy=strategy, symbols=tuple(symbol), start=as_utc(start), end=as_utc(end),
             params=_params(param, fast_period, slow_period), bar_size=bar_size, what_to_show=what_to_show,
             use_rth=rth, cash=cash, commission=commission, commission_rate=commission_rate,
-            slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode, table_version=table_version)
+            slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode, entry=entry, finalize=finalize,
+            table_version=table_version)
         if as_flow:
             from flows.backtest import backtest_flow
             from ibkr_flows.cli.errors import prefect_api
@@ -200,6 +209,8 @@ def grid(
     cash: Annotated[float, typer.Option(help="Starting cash.")] = 100_000.0,
     commission: Annotated[str, typer.Option(help="ibkr_fixed, ibkr_tiered, percent, none")] = "ibkr_fixed",
     mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
+    entry: EntryOption = "state",
+    finalize: FinalizeOption = "close",
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     heatmap: Annotated[Path | None, typer.Option(help="Write the heatmap of the first two parameters here (PNG).")
@@ -232,7 +243,8 @@ def grid(
         request = GridRequest(strategy=strategy, symbol=symbol, start=as_utc(start), end=as_utc(end),
                               grid=dict(_axis(r) for r in ranges) or DEFAULT_GRID, rank_by=rank_by,
                               holdout=holdout or None, folds=folds or None, bar_size=bar_size, use_rth=rth,
-                              cash=cash, commission=commission, mode=mode, table_version=table_version)
+                              cash=cash, commission=commission, mode=mode, entry=entry, finalize=finalize,
+                              table_version=table_version)
         spec, base = request.spec(), request.config()
         bars, version = load_bars(location, request, request.symbol, table_version)
         batches = spec.chunks(chunk_size=max(1, spec.size // 20))

@@ -32,7 +32,7 @@ from ibkr_flows.backtest.grid.spec import Combination, GridSpec, GridSpecError
 from ibkr_flows.backtest.metrics import Annualization, Metrics, annualization
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 from ibkr_flows.backtest.strategies import Strategy
-from ibkr_flows.backtest.strategies.base import AverageCrossover
+from ibkr_flows.backtest.strategies.base import AverageCrossover, Entry
 from storage.results_table import NUMERIC_METRIC_COLUMNS
 
 METRIC_COLUMNS = NUMERIC_METRIC_COLUMNS
@@ -166,7 +166,7 @@ def _target_columns(bars: pl.DataFrame, strategies: list[Strategy], base: Backte
     for first in range(0, len(strategies), per_group):
         group = strategies[first:first + per_group]
         targets = np.zeros((len(group), padded), dtype=np.int8)
-        _write_targets(bars, group, targets[:, :n])
+        _write_targets(bars, group, targets[:, :n], base.entry)
         if not kernel.clip_targets(targets, settings.long_only):
             raise BacktestError(f"{type(group[0]).__name__}.grid_targets must write signals in {{-1, 0, 1}}")
         run = functools.partial(_run_targets, open_, close, ticks, targets, settings, commission, sizing)
@@ -176,7 +176,7 @@ def _target_columns(bars: pl.DataFrame, strategies: list[Strategy], base: Backte
     return columns
 
 
-def _write_targets(bars: pl.DataFrame, strategies: list[Strategy], out: np.ndarray) -> None:
+def _write_targets(bars: pl.DataFrame, strategies: list[Strategy], out: np.ndarray, entry: Entry) -> None:
     """The strategy's `grid_targets` on contiguous parts of the combinations, one per kernel thread (the hooks
     compile or call polars, both without the GIL). Contiguous, because combinations sharing an indicator sit next
     to each other in axis order and a part computes each of its indicators once."""
@@ -184,7 +184,7 @@ def _write_targets(bars: pl.DataFrame, strategies: list[Strategy], out: np.ndarr
     edges = [len(strategies) * t // parts for t in range(parts + 1)]
     hook = type(strategies[0]).grid_targets
     with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="grid-targets") as pool:
-        for done in [pool.submit(hook, bars, strategies[a:b], out[a:b]) for a, b in itertools.pairwise(edges)]:
+        for done in [pool.submit(hook, bars, strategies[a:b], out[a:b], entry) for a, b in itertools.pairwise(edges)]:
             done.result()
 
 
@@ -198,7 +198,8 @@ def _prices(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, str
 
 def _settings(base: BacktestConfig) -> kernel.Settings:
     return kernel.Settings(long_only=base.mode == "long_only", cash=float(base.cash),
-                           slippage_bps=float(base.slippage_bps))
+                           slippage_bps=float(base.slippage_bps), finalize_close=base.finalize == "close",
+                           cross_entry=base.entry == "cross")
 
 
 def _threaded(run: Callable[[slice], tuple[np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:

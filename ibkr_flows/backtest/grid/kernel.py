@@ -36,11 +36,15 @@ N_INT = 9
 
 
 class Settings(NamedTuple):
-    """The rest of the `BacktestConfig` every pair shares: starting cash, mode (long only or not) and slippage."""
+    """The rest of the `BacktestConfig` every pair shares: starting cash, mode (long only or not), slippage and the
+    conventions (`finalize_close`: finalize "close"; `cross_entry`: entry "cross", read by `crossover_grid` only:
+    target rows carry their entry already)."""
 
     long_only: bool
     cash: float
     slippage_bps: float
+    finalize_close: bool
+    cross_entry: bool
 
 
 @_jit
@@ -50,10 +54,16 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, average
     """Run pair k = (averages[fast[k]], averages[slow[k]]) for every k; returns the final (state_f, state_i).
 
     `averages` rows are moving averages of `close`, NaN where undefined; `ts` is int64 in the bars' time unit.
+    With entry "cross" a pair's masks are blank before its first crossing (`_first_crossing`): from there on every
+    change of side is a crossing, so the state rule's masks are the crossing rule's.
     """
     n = close.shape[0]
     pairs = fast.shape[0]
     state_f, state_i = _initial_state(pairs, settings)
+    armed = np.zeros(pairs, dtype=np.int64)  # the first bar whose masks count
+    if settings.cross_entry:
+        for k in range(pairs):
+            armed[k] = _first_crossing(averages[fast[k]], averages[slow[k]])
     above = np.zeros(block // 8 + 1, dtype=np.uint64)  # the block's crossing masks, see _run_end
     below = np.zeros_like(above)
     no_targets = np.zeros(0, dtype=np.int8)
@@ -62,7 +72,8 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, average
         opens = open_[start:stop]
         closes = close[start:stop]
         for k in range(pairs):
-            _crossing_masks(averages[fast[k], start:stop], averages[slow[k], start:stop], above, below)
+            _crossing_masks(averages[fast[k], start:stop], averages[slow[k], start:stop], above, below,
+                            armed[k] - start)
             _advance(start, n, opens, closes, ts, above, below, no_targets, state_f[k], state_i[k], settings,
                      commission, sizing)
     return state_f, state_i
@@ -121,13 +132,31 @@ def _initial_state(combinations: int, settings: Settings) -> tuple[np.ndarray, n
 
 
 @_jit
-def _crossing_masks(fast: np.ndarray, slow: np.ndarray, above: np.ndarray, below: np.ndarray) -> None:
+def _first_crossing(fast: np.ndarray, slow: np.ndarray) -> int:
+    """The first bar where fast and slow are strictly on the other side than at the last bar they differed
+    (`strategies.base.above` with entry "cross"; NaN and ties decide nothing); the bar count if there is none."""
+    side = 0
+    for i in range(fast.shape[0]):
+        now = 1 if fast[i] > slow[i] else (-1 if fast[i] < slow[i] else 0)
+        if now != 0:
+            if side != 0 and now != side:
+                return i
+            side = now
+    return fast.shape[0]
+
+
+@_jit
+def _crossing_masks(fast: np.ndarray, slow: np.ndarray, above: np.ndarray, below: np.ndarray, armed: int) -> None:
     """One byte per bar of the block: 1 where fast > slow in `above`, where fast < slow in `below` (a vectorized
-    loop: the comparisons cost less made all at once than one by one inside the runs)."""
+    loop: the comparisons cost less made all at once than one by one inside the runs); 0 in both before bar `armed`
+    of the block (entry "cross": no crossing yet)."""
     above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
     for j in range(fast.shape[0]):
         above_bytes[j] = fast[j] > slow[j]
         below_bytes[j] = fast[j] < slow[j]
+    for j in range(min(max(armed, 0), fast.shape[0])):
+        above_bytes[j] = 0
+        below_bytes[j] = 0
 
 
 @_jit
@@ -140,11 +169,11 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     same bytes as uint64 words, `below` unused), or a crossover's masks (`targets` empty: `above` and `below` from
     `_crossing_masks`; a tie keeps the signal).
 
-    Per bar, in the engine's order: the target held during the bar is the previous close's signal (flat on the
-    first and last bar); a change of target fills at this bar's open (close the old position, then open the new
-    one sized from the cash left); the account is marked at the close; then this close's signal is decided. The
-    signal is stored already clipped to the mode: in long-only mode a tie then keeps "flat" where the engine keeps
-    -1 and clips it, the same target.
+    Per bar, in the engine's order: the target held during the bar is the previous close's signal (flat on the first
+    bar, and on the last with finalize "close"); a change of target fills at this bar's open (close the old
+    position, then open the new one sized from the cash left); the account is marked at the close; then this close's
+    signal is decided. The signal is stored already clipped to the mode: in long-only mode a tie then keeps "flat"
+    where the engine keeps -1 and clips it, the same target.
 
     The bars are walked in runs: `_run_end` (or `_target_run_end`) finds the first close after a fill whose
     signal changes the target, eight bars per step, and
@@ -163,11 +192,12 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     m = closes.shape[0]
     by_target = targets.shape[0] > 0
     above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
-    last = min(m, n - 1 - start) - 1  # a run ends here at the latest: bar n - 1 is always flat, a run of its own
+    # a run ends here at the latest; with finalize "close" bar n - 1 is always flat, a run of its own
+    last = min(m, n - 1 - start) - 1 if settings.finalize_close else m - 1
     j = 0
     while j < m:
         bar = start + j
-        target = 0 if bar == n - 1 else signal
+        target = 0 if bar == n - 1 and settings.finalize_close else signal
         if target != held:
             price = opens[j]
             if shares != 0:

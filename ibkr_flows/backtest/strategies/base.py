@@ -10,7 +10,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Self, get_type_hints
+from typing import ClassVar, Literal, Self, get_type_hints
 
 import numpy as np
 import polars as pl
@@ -18,6 +18,12 @@ import polars as pl
 from ibkr_flows.backtest.errors import StrategyParameterError
 
 _TYPE_NAMES = {int: "an integer", float: "a number"}
+
+Entry = Literal["state", "cross"]
+"""When a rule's condition takes a position: "state", on every bar where it holds (long while fast > slow, from the
+first bar both averages exist); "cross", only on the bar where it starts to hold after a bar where the opposite was
+true (backtesting.py's `crossover()`, vectorbt's `crossed_above`): a condition already true when the indicators
+appear waits for the next crossing."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,8 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     """Registry key, the name users type."""
+    entries: ClassVar[tuple[Entry, ...]] = ("state",)
+    """The entry conventions `target` knows; a strategy listing "cross" takes the entry as `target`'s argument."""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -55,23 +63,35 @@ class Strategy(ABC):
 
     @abstractmethod
     def target(self) -> pl.Expr:
-        """Target position as an expression over the bar columns; null where undefined (treated as flat)."""
+        """Target position as an expression over the bar columns; null where undefined (treated as flat). A strategy
+        whose `entries` include "cross" defines `target(self, entry: Entry = "state")` and builds its conditions
+        with `above(a, b, entry)`."""
 
-    def signals(self, bars: pl.DataFrame) -> pl.Series:
+    def signals(self, bars: pl.DataFrame, entry: Entry = "state") -> pl.Series:
         """Target position per bar (Int8 in {-1, 0, 1}), known at that bar's close."""
-        return bars.with_columns(self.target().fill_null(0).cast(pl.Int8).alias("signal")).get_column("signal")
+        expression = self.target() if entry == "state" else self.target(entry)  # type: ignore[call-arg]
+        return bars.with_columns(expression.fill_null(0).cast(pl.Int8).alias("signal")).get_column("signal")
+
+    def check_entry(self, entry: str) -> None:
+        """Raise `StrategyParameterError` for an entry convention this strategy does not know."""
+        if entry not in self.entries:
+            raise StrategyParameterError(f"{self.name} has no entry {entry!r}; it knows: {', '.join(self.entries)}")
 
     @classmethod
-    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray) -> None:
-        """Write `strategies[k].signals(bars)` into row k of `out` (int8, len(strategies) x bars.height), for each k.
+    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray, entry: Entry = "state"
+                     ) -> None:
+        """Write `strategies[k].signals(bars, entry)` into row k of `out` (int8, len(strategies) x bars.height), for
+        each k.
 
-        This is how a parameter grid gets a strategy's signals: the grid kernel (`grid.kernel.targets_grid`) turns
-        each row into fills, costs and metrics exactly as the engine does, whatever the strategy, so a new strategy
-        runs compiled without the kernel knowing it. The default evaluates `signals` once per combination, which is
-        right by construction but repeats the indicator work that combinations share (and polars rolling and EWM
-        expressions take ~0.1-0.4 s per million bars). Override it to compute each distinct indicator once for all
-        `strategies` (they are this class, with different parameters) and to decide the targets in compiled code:
-        `grid.indicators` has numba twins of the built-in indicators and of `hold`'s decision rule.
+        This is how a parameter grid gets a strategy's signals, and why adding a strategy never touches the kernel:
+        the strategy declares its signal as data, one -1/0/1 target per bar and combination, and the grid kernel
+        (`grid.kernel.targets_grid`) turns each row into fills, costs and metrics exactly as the engine does,
+        whatever rule wrote it. A new strategy therefore runs compiled with `target` alone; this default evaluates
+        `signals` once per combination, which is right by construction but repeats the indicator work that
+        combinations share (and polars rolling and EWM expressions take ~0.1-0.4 s per million bars). Override it to
+        compute each distinct indicator once for all `strategies` (they are this class, with different parameters)
+        and to decide the targets in compiled code: `grid.indicators` has numba twins of the built-in indicators
+        and of `hold`'s decision rule (both entry conventions).
 
         The contract is bit-for-bit equality with `signals`, row by row: the same -1/0/1 at every bar, hence the
         same fills. Indicator values must therefore be the expression's own (a compiled twin must repeat its
@@ -80,7 +100,7 @@ class Strategy(ABC):
         calls it from several threads at once, each with its own contiguous part of the combinations and of `out`.
         """
         for row, strategy in zip(out, strategies, strict=True):
-            row[:] = strategy.signals(bars).to_numpy()
+            row[:] = strategy.signals(bars, entry).to_numpy()
 
     def _check_types(self) -> None:
         hints = get_type_hints(type(self))
@@ -115,13 +135,24 @@ def require_between(strategy: Strategy, name: str, low: float, high: float) -> N
         raise StrategyParameterError(f"{strategy.name}: {name} must be within {low}..{high}, got {value}")
 
 
-def trend_target(fast: pl.Expr, slow: pl.Expr) -> pl.Expr:
-    """Long while the fast average is above the slow one, short while below; a tie keeps the previous side.
+def trend_target(fast: pl.Expr, slow: pl.Expr, entry: Entry = "state") -> pl.Expr:
+    """Long while the fast average is above the slow one, short while below; a tie keeps the previous side. With
+    entry "cross", the first side waits for the first crossing.
 
     Ties keep the side (rather than going flat) so that integer-priced data does not churn in and out on equal
     averages; a grid kernel must apply the same rule to reproduce trades.
     """
-    return hold(pl.when(fast > slow).then(1).when(fast < slow).then(-1))
+    return hold(pl.when(above(fast, slow, entry)).then(1).when(above(slow, fast, entry)).then(-1))
+
+
+def above(a: pl.Expr, b: pl.Expr, entry: Entry) -> pl.Expr:
+    """a > b: on every bar where it holds ("state"), or only where a crosses above b ("cross"): a > b on this bar,
+    a < b on the last bar before it where the two differed (ties are skipped and nulls decide nothing, as in
+    vectorbt's `crossed_above`; backtesting.py's `crossover()` also misses a crossing through an exact tie)."""
+    if entry == "state":
+        return a > b
+    side = pl.when(a > b).then(1).when(a < b).then(-1)  # null on a tie or a null
+    return (side == 1) & (side.forward_fill().shift(1) == -1)
 
 
 def hold(decision: pl.Expr) -> pl.Expr:
@@ -135,6 +166,7 @@ class AverageCrossover(Strategy):
     """Long while the fast average of closes is above the slow one, short (flat in long-only mode) while below.
     Subclasses choose the average."""
 
+    entries: ClassVar[tuple[Entry, ...]] = ("state", "cross")
     fast_period: int
     slow_period: int
 
@@ -158,5 +190,5 @@ class AverageCrossover(Strategy):
     def warmup_bars(self) -> int:
         return self.slow_period - 1
 
-    def target(self) -> pl.Expr:
-        return trend_target(self.average("close", self.fast_period), self.average("close", self.slow_period))
+    def target(self, entry: Entry = "state") -> pl.Expr:
+        return trend_target(self.average("close", self.fast_period), self.average("close", self.slow_period), entry)

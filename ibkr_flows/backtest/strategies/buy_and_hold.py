@@ -9,7 +9,7 @@ from typing import ClassVar, Self
 import numpy as np
 import polars as pl
 
-from ibkr_flows.backtest.strategies.base import Strategy
+from ibkr_flows.backtest.strategies.base import Entry, Strategy
 
 
 @dataclass(frozen=True)
@@ -27,5 +27,6 @@ class BuyAndHold(Strategy):
         return pl.lit(1, dtype=pl.Int8)
 
     @classmethod
-    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray) -> None:
+    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray, entry: Entry = "state"
+                     ) -> None:
         out[:] = 1

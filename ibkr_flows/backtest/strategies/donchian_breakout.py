@@ -9,7 +9,7 @@ from typing import ClassVar, Self
 import numpy as np
 import polars as pl
 
-from ibkr_flows.backtest.strategies.base import Strategy, hold, require_positive
+from ibkr_flows.backtest.strategies.base import Entry, Strategy, hold, require_positive
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class DonchianBreakout(Strategy):
         return hold(pl.when(close > prior_high).then(1).when(close < prior_low).then(-1))
 
     @classmethod
-    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray) -> None:
+    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray, entry: Entry = "state"
+                     ) -> None:
         """The channels from one sparse table per side (`grid.indicators.SparseExtremes`, max and min being exact
         whatever the algorithm), read and compared in one compiled pass per lookback."""
         from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it

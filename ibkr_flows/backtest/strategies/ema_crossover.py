@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 
 from ibkr_flows.backtest.strategies.base import AverageCrossover
@@ -28,3 +30,12 @@ class EmaCrossover(AverageCrossover):
     @staticmethod
     def average(column: str, period: int) -> pl.Expr:
         return ema(column, period)
+
+    @staticmethod
+    def average_rows(values: np.ndarray, periods: Sequence[int]) -> np.ndarray:
+        """Every period's `ema` in one compiled pass (`grid.indicators.ema_rows`, the expression's operations)."""
+        from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
+
+        rows = np.empty((len(periods), values.shape[0]))
+        indicators.ema_rows(np.ascontiguousarray(values, dtype=np.float64), np.asarray(periods, dtype=np.int64), rows)
+        return rows

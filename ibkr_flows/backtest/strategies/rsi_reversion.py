@@ -10,7 +10,15 @@ from typing import ClassVar, Self
 import numpy as np
 import polars as pl
 
-from ibkr_flows.backtest.strategies.base import Strategy, hold, require_between, require_positive, require_smaller
+from ibkr_flows.backtest.strategies.base import (
+    Entry,
+    Strategy,
+    above,
+    hold,
+    require_between,
+    require_positive,
+    require_smaller,
+)
 
 
 def wilder_average(change: pl.Expr, period: int) -> pl.Expr:
@@ -35,9 +43,12 @@ def wilder_rsi(column: str, period: int) -> pl.Expr:
 
 @dataclass(frozen=True)
 class RsiReversion(Strategy):
-    """Go long when RSI closes below `lower`, go flat when it closes above `upper`; long-only by design."""
+    """Go long when RSI closes below `lower`, go flat when it closes above `upper`; long-only by design. With entry
+    "cross", only where RSI crosses the level (an RSI that starts below `lower` waits for the next fall through
+    it)."""
 
     name: ClassVar[str] = "rsi_reversion"
+    entries: ClassVar[tuple[Entry, ...]] = ("state", "cross")
     period: int = 14
     lower: float = 30.0
     upper: float = 70.0
@@ -52,12 +63,14 @@ class RsiReversion(Strategy):
     def warmup_bars(self) -> int:
         return self.period
 
-    def target(self) -> pl.Expr:
+    def target(self, entry: Entry = "state") -> pl.Expr:
         rsi = wilder_rsi("close", self.period)
-        return hold(pl.when(rsi < self.lower).then(1).when(rsi > self.upper).then(0))
+        return hold(pl.when(above(pl.lit(self.lower), rsi, entry)).then(1)
+                    .when(above(rsi, pl.lit(self.upper), entry)).then(0))
 
     @classmethod
-    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray) -> None:
+    def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray, entry: Entry = "state"
+                     ) -> None:
         """One RSI per distinct period, compiled; each combination's thresholds applied to it in compiled code.
 
         The Wilder averages' seeds (a polars rolling mean, whose summation order is polars' business) come from the
@@ -73,7 +86,8 @@ class RsiReversion(Strategy):
         for period, rows in by_period.items():
             indicators.wilder_rsi(close, period, *_wilder_seeds(bars, period), rsi)
             for k in rows:
-                indicators.threshold_targets(rsi, strategies[k].lower, strategies[k].upper, 1, 0, out[k])
+                indicators.threshold_targets(rsi, strategies[k].lower, strategies[k].upper, 1, 0, entry == "cross",
+                                             out[k])
 
 
 def _wilder_seeds(bars: pl.DataFrame, period: int) -> tuple[float, float]:

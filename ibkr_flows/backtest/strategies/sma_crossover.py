@@ -26,14 +26,12 @@ def sma(column: str, period: int) -> pl.Expr:
 
 def sma_rows(values: np.ndarray, periods: Sequence[int]) -> np.ndarray:
     """`sma` of a float64 array for each period, operation for operation, NaN where `sma` is null: one running sum,
-    then each row written in place (no temporaries: fresh memory costs page faults on the grid's largest arrays)."""
+    then each row written in one compiled pass (`grid.indicators.sma_rows`)."""
+    from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
+
     running = np.cumsum(values, dtype=np.float64)
     rows = np.empty((len(periods), running.shape[0]))
-    for row, period in zip(rows, periods, strict=True):
-        row[: period - 1] = np.nan
-        np.multiply(running[period - 1 : period], 1 / period, out=row[period - 1 : period])
-        np.subtract(running[period:], running[:-period], out=row[period:])
-        np.multiply(row[period:], 1 / period, out=row[period:])
+    indicators.sma_rows(running, np.asarray(periods, dtype=np.int64), rows)
     return rows
 
 
