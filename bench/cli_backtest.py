@@ -2,10 +2,11 @@
 share that is imports, where the command's own time goes (read, engine, store), and what it must not import
 (Prefect, Great Expectations).
 
-    .venv/bin/python bench/cli_backtest.py [--runs 5]
+    .venv/bin/python bench/cli_backtest.py [--runs 5] [--stored-runs 50]
 
 The table holds the seed's case: 60 one-minute AAPL bars, 2023-12-29 20:01-21:00 UTC (the old tool reported
-0.04 s for the engine on it).
+0.04 s for the engine on it). `--stored-runs N` first stores N earlier runs (N commits in backtest_results and in
+backtest_trades, as after N backtests): the store opens those tables, and opening one replays its log.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from storage.bars_table import merge_bars  # noqa: E402
 from storage.location import TableLocation  # noqa: E402
+from storage.results_table import RESULTS_SCHEMA, append_backtest_results, result_row  # noqa: E402
 from storage.schema import BAR_COLUMNS, LINEAGE_COLUMNS  # noqa: E402
+from storage.trades_table import append_trades  # noqa: E402
 
 ARGS = ["backtest", "run", "--strategy", "sma_crossover", "--symbol", "AAPL", "--start", "2023-12-29 20:01:00",
         "--end", "2023-12-29 21:00:00", "--fast-period", "5", "--slow-period", "10"]
@@ -41,7 +44,7 @@ imported = time.perf_counter() - started
 try:
     app(sys.argv[1:], standalone_mode=False)
 finally:
-    heavy = sorted(m for m in ("prefect", "great_expectations", "ib_async") if m in sys.modules)
+    heavy = sorted(m for m in ("prefect", "great_expectations", "ib_async", "pyarrow") if m in sys.modules)
     print("PROBE", imported, time.perf_counter() - started, ",".join(heavy), file=sys.stderr)
 """
 
@@ -58,12 +61,28 @@ def seed_table(root: Path) -> None:
     }, schema={**BAR_COLUMNS, **LINEAGE_COLUMNS}))
 
 
+def store_earlier_runs(root: Path, count: int) -> None:
+    """`count` runs' rows and trades, one commit per run in each table, as `ibkr backtest run` stores them."""
+    moment = datetime(2023, 12, 29, 20, 30, tzinfo=UTC)
+    trade = pl.DataFrame({"entry_time": [moment], "exit_time": [moment + timedelta(minutes=5)], "side": ["long"],
+                          "size": [10.0], "entry_price": [192.5], "exit_price": [192.6], "pnl": [1.0],
+                          "return_pct": [0.05], "commission": [1.0]})
+    for k in range(count):
+        run_id = f"earlier{k:04d}"
+        append_trades(TableLocation(root), run_id, {"AAPL": trade})
+        row = result_row(identity={"run_id": run_id, "symbol": "AAPL", "strategy": "sma_crossover",
+                                   "params": {"fast_period": 5, "slow_period": 10}}, metrics={"bars": 59})
+        append_backtest_results(TableLocation(root), run_id, [{**dict.fromkeys(RESULTS_SCHEMA), **row}])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--stored-runs", type=int, default=0, help="earlier runs stored before timing")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         seed_table(Path(tmp))
+        store_earlier_runs(Path(tmp), args.stored_runs)
         env = {**os.environ, "IBKR_DATA_DIR": tmp}
         walls, imports, totals, executions, heavy = [], [], [], [], ""
         phases: dict[str, list[float]] = {"read": [], "engine": [], "store": []}
@@ -81,7 +100,8 @@ def main() -> None:
             for phase, seconds in payload["timings_s"].items():
                 phases[phase].append(seconds)
     wall, imp = statistics.median(walls), statistics.median(imports)
-    print(f"ibkr backtest run (the old command, 60 one-minute bars), median of {args.runs}:")
+    print(f"ibkr backtest run (the old command, 60 one-minute bars, {args.stored_runs} runs stored before), "
+          f"median of {args.runs}:")
     print(f"  process wall time        {wall:6.3f} s")
     print(f"  importing the CLI        {imp:6.3f} s  ({imp / wall:.0%} of the wall time)")
     print(f"  command after imports    {statistics.median(executions):6.3f} s  (the old tool: 0.04 s for its engine)")
@@ -90,7 +110,7 @@ def main() -> None:
     print(f"  imports inside command   {statistics.median(totals) - imp - statistics.median(executions):6.3f} s"
           "  (polars, numpy, deltalake: loaded by the command that needs them)")
     print(f"  interpreter start + exit {wall - statistics.median(totals):6.3f} s")
-    print(f"  heavy modules imported   {heavy or 'none (no prefect, great_expectations, ib_async)'}")
+    print(f"  heavy modules imported   {heavy or 'none (no prefect, great_expectations, ib_async, pyarrow)'}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
+from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from storage.bars_table import MONTH_FORMAT, SERIES_KEY
@@ -19,7 +20,7 @@ from storage.errors import CorruptTableError, StorageError
 from storage.location import TableLocation
 from storage.quarantine_table import pending_by_series
 from storage.schema import BAR_KEY, BARS_SCHEMA, PARTITION_COLUMN, PRICE_COLUMNS
-from storage.tables import exists, open_table
+from storage.tables import open_table, scan_table, try_open
 
 LISTING_KEY = ("symbol", *SERIES_KEY)
 """A listed series: the bar key without `ts`, with the symbol a reader knows it by."""
@@ -80,9 +81,9 @@ def list_series(location: TableLocation, *, session_day: pl.Expr | None = None) 
     aggregation. `session_day` (a cheap expression over `bar_size` and `ts`: it is evaluated on every row) adds
     each series' distinct session days, from which a caller with the exchange calendar derives the sessions
     missing."""
-    version = open_table(location.bars).version() if exists(location.bars) else None
-    bars = pl.DataFrame(schema=BARS_SCHEMA).lazy() if version is None else pl.scan_delta(location.bars,
-                                                                                          version=version)
+    table = try_open(location.bars)
+    version = None if table is None else table.version()
+    bars = pl.DataFrame(schema=BARS_SCHEMA).lazy() if table is None else scan_table(table)
     aggregates = [pl.col("ts").min().alias("first_bar"), pl.col("ts").max().alias("last_bar"),
                   pl.len().cast(pl.Int64).alias("rows"), pl.col("ingested_at").max().alias("last_ingest")]
     if session_day is None:
@@ -103,32 +104,33 @@ def list_series(location: TableLocation, *, session_day: pl.Expr | None = None) 
 def scan_series(location: TableLocation, selection: SeriesSelection, version: int | None = None
                 ) -> tuple[pl.LazyFrame, int]:
     """The series' bars, oldest first, at `version` (default: the latest), and the version read."""
-    read_version = checked_version(location, version)
+    table = checked_table(location, version)
     filters = [pl.col("symbol") == selection.symbol, pl.col("bar_size") == selection.bar_size,
                pl.col("what_to_show") == selection.what_to_show, pl.col("use_rth") == selection.use_rth]
     if selection.start is not None:
         filters += [pl.col(PARTITION_COLUMN) >= f"{selection.start:{MONTH_FORMAT}}", pl.col("ts") >= selection.start]
     if selection.end is not None:
         filters += [pl.col(PARTITION_COLUMN) <= f"{selection.end:{MONTH_FORMAT}}", pl.col("ts") < selection.end]
-    lazy = pl.scan_delta(location.bars, version=read_version).filter(*filters).select(EXPORT_COLUMNS).sort("ts")
-    return lazy, read_version
+    lazy = scan_table(table).filter(*filters).select(EXPORT_COLUMNS).sort("ts")
+    return lazy, table.version()
 
 
-def checked_version(location: TableLocation, version: int | None) -> int:
-    """`version` if the bars table has it (default: the latest); `UnknownVersionError` naming the versions it has
-    otherwise, rather than delta-rs' log-segment message."""
-    latest = open_table(location.bars).version()
-    if version is None:
-        return latest
-    if not 0 <= version <= latest:
+def checked_table(location: TableLocation, version: int | None) -> DeltaTable:
+    """The bars table at `version` if it has it (default: the latest); `UnknownVersionError` naming the versions it
+    has otherwise, rather than delta-rs' log-segment message."""
+    table = open_table(location.bars)
+    latest = table.version()
+    if version is None or version == latest:
+        return table
+    if not 0 <= version < latest:
         raise UnknownVersionError(f"the bars table has no version {version}: its versions are 0..{latest} "
                                   f"(`ibkr data history` lists them)")
     try:
-        open_table(location.bars, version)
+        table.load_as_version(version)
     except DeltaError as exc:
         raise UnknownVersionError(f"version {version} of the bars table can no longer be read (its log was "
                                   f"cleaned up): {exc}") from exc
-    return version
+    return table
 
 
 def series_summary(lazy: pl.LazyFrame, location: TableLocation) -> dict[str, Any]:
@@ -165,10 +167,11 @@ def stored_bars_like(location: TableLocation, keys: pl.DataFrame) -> pl.DataFram
     quarantined row would replace if it were merged."""
     empty = pl.DataFrame(schema={k: BARS_SCHEMA[k] for k in (*BAR_KEY, *PRICE_COLUMNS)})
     keys = keys.select(BAR_KEY).drop_nulls().unique()
-    if keys.is_empty() or not exists(location.bars):
+    table = None if keys.is_empty() else try_open(location.bars)
+    if table is None:
         return empty
     months = keys["ts"].dt.strftime(MONTH_FORMAT).unique().to_list()
-    lazy = (pl.scan_delta(location.bars)
+    lazy = (scan_table(table)
             .filter(pl.col(PARTITION_COLUMN).is_in(months), pl.col("con_id").is_in(keys["con_id"].unique().implode()))
             .select(*BAR_KEY, *PRICE_COLUMNS)
             .join(keys.lazy(), on=list(BAR_KEY), how="semi"))

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from storage.commits import with_commit_retries
 from storage.errors import BarsSchemaError, CorruptTableError
-from storage.location import TableLocation
+from storage.location import TableLocation, storage_options
 from storage.schema import BAR_KEY, BARS_SCHEMA, PARTITION_COLUMN, PRICE_COLUMNS, UTC_US
-from storage.tables import conform, current_version, exists, open_table
+from storage.tables import conform, current_version, delta_table, open_table, scan_table, try_open, write
 
 log = logging.getLogger("ibkr.storage")
 
@@ -124,7 +124,7 @@ def stored_in_range(table: DeltaTable, bars: pl.DataFrame) -> pl.DataFrame:
     series = bars.select(SERIES_KEY).unique()
     lo, hi = bars["ts"].min(), bars["ts"].max()
     return (
-        pl.scan_delta(table)
+        scan_table(table)
         .filter(
             pl.col(PARTITION_COLUMN).is_in(months),
             pl.col("ts").is_between(pl.lit(lo, dtype=UTC_US), pl.lit(hi, dtype=UTC_US)),
@@ -153,12 +153,12 @@ def write_plan(table: DeltaTable, bars: pl.DataFrame, plan: WritePlan) -> tuple[
     if plan.changed.is_empty() and plan.new.is_empty():
         return plan.version, 0, 0, "none"
     if plan.changed.is_empty():
-        plan.new.write_delta(table, mode="append", delta_write_options={
-            "partition_by": [PARTITION_COLUMN], "commit_properties": _commit_properties(bars, "append-bars", table)})
+        write_deltalake(table, plan.new, mode="append", partition_by=[PARTITION_COLUMN],
+                        commit_properties=_commit_properties(bars, "append-bars", table))
         return table.version(), plan.new.height, 0, "append"
     months = sorted(plan.changed[PARTITION_COLUMN].unique().to_list())
     metrics = (
-        table.merge(pl.concat([plan.changed, plan.new]).to_arrow(), _merge_predicate(months), source_alias="s",
+        table.merge(pl.concat([plan.changed, plan.new]), _merge_predicate(months), source_alias="s",
                     target_alias="t", commit_properties=_commit_properties(bars, "merge-bars", table))
         .when_matched_update_all(predicate=_changed())
         .when_not_matched_insert_all()
@@ -182,23 +182,23 @@ def merge_bars(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
         return MergeResult(current_version(path), 0, 0, 0)
     bars = conform_bars(frame)
 
-    def write() -> tuple[int, int, int, str]:
-        if not exists(path):
+    def write_bars() -> tuple[int, int, int, str]:
+        table = try_open(path)
+        if table is None:
             try:
-                bars.write_delta(path, mode="error", delta_write_options={
-                    "partition_by": [PARTITION_COLUMN],
-                    "commit_properties": _commit_properties(bars, "append-bars", None)})
-                return DeltaTable(path).version(), bars.height, 0, "create"
+                write(path, bars, mode="error", partition_by=[PARTITION_COLUMN],
+                      commit_properties=_commit_properties(bars, "append-bars", None))
+                return 0, bars.height, 0, "create"
             except CommitFailedError:  # another writer created it first: plan again, against its table
                 raise
             except DeltaError as exc:  # the same, seen before writing
                 if "already exists" not in str(exc):
                     raise
                 log.info("bars table created concurrently (%s); merging instead", exc)
-        table = DeltaTable(path)
+            table = delta_table(path)
         return write_plan(table, bars, plan_write(table, bars))
 
-    (version, inserted, updated, operation), attempts = with_commit_retries(write, what="bars write")
+    (version, inserted, updated, operation), attempts = with_commit_retries(write_bars, what="bars write")
     return MergeResult(version=version, rows_inserted=inserted, rows_updated=updated, attempts=attempts,
                        operation=operation)
 
@@ -213,23 +213,24 @@ def replace_series(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
     if series.height != 1:
         raise BarsSchemaError(f"bars: replace_series takes one series, got {series.height}")
     path = location.bars
-    if not exists(path):
+    if try_open(path) is None:
         return merge_bars(location, frame)  # nothing stored yet: creating the table is the one commit
     in_series = " AND ".join(f"t.{k} = {_sql_literal(v)}" for k, v in series.row(0, named=True).items())
 
-    def write() -> dict[str, Any]:
+    def write_series() -> tuple[dict[str, Any], int]:
         keys = " AND ".join(f"t.{k} = s.{k}" for k in BAR_KEY)
-        table = DeltaTable(path)
-        return (table.merge(bars.to_arrow(), keys, source_alias="s", target_alias="t",
-                            commit_properties=_commit_properties(bars, "replace-series", table))
-                .when_matched_update_all(predicate=_changed())
-                .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(predicate=in_series)
-                .execute())
+        table = delta_table(path)
+        metrics = (table.merge(bars, keys, source_alias="s", target_alias="t",
+                               commit_properties=_commit_properties(bars, "replace-series", table))
+                   .when_matched_update_all(predicate=_changed())
+                   .when_not_matched_insert_all()
+                   .when_not_matched_by_source_delete(predicate=in_series)
+                   .execute())
+        return metrics, table.version()
 
-    metrics, attempts = with_commit_retries(write, what="bars series replace")
+    (metrics, version), attempts = with_commit_retries(write_series, what="bars series replace")
     return MergeResult(
-        version=DeltaTable(path).version(),
+        version=version,
         rows_inserted=int(metrics.get("num_target_rows_inserted", 0)),
         rows_updated=int(metrics.get("num_target_rows_updated", 0)),
         attempts=attempts,
@@ -249,10 +250,11 @@ def _sql_literal(value: object) -> str:
 def watermarks(location: TableLocation, *, bar_size: str, what_to_show: str, use_rth: bool,
                symbols: list[str]) -> dict[str, datetime]:
     """The last stored bar start per symbol for one series: where the next run resumes."""
-    if not exists(location.bars):
+    table = try_open(location.bars)
+    if table is None:
         return {}
     last = (
-        pl.scan_delta(location.bars)
+        scan_table(table)
         .filter(pl.col("symbol").is_in(symbols), pl.col("bar_size") == bar_size,
                 pl.col("what_to_show") == what_to_show, pl.col("use_rth") == use_rth)
         .group_by("symbol")
@@ -267,13 +269,17 @@ def scan_bars(location: TableLocation, symbols: list[str], *, bar_size: str, sta
               ) -> tuple[pl.LazyFrame, int]:
     """Bars starting in [start, end) for `symbols`, at `version` (default: the latest), and the version read.
 
-    The month filter lets the Delta log prune partitions before any file is opened."""
+    One log read; the months and the file statistics (symbol, series, ts) select the data files from the log
+    before any is opened, and only those are scanned (`pruned_files`)."""
     table = open_table(location.bars, version)
-    read_version = table.version()
+    lo, hi = (moment.astimezone(UTC) if moment.tzinfo else moment for moment in (start, end))
+    files = pruned_files(table, [
+        (PARTITION_COLUMN, ">=", f"{lo:{MONTH_FORMAT}}"), (PARTITION_COLUMN, "<=", f"{hi:{MONTH_FORMAT}}"),
+        ("ts", ">=", lo), ("ts", "<", hi), ("symbol", "in", list(symbols)), ("bar_size", "=", bar_size),
+        ("what_to_show", "=", what_to_show)])
     lazy = (
-        pl.scan_delta(location.bars, version=read_version)
+        files
         .filter(
-            pl.col(PARTITION_COLUMN).is_between(pl.lit(f"{start:{MONTH_FORMAT}}"), pl.lit(f"{end:{MONTH_FORMAT}}")),
             pl.col("symbol").is_in(symbols),
             pl.col("bar_size") == bar_size,
             pl.col("what_to_show") == what_to_show,
@@ -283,7 +289,24 @@ def scan_bars(location: TableLocation, symbols: list[str], *, bar_size: str, sta
         )
         .sort("symbol", "ts")
     )
-    return lazy, read_version
+    return lazy, table.version()
+
+
+def pruned_files(table: DeltaTable, pruning: list[tuple[str, str, Any]]) -> pl.LazyFrame:
+    """The bars in the data files of `table`'s version that `pruning` (delta-rs tuple filters over the partition
+    column and the file statistics) does not rule out, in the table's schema (the month derived from `ts`, as
+    every write does): a superset of the rows matching it, to be filtered. Reading the selected parquet files
+    directly costs a third of `pl.scan_delta`'s cold read of the same rows (it plans over the whole log again).
+    Tables whose readers need more than plain parquet (deletion vectors, column mapping: reader version 2 and
+    up; this project never writes them) are read through `pl.scan_delta`."""
+    if table.protocol().min_reader_version > 1:
+        return scan_table(table)
+    files = table.file_uris(file_pruning_predicate=pruning)
+    if not files:
+        return pl.DataFrame(schema=BARS_SCHEMA).lazy()
+    return (pl.scan_parquet(files, storage_options=storage_options(table.table_uri))
+            .with_columns(pl.col("ts").dt.strftime(MONTH_FORMAT).alias(PARTITION_COLUMN))
+            .select(BARS_SCHEMA.names()))
 
 
 def read_bars(location: TableLocation, symbols: list[str], *, columns: list[str], bar_size: str, start: datetime,

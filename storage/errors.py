@@ -29,3 +29,16 @@ class CorruptTableError(StorageError):
         super().__init__(f"{path} is damaged: {detail}. Restore the file from a backup, or read an earlier "
                          f"version (time travel) that does not reference it")
         self.path = path
+
+
+class UnsupportedLocationError(StorageError, ValueError):
+    """A data directory URI whose scheme names no store delta-rs and polars can both reach."""
+
+    def __init__(self, uri: str, schemes: list[str]) -> None:
+        super().__init__(f"{uri}: unsupported data directory; IBKR_DATA_DIR takes a local path or a URI with one of "
+                         f"the schemes {', '.join(f'{s}://' for s in schemes)}")
+        self.uri = uri
+        self.schemes = schemes
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
+        return (type(self), (self.uri, self.schemes))

@@ -12,7 +12,7 @@ import polars as pl
 from storage.location import TableLocation
 from storage.results_table import NUMERIC_METRIC_COLUMNS
 from storage.schema import UTC_US
-from storage.tables import append_once, conform, exists
+from storage.tables import append_once, conform, exists, scan
 
 GRID_IDENTITY: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -51,7 +51,7 @@ def append_grid_results(location: TableLocation, run_id: str, rows: pl.DataFrame
 def read_grid_results(location: TableLocation, run_id: str | None = None) -> pl.DataFrame:
     if not exists(location.grid_results):
         return pl.DataFrame(schema=GRID_RESULTS_SCHEMA)
-    lazy = pl.scan_delta(location.grid_results)
+    lazy = scan(location.grid_results)
     if run_id is not None:
         lazy = lazy.filter(pl.col("run_id") == run_id)
     return lazy.sort("run_id", "rank").collect()

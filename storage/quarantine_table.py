@@ -22,7 +22,7 @@ from deltalake.schema import PrimitiveType
 from storage.commits import with_commit_retries
 from storage.location import TableLocation
 from storage.schema import BAR_KEY, QUARANTINE_SCHEMA, UTC_US
-from storage.tables import conform, exists, insert_new_rows
+from storage.tables import conform, delta_table, exists, insert_new_rows, scan
 
 QUARANTINE_KEY = ("flow_run_id", *BAR_KEY, "failed_check")
 ReviewAction = Literal["released", "dropped"]
@@ -63,7 +63,7 @@ def read_quarantine(location: TableLocation, flow_run_id: str | None = None) -> 
     quarantined."""
     if not exists(location.quarantine):
         return pl.DataFrame(schema=QUARANTINE_SCHEMA)
-    lazy = pl.scan_delta(location.quarantine)
+    lazy = scan(location.quarantine)
     if flow_run_id is not None:
         lazy = lazy.filter(pl.col("flow_run_id") == flow_run_id)
     return lazy.sort("quarantined_at", "ts").collect()
@@ -75,7 +75,7 @@ def scan_reviewed(location: TableLocation, *, symbol: str | None = None, check: 
     filtered by symbol and failed check."""
     if not exists(location.quarantine):
         return pl.DataFrame(schema=REVIEWED_SCHEMA).lazy()
-    lazy = pl.scan_delta(location.quarantine)
+    lazy = scan(location.quarantine)
     missing = [c for c in REVIEW_COLUMNS if c not in lazy.collect_schema()]
     lazy = lazy.with_columns(pl.lit(None, REVIEW_COLUMNS[c]).alias(c) for c in missing)
     if symbol is not None:
@@ -121,7 +121,7 @@ def mark_reviewed(location: TableLocation, rows: pl.DataFrame, review: Review) -
 
     def write() -> int:
         table = _with_review_columns(location.quarantine)
-        metrics = (table.merge(source.to_arrow(), predicate, source_alias="s", target_alias="t")
+        metrics = (table.merge(source, predicate, source_alias="s", target_alias="t")
                    .when_matched_update(updates={c: f"s.{c}" for c in REVIEW_COLUMNS},
                                         predicate="t.review_action IS NULL")
                    .execute())
@@ -133,11 +133,11 @@ def mark_reviewed(location: TableLocation, rows: pl.DataFrame, review: Review) -
 
 def _with_review_columns(path: str) -> DeltaTable:
     """The table, given the review columns first if it has never been reviewed (one schema commit)."""
-    table = DeltaTable(path)
+    table = delta_table(path)
     present = {field.name for field in table.schema().fields}
     missing = [Field(name, PrimitiveType(kind), nullable=True) for name, kind in _DELTA_TYPES.items()
                if name not in present]
     if missing:
         table.alter.add_columns(missing)
-        table = DeltaTable(path)
+        table = delta_table(path)
     return table

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
+from deltalake import DeltaTable
 
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import append_once, conform, exists
+from storage.tables import append_once, conform, exists, open_in_background, scan
+from storage.trades_table import append_trades
 
 IDENTITY_COLUMNS: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -92,14 +95,27 @@ def result_row(*, identity: Mapping[str, Any], metrics: Mapping[str, Any]) -> di
     return row
 
 
-def append_backtest_results(location: TableLocation, run_id: str, rows: list[dict[str, Any]]) -> int:
-    """Store one run's rows in one commit; returns how many were new (0 when the run is already stored)."""
+def append_backtest_results(location: TableLocation, run_id: str, rows: list[dict[str, Any]],
+                            opened: Future[DeltaTable | None] | None = None) -> int:
+    """Store one run's rows in one commit; returns how many were new (0 when the run is already stored).
+    `opened`: the table being opened meanwhile (`open_in_background`)."""
     frame = conform(pl.DataFrame(rows, schema_overrides=dict(RESULTS_SCHEMA), strict=False), RESULTS_SCHEMA,
                     what="backtest results")
-    return append_once(location.backtest_results, frame, f"backtest_results:{run_id}", what="backtest results append")
+    return append_once(location.backtest_results, frame, f"backtest_results:{run_id}", what="backtest results append",
+                       opened=opened)
+
+
+def store_run(location: TableLocation, run_id: str, trades: Mapping[str, pl.DataFrame],
+              rows: list[dict[str, Any]]) -> int:
+    """A run's trades, then its result rows (each one commit stamped with the run id: a retried store never
+    doubles a run; a results row implies its trades are stored). The results table is opened while the trades
+    commit, so a store costs about one table open and two commits. Returns how many result rows were new."""
+    results = open_in_background(location.backtest_results)
+    append_trades(location, run_id, trades)
+    return append_backtest_results(location, run_id, rows, opened=results)
 
 
 def read_backtest_results(location: TableLocation) -> pl.DataFrame:
     if not exists(location.backtest_results):
         return pl.DataFrame(schema=RESULTS_SCHEMA)
-    return pl.read_delta(location.backtest_results).sort("created_at")
+    return scan(location.backtest_results).sort("created_at").collect()

@@ -10,7 +10,7 @@ import polars as pl
 
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import append_once, conform, exists
+from storage.tables import append_once, conform, exists, scan
 
 TRADE_COLUMNS: dict[str, pl.DataType] = {
     "entry_time": UTC_US,
@@ -41,6 +41,6 @@ def read_trades(location: TableLocation, run_id: str) -> pl.DataFrame:
     """A run's trades in order, with the duration derived again."""
     if not exists(location.backtest_trades):
         return pl.DataFrame(schema=TRADES_SCHEMA)
-    return (pl.scan_delta(location.backtest_trades).filter(pl.col("run_id") == run_id)
+    return (scan(location.backtest_trades).filter(pl.col("run_id") == run_id)
             .sort("symbol", "entry_time").collect()
             .with_columns(duration=pl.col("exit_time") - pl.col("entry_time")))

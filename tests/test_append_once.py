@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 from deltalake import DeltaTable
 
-from storage.tables import append_once
+from storage.tables import CHECKPOINT_INTERVAL, append_once
 
 
 def rows(run_id: str, n: int = 3) -> pl.DataFrame:
@@ -54,3 +54,16 @@ def test_processes_racing_to_store_the_same_runs_store_each_once(tmp_path: Path)
             assert worker.exitcode == 0
     counts = pl.read_delta(path).group_by("run_id").len()
     assert counts.height == 9 and counts["len"].to_list() == [3] * 9
+
+
+def test_a_run_stored_before_a_checkpoint_is_still_found(tmp_path: Path) -> None:
+    """Tables are checkpointed every CHECKPOINT_INTERVAL commits (opening one replays only the commits since):
+    the run ids stamped on earlier commits live on in the checkpoint."""
+    path = str(tmp_path / "results")
+    interval = int(CHECKPOINT_INTERVAL)
+    for k in range(2 * interval + 3):
+        append_once(path, rows(f"r{k}", 1), f"results:r{k}", what="test")
+    assert sorted(p.name for p in (tmp_path / "results" / "_delta_log").glob("*.checkpoint.parquet")) == [
+        f"{v:020d}.checkpoint.parquet" for v in (interval - 1, 2 * interval - 1)]
+    assert append_once(path, rows("r0"), "results:r0", what="test") == 0
+    assert DeltaTable(path).version() == 2 * interval + 2

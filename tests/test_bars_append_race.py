@@ -44,11 +44,12 @@ def batch(role: int, round_: int) -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def writer(root: str, role: int, barrier: Any, results: Any) -> None:
-    location = TableLocation(Path(root))
+def writer(root: str, role: int, barrier: Any, results: Any, rounds: int = ROUNDS) -> None:
+    """`root`: a local directory or an object-store URI (tests/test_object_storage.py races on S3)."""
+    location = TableLocation(root)
     attempts = []
     try:
-        for round_ in range(ROUNDS):
+        for round_ in range(rounds):
             frame = batch(role, round_)
             barrier.wait(timeout=120)
             attempts.append(merge_bars(location, frame).attempts)
@@ -58,8 +59,8 @@ def writer(root: str, role: int, barrier: Any, results: Any) -> None:
         raise
 
 
-def expected_keys() -> pl.DataFrame:
-    frames = [batch(role, r).select("symbol", "ts") for role in (0, 1) for r in range(ROUNDS)]
+def expected_keys(rounds: int = ROUNDS) -> pl.DataFrame:
+    frames = [batch(role, r).select("symbol", "ts") for role in (0, 1) for r in range(rounds)]
     frames.append(curve("AAPL", 100.0).slice(0, 100).select("symbol", "ts"))
     return pl.concat(frames).unique().sort("symbol", "ts")
 
@@ -118,7 +119,7 @@ def first_writer(root: str, role: int, barrier: Any, results: Any) -> None:
     try:
         frame = curve("AAPL", 100.0).slice(50 * role, 100)  # minutes 0..99 and 50..149
         barrier.wait(timeout=120)
-        merge_bars(TableLocation(Path(root)), frame)
+        merge_bars(TableLocation(root), frame)
         results.put(None)
     except BaseException as exc:
         results.put(repr(exc))
