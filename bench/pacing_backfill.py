@@ -1,10 +1,14 @@
-"""Backfill K symbols x D sessions of 1-minute bars from a simulator that enforces IB's pacing rules: wall time
-against the pacing floor (the least time IB's rules allow for that many requests), and violations (must be 0).
+"""Backfill K symbols x D sessions of 30-second bars (the hard limits' domain) from a simulator that enforces IB's
+pacing rules: wall time against the pacing floor (the least time IB's rules allow for that many requests), and
+violations (must be 0).
 
     .venv/bin/python bench/pacing_backfill.py [--symbols 6] [--days 40] [--time-scale 0.02]
+    .venv/bin/python bench/pacing_backfill.py --bar-size "1 min" --all-bar-sizes    # a gateway pacing every size
 
 IB's windows (15 s, 2 s, 10 min) are multiplied by --time-scale on both sides (simulator and client budget), so a
 backfill that needs an hour at IB's real pace runs in about a minute; figures are reported in both clocks.
+`--all-bar-sizes` makes both sides apply the hard limits to every bar size (`pacing_all_bar_sizes` on the
+simulator, `all_bar_sizes` on the budget): without it, 1-minute bars are not held to them (see nightly_pacing.py).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=6, choices=range(1, len(UNIVERSE) + 1))
     parser.add_argument("--days", type=int, default=40, help="sessions per symbol")
     parser.add_argument("--time-scale", type=float, default=0.02)
+    parser.add_argument("--bar-size", default="30 secs", help="one request per RTH session (30 secs or larger)")
+    parser.add_argument("--all-bar-sizes", action="store_true", help="hard limits for every size, both sides")
     args = parser.parse_args()
 
     symbols = UNIVERSE[: args.symbols]
@@ -52,18 +58,19 @@ def main() -> None:
     sessions = sessions_between(start, END)[-args.days:]
     start = datetime.combine(sessions[0], datetime.min.time(), tzinfo=UTC)
     with tempfile.TemporaryDirectory(prefix="bench-pacing-") as tmp, EmbeddedSimulator(clock=lambda: END) as sim:
-        sim.update_faults(enforce_pacing=True, pacing_all_bar_sizes=True, time_scale=args.time_scale)
-        request = IngestRequest(symbols=symbols, start=start, end=END, quality_engine="polars",
-                                symbol_concurrency=len(symbols))
+        sim.update_faults(enforce_pacing=True, pacing_all_bar_sizes=args.all_bar_sizes, time_scale=args.time_scale)
+        request = IngestRequest(symbols=symbols, bar_size=args.bar_size, start=start, end=END,
+                                quality_engine="polars", symbol_concurrency=len(symbols))
         settings = IBKRSettings(host=sim.host, port=sim.port, client_id=77)
-        budget = PacingBudget(Path(tmp) / "ledger.json", time_scale=args.time_scale)
+        budget = PacingBudget(Path(tmp) / "ledger.json", time_scale=args.time_scale, all_bar_sizes=args.all_bar_sizes)
         report = asyncio.run(ingest_async(request, TableLocation(Path(tmp)), settings, budget=budget))
         snap = sim.snapshot()
     requests = snap["requests"].get("reqHistoricalData", 0) + snap["requests"].get("reqHeadTimeStamp", 0)
     floor = pacing_floor_s(requests // len(symbols), len(symbols)) * args.time_scale
     rows = sum(s.rows_inserted for s in report.symbols)
     scale = args.time_scale
-    print(f"backfill: {len(symbols)} symbols x {len(sessions)} sessions of 1-min bars, time scale {scale}")
+    print(f"backfill: {len(symbols)} symbols x {len(sessions)} sessions of {args.bar_size} bars, time scale {scale}"
+          f"{', hard limits for every size' if args.all_bar_sizes else ''}")
     print(f"  paced requests   {requests} (historical {snap['requests'].get('reqHistoricalData', 0)}, "
           f"head timestamp {snap['requests'].get('reqHeadTimeStamp', 0)})")
     print(f"  rows stored      {rows:,}  failed symbols: {[s.symbol for s in report.failed] or 'none'}")

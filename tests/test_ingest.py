@@ -39,11 +39,12 @@ def tws() -> Iterator[EmbeddedSimulator]:
 def run(sim: EmbeddedSimulator, location: TableLocation, symbols: tuple[str, ...], *, start: datetime,
         end: datetime = NOW, client_id: int = 50, bar_size: str = "1 min", budget_scale: float = 0.01,
         ledger: Path | None = None, policy: RetryPolicy = FAST, engine: str = "polars",
-        request_timeout_s: float = 5.0) -> IngestReport:
+        request_timeout_s: float = 5.0, all_bar_sizes: bool = False) -> IngestReport:
     request = IngestRequest(symbols=symbols, bar_size=bar_size, start=start, end=end, quality_engine=engine,
                             request_timeout_s=request_timeout_s)
     settings = IBKRSettings(host=sim.host, port=sim.port, client_id=client_id, connect_timeout=2.0)
-    budget = PacingBudget(ledger or location.root / "pacing.json", time_scale=budget_scale)
+    budget = PacingBudget(ledger or location.root / "pacing.json", time_scale=budget_scale,
+                          all_bar_sizes=all_bar_sizes)
     return asyncio.run(ingest_async(request, location, settings, flow_run_id=f"test-{client_id}", budget=budget,
                                     policy=policy))
 
@@ -118,11 +119,13 @@ def test_a_run_killed_by_tws_going_away_resumes_on_rerun(tws: EmbeddedSimulator,
 
 
 def test_zero_pacing_violations_on_a_time_scaled_backfill(tmp_path: Path) -> None:
-    """The simulator enforces IB's rules on 1-minute bars with windows shrunk 100x; the client budget uses the same
-    scale, so three symbols x 25 sessions (75 requests > 60 per '10 minutes') must pass without one violation."""
+    """A gateway that paces every bar size (IBKR_PACING_ALL_BAR_SIZES): the simulator enforces IB's hard limits on
+    1-minute bars with windows shrunk 100x; the client budget uses the same scale and rules, so three symbols x 25
+    sessions (75 requests > 60 per '10 minutes') must pass without one violation."""
     with EmbeddedSimulator(clock=lambda: NOW) as sim:
         sim.update_faults(enforce_pacing=True, pacing_all_bar_sizes=True, time_scale=0.01)
-        report = run(sim, TableLocation(tmp_path), ("AAPL", "MSFT", "SPY"), start=datetime(2024, 6, 6, tzinfo=UTC))
+        report = run(sim, TableLocation(tmp_path), ("AAPL", "MSFT", "SPY"), start=datetime(2024, 6, 6, tzinfo=UTC),
+                     all_bar_sizes=True)
         snap = sim.snapshot()
     assert not report.failed
     assert snap["pacing_violations_by_rule"] == {}

@@ -16,6 +16,7 @@ from ib_async import IB, BarData, Contract, ContractDetails, RequestError, Stock
 
 from ibkr_flows.ib.codes import CONNECTIVITY_RESTORED, RETRY_POLICY, ErrorClass, ErrorCode, Retry
 from ibkr_flows.ib.codes import classify as classify_code
+from ibkr_flows.ib.pacing_rules import hard_limits_apply
 from ibkr_flows.ib.refusals import Refusal, answer_or_refusal
 from ibkr_flows.ingest.errors import (
     DisconnectedError,
@@ -237,16 +238,18 @@ async def head_timestamp(session: IBSession, budget: PacingBudget, contract: Con
 
 async def fetch_chunk(session: IBSession, budget: PacingBudget, contract: Contract, chunk: Chunk, *,
                       bar_size: str, what_to_show: str, use_rth: bool, timeout: float) -> list[BarData]:
-    """The bars of one planned request ([] when IB says it has none for the range: a holiday, a halt).
+    """The bars of one planned request ([] when IB says it has none for the range: a holiday, a halt), paced by
+    the rules IB applies to its bar size (`PacingBudget`).
 
     ib_async's own timeout cancels the request at TWS and returns an empty list; with RaiseRequestErrors on,
     IB's real 'no data' raises instead, so an empty list here always means silence, never 'no data'.
     """
-    identity = chunk.describe(contract.symbol, bar_size, what_to_show, use_rth)
+    paced = PacedRequest(contract.conId, what_to_show, chunk.describe(contract.symbol, bar_size, what_to_show,
+                                                                      use_rth), hard_limits_apply(bar_size))
 
     async def call() -> list[BarData]:
         await session.connectivity.wait()
-        async with budget.slot(PacedRequest(contract.conId, what_to_show, identity)):
+        async with budget.slot(paced):
             bars = await _request(session, contract.symbol, contract, lambda own: session.ib.reqHistoricalDataAsync(
                 own, endDateTime=chunk.end_date_time, durationStr=chunk.duration, barSizeSetting=bar_size,
                 whatToShow=what_to_show, useRTH=use_rth, formatDate=2, timeout=timeout), None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -32,6 +32,7 @@ from ibkr_flows.ib.sessions import (
     sessions_before,
     sessions_between,
 )
+from ibkr_flows.sim.bar_parts import bucket_groups
 
 BAR_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Datetime("us", "UTC"),
@@ -254,6 +255,13 @@ class SyntheticBars:
 
     def bars(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
              end: datetime) -> pl.DataFrame:
+        parts = list(self.parts(symbol, bar_size, what_to_show, use_rth, start, end))
+        return pl.concat(parts) if parts else pl.DataFrame(schema=BAR_SCHEMA)
+
+    def parts(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
+              end: datetime) -> Iterator[pl.DataFrame]:
+        """The bars of `bars()` in pieces (`bar_parts.bucket_groups`) that concatenate to exactly `bars()`: years
+        of daily bars are millions of generated minutes, cheaper built (and held) a few weeks at a time."""
         check_what_to_show(what_to_show)
         step = bar_step(bar_size)
         first = self.first_session(symbol)
@@ -261,13 +269,16 @@ class SyntheticBars:
         if step >= timedelta(days=1):  # a dated bar may start before `start`'s session: take its whole bucket
             lo -= timedelta(days=31 if step > timedelta(days=1) else 1)
         days = [d for d in sessions_between(lo, end, self.calendar_name) if d >= first]
-        if not days:
-            return pl.DataFrame(schema=BAR_SCHEMA)
         native = timedelta(seconds=1) if step < timedelta(minutes=1) else timedelta(minutes=1)
-        base = self._base(symbol, days, native).join(session_table(days, use_rth, self.calendar_name), on="day")
-        if use_rth:
-            base = base.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
-        return finish_bars(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start, end=end)
+        for group in bucket_groups(days, bar_size):
+            base = self._base(symbol, group, native).join(session_table(group, use_rth, self.calendar_name),
+                                                          on="day")
+            if use_rth:
+                base = base.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
+            part = finish_bars(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start,
+                               end=end)
+            if part.height:
+                yield part
 
     # Generation. Arrays are per session; polars frames are built once per request.
 

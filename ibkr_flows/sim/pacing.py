@@ -1,7 +1,9 @@
 """IB's historical-data pacing rules, enforced the way TWS counts them.
 
 Source: TWS API docs, "Historical Data Limitations". The simulator applies them across every client of one TWS
-(as the real one does), so two downloaders that each behave but share a TWS still trip them together.
+(as the real one does), so two downloaders that each behave but share a TWS still trip them together. The hard
+limits cover the requests `pacing_rules.hard_limits_apply` names (bars of 30 s or less, head timestamps); the
+50-open cap covers every historical request.
 """
 
 from __future__ import annotations
@@ -51,15 +53,19 @@ class PacingMonitor:
     _long: deque[float] = field(default_factory=deque)
     open_requests: int = 0
 
-    def admit(self, request: PacedRequest) -> str | None:
+    def admit(self, request: PacedRequest, *, hard_limits: bool = True) -> str | None:
         """Record a request; return the broken rule's description, or None when it is within the limits.
 
         A violating request is still counted, as TWS counts every request it receives: a client that keeps
-        hammering stays in violation.
+        hammering stays in violation. A request outside the hard limits (`hard_limits=False`) meets only the
+        50-open cap and is not counted in their windows.
         """
         now = self.clock()
-        reason = self._check(request, now)
-        self._record(request, now)
+        if hard_limits:
+            reason = self._check(request, now)
+            self._record(request, now)
+        else:
+            reason = self._check_open()
         if reason is not None:
             self.violations[reason] = self.violations.get(reason, 0) + 1
         return reason
@@ -75,6 +81,9 @@ class PacingMonitor:
         long_window = self._trim(self._long, now - LONG_WINDOW_S * scale)
         if len(long_window) + request.weight > LONG_LIMIT:
             return "more than 60 requests within 10 minutes"
+        return self._check_open()
+
+    def _check_open(self) -> str | None:
         if self.open_requests >= MAX_OPEN:
             return "more than 50 simultaneous open historical requests"
         return None

@@ -35,6 +35,10 @@ log = logging.getLogger("ibkr.sim")
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a new connection has to send its greeting and startApi before it is dropped: TWS does not hold a
 socket open for a client that connected and said nothing."""
+INLINE_ANSWER_LIMIT = 50_000
+"""Base bars (minutes, or seconds for sizes under a minute) a historical answer may span and still be built on
+the event loop: a month of minutes, ~15 ms. Longer windows (years of daily bars: seconds of work) go to a worker
+thread so other clients keep being answered."""
 
 
 class TWSSimulator:
@@ -52,6 +56,7 @@ class TWSSimulator:
         tws_timezone: str = "America/New_York",
         clock: Callable[[], datetime] | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        inline_answer_limit: int = INLINE_ANSWER_LIMIT,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -63,6 +68,9 @@ class TWSSimulator:
         self.tws_zone = ZoneInfo(tws_timezone)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.handshake_timeout = handshake_timeout
+        self.inline_answer_limit = inline_answer_limit
+        """Historical answers spanning more base bars than this are built on a worker thread (see
+        `handlers.historical.off_loop_if_large`)."""
         self.counters = Counters()
         self.pacing = PacingMonitor(time_scale=self.faults.time_scale)
         self._server: asyncio.Server | None = None

@@ -53,6 +53,12 @@ class Session:
             self.sim.counters.errors_sent[int(fields[3])] += 1  # type: ignore[call-overload]
         self._write(encode_frame(for_version(fields, self.server_version)))
 
+    def send_frame(self, frame: bytes) -> None:
+        """Send an already encoded frame (a long answer encoded in slices; errors go through `send`, which counts
+        them)."""
+        if not self.writer.is_closing():
+            self._write(frame)
+
     def _write(self, frame: bytes) -> None:
         self.sim.counters.bytes_sent += len(frame)
         self.writer.write(frame)

@@ -100,6 +100,26 @@ class Universe:
     def add(self, instrument: Instrument) -> None:
         self.instruments[instrument.symbol] = instrument
 
+    @classmethod
+    def with_synthetic(cls, count: int) -> Universe:
+        """The default instruments plus `count` generated stocks (`synthetic_symbol(0)`, ...): for runs at the scale
+        of a real nightly (hundreds of symbols), which the handful of real names cannot give. Their bars come from
+        the generator like any symbol without price anchors."""
+        universe = cls()
+        for index in range(count):
+            symbol = synthetic_symbol(index)
+            universe.add(Instrument(symbol, SYNTHETIC_CON_ID_BASE + index, "NYSE", f"SYNTHETIC STOCK {index}",
+                                    trading_class=symbol))
+        return universe
+
+
+SYNTHETIC_CON_ID_BASE = 900_000_000
+"""Generated instruments' conIds start here, far from the real ones above."""
+
+
+def synthetic_symbol(index: int) -> str:
+    return f"SYN{index:04d}"
+
 
 def contract_data_fields(req_id: int, inst: Instrument, exchange: str, today: date) -> list[object]:
     """CONTRACT_DATA (10) at server version >= 164: no version field; 40 + 2 x secIdCount fields.

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from ibkr_flows.ib.historical import (
     BAR_SIZES,
-    SMALL_BAR_MAX,
     InvalidDuration,
     duration_exceeds_max,
     oldest_available,
     request_conflict,
 )
 from ibkr_flows.ib.message_ids import ServerMessage
+from ibkr_flows.ib.pacing_rules import hard_limits_apply
 from ibkr_flows.ib.sessions import bar_start, session_bounds, sessions_before
+from ibkr_flows.ib.wire import encode_frame
 from ibkr_flows.sim import messages as msg
 from ibkr_flows.sim.bad_bars import inject_bad_bars
 from ibkr_flows.sim.bars import InvalidBarSize, request_window
@@ -43,7 +45,10 @@ from ibkr_flows.sim.requests import (
 from ibkr_flows.sim.universe import Instrument
 
 if TYPE_CHECKING:
+    from ibkr_flows.sim.server import TWSSimulator
     from ibkr_flows.sim.session import Session
+
+T = TypeVar("T")
 
 log = logging.getLogger("ibkr.sim")
 
@@ -83,8 +88,7 @@ def historical_data(session: Session, fields: list[str]) -> None:
         return
     paced = PacedRequest(req.contract.con_id, req.contract.exchange, req.what_to_show, req.end, req.duration,
                          req.bar_size, req.use_rth)
-    small_bars = BAR_SIZES[req.bar_size] <= SMALL_BAR_MAX
-    if not _admit_paced(session, req.req_id, paced, small_bars=small_bars):
+    if not _admit_paced(session, req.req_id, paced, small_bars=hard_limits_apply(req.bar_size)):
         return
     session.spawn(req.req_id, lambda: _answer_historical(session, req), paced=True)
 
@@ -94,7 +98,8 @@ def cancel_historical_data(session: Session, fields: list[str]) -> None:
 
 
 def _admit_paced(session: Session, req_id: int, request: PacedRequest, *, small_bars: bool) -> bool:
-    """Apply IB's pacing rules (when enforced) and count the request as open; False = answered with 162."""
+    """Apply IB's pacing rules (when enforced: the hard limits to small bars, or to every size with
+    `pacing_all_bar_sizes`; the 50-open cap to all) and count the request as open; False = answered with 162."""
     sim = session.sim
     faults = sim.faults
     if sim.forced_pacing_violations > 0:
@@ -102,8 +107,8 @@ def _admit_paced(session: Session, req_id: int, request: PacedRequest, *, small_
         sim.counters.pacing_violations += 1
         session.send(msg.error(req_id, msg.PACING_VIOLATION))
         return False
-    if faults.enforce_pacing and (small_bars or faults.pacing_all_bar_sizes):
-        violation = sim.pacing.admit(request)
+    if faults.enforce_pacing:
+        violation = sim.pacing.admit(request, hard_limits=small_bars or faults.pacing_all_bar_sizes)
         if violation is not None:
             sim.counters.pacing_violations += 1
             log.info("pacing violation for request %d: %s", req_id, violation)
@@ -152,19 +157,43 @@ async def _answer_historical(session: Session, req: HistoricalRequest) -> None:
         session.send(msg.error(req.req_id, msg.time_length_exceeded()))
         return
     oldest = oldest_available(req.bar_size, now)
+    first = max(start, oldest) if oldest else start
+    bad_bars = sim.faults.bad_bars
+    injected: list[dict[str, Any]] = []
+
+    def answer() -> bytes | None:
+        """The encoded HISTORICAL_DATA frame, or None for an empty window: the whole costly part, which touches
+        nothing the event loop uses (corruptions are recorded in `injected`, merged on the loop)."""
+        bars = sim.bar_source.bars(inst.symbol, req.bar_size, req.what_to_show, req.use_rth, first, end)
+        if bars.is_empty():
+            return None
+        bars = inject_bad_bars(inst.symbol, req, bars, bad_bars, injected)
+        return encode_frame(_historical_fields(req, start, end, bars, sim.tws_zone))  # one format in every version
+
     try:
-        bars = sim.bar_source.bars(inst.symbol, req.bar_size, req.what_to_show, req.use_rth,
-                                   max(start, oldest) if oldest else start, end)
+        frame = await off_loop_if_large(sim, req.bar_size, first, end, answer)
     except (InvalidBarSize, ValueError) as exc:
         session.send(msg.error(req.req_id, msg.invalid_request(str(exc))))
         return
-    if bars.is_empty():
+    if frame is None:
         session.send(msg.error(req.req_id, msg.no_data(inst.symbol, inst.exchange, req.what_to_show)))
         return
-    bars = inject_bad_bars(inst.symbol, req, bars, sim.faults.bad_bars, sim.counters.injected_bad_bars)
-    session.send(_historical_fields(req, start, end, bars, sim.tws_zone))
+    sim.counters.injected_bad_bars.extend(injected)
+    session.send_frame(frame)
     if req.keep_up_to_date:
         await _stream_updates(session, req, inst.symbol)
+
+
+async def off_loop_if_large(sim: TWSSimulator, bar_size: str, start: datetime, end: datetime,
+                            work: Callable[[], T]) -> T:
+    """Run `work` (building, and encoding, the bars of [start, end)) on the loop when the window is small, else on
+    a worker thread: one event loop serves every client, and years of daily bars are millions of generated
+    minutes (seconds of work) during which every other client would wait, even for the current time. Small answers
+    stay inline: no thread hop, and never queued in the executor behind a big one."""
+    native = timedelta(seconds=1) if BAR_SIZES[bar_size] < timedelta(minutes=1) else timedelta(minutes=1)
+    if (end - start) / native <= sim.inline_answer_limit:
+        return work()
+    return await asyncio.to_thread(work)
 
 
 async def _stream_updates(session: Session, req: HistoricalRequest, symbol: str) -> None:
@@ -173,12 +202,12 @@ async def _stream_updates(session: Session, req: HistoricalRequest, symbol: str)
     sim = session.sim
     while True:
         await asyncio.sleep(LIVE_UPDATE_SECONDS * sim.faults.time_scale)
-        bar = _current_bar(session, req, symbol)
+        bar = await _current_bar(session, req, symbol)
         if bar is not None:
             session.send(_update_fields(req, bar, sim.tws_zone))
 
 
-def _current_bar(session: Session, req: HistoricalRequest, symbol: str) -> dict[str, Any] | None:
+async def _current_bar(session: Session, req: HistoricalRequest, symbol: str) -> dict[str, Any] | None:
     """The latest bar at the simulator's now: the one being built in a session, else the last one of the last
     session (what a chart shows after the close)."""
     sim = session.sim
@@ -192,8 +221,12 @@ def _current_bar(session: Session, req: HistoricalRequest, symbol: str) -> dict[
             return None
         close = session_bounds(days[-1], req.use_rth)[1]
         start = bar_start(min(now, close) - timedelta(microseconds=1), step, req.use_rth)
-    bars = sim.bar_source.bars(symbol, req.bar_size, req.what_to_show, req.use_rth, start, now)
-    return bars.row(-1, named=True) if bars.height else None
+
+    def latest() -> dict[str, Any] | None:
+        bars = sim.bar_source.bars(symbol, req.bar_size, req.what_to_show, req.use_rth, start, now)
+        return bars.row(-1, named=True) if bars.height else None
+
+    return await off_loop_if_large(sim, req.bar_size, start, now, latest)
 
 
 def _update_fields(req: HistoricalRequest, bar: dict[str, Any], zone: ZoneInfo) -> list[object]:

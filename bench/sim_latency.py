@@ -1,0 +1,150 @@
+"""Does one client's large historical answer stall the simulator's other clients? Client A asks for the largest
+answer the duration limits allow (68 Y of extended-hours daily bars: built from every generated minute since 2015)
+while client B times small round trips (reqCurrentTime and 30 one-minute bars, alternately).
+
+    .venv/bin/python bench/sim_latency.py [--duration "68 Y"] [--bar-size "1 day"] [--repeats 2]
+
+Three simulators in turn, each in its own process, and A in another (so neither the simulator's work nor A's
+decoding shares an interpreter lock or event loop with B): B alone (the idle baseline), then B beside A with every
+answer built on the event loop (the behaviour before large answers moved off it: `inline_answer_limit` beyond any
+window), then with the default limit (large answers on a worker thread). The goal: B answered within 50 ms while
+A's answer is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ib_async import IB, Stock
+
+from ibkr_flows.sim.server import INLINE_ANSWER_LIMIT, TWSSimulator
+
+NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
+MIDDAY = datetime(2024, 7, 12, 17, 0, tzinfo=UTC)
+AAPL = Stock("AAPL", "SMART", "USD", conId=265598)
+SPY = Stock("SPY", "SMART", "USD", conId=756733)
+NEVER_OFF_LOOP = 10**15
+TRIP_GAP_S = 0.03
+"""Between B's round trips: ib_async holds a client to 45 requests per second (a faster B would time its own
+throttle, not the simulator)."""
+
+
+def _fixed_now() -> datetime:
+    return NOW
+
+
+def _serve(inline_answer_limit: int, ports: multiprocessing.Queue) -> None:
+    async def serve() -> None:
+        sim = TWSSimulator(clock=_fixed_now, inline_answer_limit=inline_answer_limit)
+        await sim.start()
+        ports.put(sim.port)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def _client_a(port: int, big: tuple[str, str], repeats: int, sent: Event, done: Event,
+              results: multiprocessing.Queue) -> None:
+    """Client A in its own process: decoding a large answer would otherwise stall B's loop in this one."""
+
+    async def ask() -> None:
+        a = IB()
+        await a.connectAsync("127.0.0.1", port, clientId=1, readonly=True, timeout=10)
+        try:
+            for _ in range(repeats):
+                started = time.perf_counter()
+                large = asyncio.create_task(a.reqHistoricalDataAsync(AAPL, "", big[1], big[0], "TRADES", False,
+                                                                     formatDate=2, timeout=600))
+                await asyncio.sleep(0.05)  # the request is at the simulator
+                sent.set()
+                bars = len(await large)
+                results.put((time.perf_counter() - started, bars))
+                sent.clear()
+        finally:
+            a.disconnect()
+            done.set()
+
+    asyncio.run(ask())
+
+
+async def _trips(port: int, sent: Event | None, done: Event | None) -> list[float]:
+    """B's round-trip latencies (s): while A's requests are out, or 40 of them when there is no A."""
+    b = IB()
+    await b.connectAsync("127.0.0.1", port, clientId=2, readonly=True, timeout=10)
+    latencies: list[float] = []
+    try:
+        await b.reqCurrentTimeAsync()  # warm-up: the first request of a kind loads calendars, caches
+        await b.reqHistoricalDataAsync(SPY, MIDDAY, "1800 S", "1 min", "TRADES", True, formatDate=2)
+        count = 0
+        while (done is not None and not done.is_set()) or (done is None and count < 40):
+            if sent is not None and not sent.is_set():
+                await asyncio.sleep(0.005)
+                continue
+            started = time.perf_counter()
+            if count % 2:
+                await b.reqHistoricalDataAsync(SPY, MIDDAY, "1800 S", "1 min", "TRADES", True, formatDate=2)
+            else:
+                await b.reqCurrentTimeAsync()
+            latencies.append(time.perf_counter() - started)
+            count += 1
+            await asyncio.sleep(TRIP_GAP_S)
+    finally:
+        b.disconnect()
+    return latencies
+
+
+def _run_variant(limit: int, big: tuple[str, str] | None, repeats: int
+                 ) -> tuple[list[float], list[tuple[float, int]]]:
+    """B's latencies and A's (answer time, bars) per large request, against a fresh simulator process."""
+    ports: multiprocessing.Queue = multiprocessing.Queue()
+    results: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=_serve, args=(limit, ports), daemon=True)
+    server.start()
+    try:
+        port = ports.get(timeout=30)
+        if big is None:
+            return asyncio.run(_trips(port, None, None)), []
+        sent, done = multiprocessing.Event(), multiprocessing.Event()
+        client = multiprocessing.Process(target=_client_a, args=(port, big, repeats, sent, done, results))
+        client.start()
+        latencies = asyncio.run(_trips(port, sent, done))
+        client.join()
+        return latencies, [results.get() for _ in range(repeats)]
+    finally:
+        server.terminate()
+        server.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", default="68 Y")
+    parser.add_argument("--bar-size", default="1 day")
+    parser.add_argument("--repeats", type=int, default=2, help="large requests per variant")
+    args = parser.parse_args()
+    big = (args.bar_size, args.duration)
+
+    print(f"sim latency: client A asks {args.duration} of '{args.bar_size}' ETH bars ({args.repeats}x); client B's "
+          f"round trips (current time / 30 one-minute bars) meanwhile")
+    print(f"  {'simulator':34} {'B trips':>8} {'B worst':>9} {'B median':>9} {'A answer':>9} {'A bars':>7}")
+    for label, limit, large in (("B alone (idle baseline)", INLINE_ANSWER_LIMIT, None),
+                                ("built on the loop (before)", NEVER_OFF_LOOP, big),
+                                ("large answers off the loop (after)", INLINE_ANSWER_LIMIT, big)):
+        latencies, answers = _run_variant(limit, large, args.repeats)
+        answer = f"{max(t for t, _ in answers):8.2f}s" if answers else f"{'-':>9}"
+        bars = answers[-1][1] if answers else "-"
+        print(f"  {label:34} {len(latencies):8d} {max(latencies) * 1000:7.1f}ms "
+              f"{statistics.median(latencies) * 1000:7.1f}ms {answer} {bars:>7}")
+
+
+if __name__ == "__main__":
+    main()
