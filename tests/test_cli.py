@@ -48,10 +48,25 @@ def test_data_connect_prints_the_fix(sim: EmbeddedSimulator) -> None:
     assert "Traceback" not in result.output
 
 
+def test_data_connect_patient_measures_what_the_quick_verdict_bounds(sim: EmbeddedSimulator) -> None:
+    """A farm answering in 1.6 s: the quick verdict (within 1.5 s) can only bound the latency from below and
+    points at --patient; --patient waits for the answer and reports the latency it measured. Both warn, exit 0."""
+    sim.update_faults(latency_seconds=1.6)
+    args = ["data", "connect", "--host", sim.host, "--port", str(sim.port), "--json"]
+    quick = runner.invoke(app, args)
+    patient = runner.invoke(app, [*args, "--patient"])
+    assert quick.exit_code == 0 and patient.exit_code == 0, quick.output + patient.output
+    quick_verdict, patient_verdict = json.loads(quick.output), json.loads(patient.output)
+    assert quick_verdict["failure_class"] == patient_verdict["failure_class"] == "slow"
+    assert "--patient" in quick_verdict["summary"] and "no answer within" in quick_verdict["summary"]
+    assert "answered after" in patient_verdict["summary"] and "--patient" not in patient_verdict["summary"]
+
+
 def test_help_explains_exit_codes() -> None:
     result = runner.invoke(app, ["data", "connect", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "17 client id in use" in " ".join(result.output.split())
+    assert "22 slow" in " ".join(result.output.split())
 
 
 @pytest.fixture

@@ -29,6 +29,9 @@ def connect(
     data_check: Annotated[bool, typer.Option(
         "--data-check/--no-data-check", help="Finish with one tiny historical request (proves the data farm).")
     ] = True,
+    patient: Annotated[bool, typer.Option(
+        "--patient", help="Wait the configured timeouts (IBKR_PROBE_TIMEOUT, --timeout, IBKR_DATA_TIMEOUT) instead "
+                          "of giving the verdict within 1.5 s: measures a slow TWS's latency.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the diagnosis as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show ib_async's own log lines.")] = False,
 ) -> None:
@@ -39,7 +42,7 @@ def connect(
     listening, 11 wrong port, 12 host unreachable, 13 not a TWS, 14 handshake silent (accept dialog),
     15 connection rejected (trusted IPs / localhost only), 16 API not ready (not logged in), 17 client id in use,
     18 IB connectivity lost, 19 data farm down, 20 no market data permissions, 21 connection dropped (closed
-    during the handshake or the session).
+    during the handshake or the session), 22 slow (TWS answers, too late to finish within 1.5 s: try --patient).
     """
     from ibkr_flows.doctor.preflight import diagnose
 
@@ -47,7 +50,7 @@ def connect(
     from ibkr_flows.settings import IBKRSettings  # pydantic-settings costs ~0.1 s: only commands that connect pay it
 
     settings = IBKRSettings.with_overrides(host=host, port=port, client_id=client_id, connect_timeout=timeout)
-    diagnosis = diagnose(settings, retry_client_id=retry_client_id, check_data=data_check)
+    diagnosis = diagnose(settings, retry_client_id=retry_client_id, check_data=data_check, patient=patient)
     if as_json:
         typer.echo(strict_json(diagnosis.to_json()))
     else:

@@ -123,7 +123,7 @@ def _run_plain(request: IngestRequest, tws: TWSEndpoint, data_dir: str | None, o
     from storage.location import TableLocation
 
     settings = tws.settings()
-    diagnosis = diagnose(settings, check_data=False)
+    diagnosis = diagnose(settings, check_data=False, patient=True)  # a slow TWS is no reason to skip a run
     if not diagnosis.ok:
         return diagnosis
     return asyncio.run(ingest_async(request, TableLocation.at(data_dir), settings, progress=on_progress))

@@ -37,6 +37,9 @@ class FailureClass(StrEnum):
     DATA_FARM_DOWN = "data-farm-down"
     NO_DATA_PERMISSIONS = "no-data-permissions"
     LIVE_SESSION = "live-session"
+    SLOW = "slow"
+    """TWS answers, but later than the doctor waits for a healthy one (`doctor.timing`: slow is not down). A warning
+    when the data farm is slow; a failure when the handshake itself was too slow to finish the diagnosis."""
 
     @property
     def exit_code(self) -> int:
@@ -60,6 +63,7 @@ _EXIT_CODES = {
     FailureClass.DATA_FARM_DOWN: 19,
     FailureClass.NO_DATA_PERMISSIONS: 20,
     FailureClass.CONNECTION_DROPPED: 21,
+    FailureClass.SLOW: 22,
 }
 """Stable, documented exit codes (README 'Troubleshooting'); warning-only classes exit 0."""
 

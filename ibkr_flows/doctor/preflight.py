@@ -1,8 +1,9 @@
 """The connectivity preflight: raw probe first, then the real client, then one tiny historical request.
 
 Order matters: the raw probe (doctor.probe) names the failing layer in milliseconds; only once the socket layers
-are fine does the real `ib_async` client connect (read-only) and ask the historical farm for a week of daily bars,
-which proves what a pipeline needs and nothing more.
+are fine does the real `ib_async` client connect (read-only) and ask the historical farm for a week of daily bars
+(doctor.data_check), which proves what a pipeline needs and nothing more. Every wait comes out of one
+`timing.Budget`: by default the verdict is in within 1.5 s, `patient=True` waits the configured timeouts.
 """
 
 from __future__ import annotations
@@ -11,38 +12,33 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
-from ib_async import IB, ConnectionStats, Contract, Stock
+from ib_async import IB, ConnectionStats
 
+from ibkr_flows.doctor.data_check import DataCheck
 from ibkr_flows.doctor.diagnosis import Diagnosis, Evidence, FailureClass, Status
 from ibkr_flows.doctor.probe import Outcome, ProbeResult, probe, tcp_open
 from ibkr_flows.doctor.remediation import remediation
-from ibkr_flows.ib.codes import FARM_BROKEN, FARM_NOTICES, ErrorClass, ErrorCode
+from ibkr_flows.doctor.timing import ID_RELEASE_WAIT_S, Budget
+from ibkr_flows.doctor.verdict import Verdict
+from ibkr_flows.ib.codes import FARM_NOTICES, ErrorCode
 from ibkr_flows.ib.ports import LIVE_PORTS, WELL_KNOWN_PORTS, port_label
-from ibkr_flows.ib.refusals import Refusal, answer_or_refusal
 from ibkr_flows.settings import IBKRSettings
 
 PORT_SCAN_TIMEOUT_S = 0.5
+"""A closed port refuses at once; only a firewalled host makes the scan wait this long."""
 FREE_ID_CANDIDATES = 10
-T = TypeVar("T")
-
-
-class _Verdict(Exception):
-    """Raised inside the preflight to stop at the first conclusive layer."""
-
-    def __init__(self, cls: FailureClass, summary: str) -> None:
-        super().__init__(summary)
-        self.cls = cls
-        self.summary = summary
-
+MIN_CONNECT_S = 0.01
+"""ib_async reads a connect timeout of 0 as 'wait forever': a spent budget still gets a bounded attempt."""
+_WATCHED = FARM_NOTICES | {ErrorCode.CONNECTIVITY_LOST}
 
 _OUTCOME_CLASS = {
     Outcome.UNREACHABLE: FailureClass.HOST_UNREACHABLE,
     Outcome.CLOSED_AFTER_ACCEPT: FailureClass.CONNECTION_REJECTED,
     Outcome.CLOSED_DURING_HANDSHAKE: FailureClass.CONNECTION_DROPPED,
     Outcome.SILENT_AFTER_ACCEPT: FailureClass.HANDSHAKE_SILENT,
+    Outcome.SLOW_HANDSHAKE: FailureClass.SLOW,
     Outcome.NOT_TWS: FailureClass.NOT_TWS,
     Outcome.HTTP_SERVER: FailureClass.NOT_TWS,
     Outcome.PROTOCOL_ERROR: FailureClass.NOT_TWS,
@@ -50,6 +46,9 @@ _OUTCOME_CLASS = {
     Outcome.SILENT_AFTER_VERSION: FailureClass.API_NOT_READY,
     Outcome.EMPTY_ACCOUNTS: FailureClass.API_NOT_READY,
 }
+_BOUNDED_OUTCOMES = frozenset({Outcome.SILENT_AFTER_ACCEPT, Outcome.SLOW_HANDSHAKE, Outcome.SILENT_AFTER_VERSION,
+                               Outcome.EMPTY_ACCOUNTS})
+"""Verdicts reached by a wait running out: the quick mode says how to wait longer."""
 _OUTCOME_SUMMARY = {
     Outcome.UNREACHABLE: "Cannot reach {host}:{port}.",
     Outcome.CLOSED_AFTER_ACCEPT: "TWS at {host}:{port} accepted the connection and closed it at once.",
@@ -57,6 +56,9 @@ _OUTCOME_SUMMARY = {
                                      "{messages} message(s), before the API session was usable.",
     Outcome.SILENT_AFTER_ACCEPT: "TWS at {host}:{port} accepted the connection but never answered the API "
                                  "handshake (an 'accept incoming connection' dialog, or TWS not ready).",
+    Outcome.SLOW_HANDSHAKE: "TWS at {host}:{port} answered the API handshake only after {greeting:.2f} s (a "
+                            "healthy TWS answers in milliseconds): slow, not silent, and too slow to finish the "
+                            "diagnosis in time.",
     Outcome.NOT_TWS: "The service on {host}:{port} does not speak the TWS API (not TWS / protocol error); it "
                      "sent {received}.",
     Outcome.HTTP_SERVER: "The service on {host}:{port} is an HTTP server, not TWS; it answered {received}.",
@@ -73,11 +75,12 @@ _OUTCOME_SUMMARY = {
 class Preflight:
     """One diagnosis run. Holds the evidence as it accumulates so every verdict shows how it was reached."""
 
-    def __init__(self, settings: IBKRSettings, *, retry_client_id: bool, check_data: bool) -> None:
+    def __init__(self, settings: IBKRSettings, *, retry_client_id: bool, check_data: bool, patient: bool) -> None:
         self.settings = settings
         self.retry_client_id = retry_client_id
         self.check_data = check_data
-        self.started = time.perf_counter()
+        self.budget = Budget.for_run(patient)
+        self.started = self.budget.started
         self.evidence: list[Evidence] = []
         self.warnings: list[tuple[FailureClass, str]] = []
         self.client_id = settings.client_id
@@ -95,7 +98,7 @@ class Preflight:
         try:
             await self._socket_layers()
             await self._client_layers()
-        except _Verdict as verdict:
+        except Verdict as verdict:
             return self._diagnosis(Status.FAILED, verdict.cls, verdict.summary)
         self._note_session_risks()
         if self.warnings:
@@ -118,9 +121,12 @@ class Preflight:
             result = await self._client_id_in_use()
         if result.outcome is not Outcome.READY:
             self.http_server = result.outcome is Outcome.HTTP_SERVER
-            raise _Verdict(_OUTCOME_CLASS[result.outcome], _OUTCOME_SUMMARY[result.outcome].format(
+            self.server_version = result.server_version
+            bounded = result.outcome in _BOUNDED_OUTCOMES
+            raise Verdict(_OUTCOME_CLASS[result.outcome], _OUTCOME_SUMMARY[result.outcome].format(
                 host=s.host, port=s.port, version=result.server_version, received=result.received,
-                messages=result.messages))
+                messages=result.messages, greeting=result.greeting_s or 0.0)
+                + (self.budget.patience_hint() if bounded else ""))
         self.server_version = result.server_version
         self.accounts = result.accounts
         self.notices = list(result.notices)
@@ -131,7 +137,9 @@ class Preflight:
 
     async def _probe(self, client_id: int, *, check_read_only: bool) -> ProbeResult:
         s = self.settings
-        result = await probe(s.host, s.port, client_id, s.probe_timeout, check_read_only=check_read_only)
+        within = None if self.budget.patient else self.budget.left()
+        result = await probe(s.host, s.port, client_id, self.budget.step_s(s), check_read_only=check_read_only,
+                             within=within)
         offset = (time.perf_counter() - self.started) * 1000 - (result.steps[-1][2] if result.steps else 0)
         for step, observation, ms in result.steps:
             self.evidence.append(Evidence(f"{step} (id {client_id})" if step == "start api" else step,
@@ -141,29 +149,33 @@ class Preflight:
     async def _refused(self) -> None:
         s = self.settings
         others = [p for p in WELL_KNOWN_PORTS if p != s.port]
-        found = await asyncio.gather(*(tcp_open(s.host, p, PORT_SCAN_TIMEOUT_S) for p in others))
+        wait = self.budget.wait(PORT_SCAN_TIMEOUT_S)
+        found = await asyncio.gather(*(tcp_open(s.host, p, wait) for p in others))
         self.open_ports = [p for p, is_open in zip(others, found, strict=True) if is_open]
         self.note("port scan", "open: " + (", ".join(f"{p} ({port_label(p)})" for p in self.open_ports)
                                            if self.open_ports else "none of " + ", ".join(map(str, others))))
         if self.open_ports:
-            raise _Verdict(FailureClass.WRONG_PORT,
-                           f"Nothing listens on {s.host}:{s.port} ({port_label(s.port)}), but port "
-                           f"{self.open_ports[0]} ({port_label(self.open_ports[0])}) is open: wrong port.")
-        raise _Verdict(FailureClass.NOT_LISTENING,
-                       f"Nothing listens on {s.host}:{s.port} ({port_label(s.port)}): TWS / IB Gateway is not "
-                       "running, its API socket is disabled, or it uses another port.")
+            raise Verdict(FailureClass.WRONG_PORT,
+                          f"Nothing listens on {s.host}:{s.port} ({port_label(s.port)}), but port "
+                          f"{self.open_ports[0]} ({port_label(self.open_ports[0])}) is open: wrong port.")
+        raise Verdict(FailureClass.NOT_LISTENING,
+                      f"Nothing listens on {s.host}:{s.port} ({port_label(s.port)}): TWS / IB Gateway is not "
+                      "running, its API socket is disabled, or it uses another port.")
 
     async def _client_id_in_use(self) -> ProbeResult:
         taken = self.client_id
         for candidate in range(taken + 1, taken + 1 + FREE_ID_CANDIDATES):
+            if not self.budget.left():
+                self.note("free client id", f"no time left to probe client id {candidate} and beyond")
+                break
             result = await self._probe(candidate, check_read_only=True)
             if result.outcome is Outcome.READY:
                 self.suggested_client_id = candidate
                 break
         if self.suggested_client_id is None or not self.retry_client_id:
             free = f"; client id {self.suggested_client_id} is free" if self.suggested_client_id else ""
-            raise _Verdict(FailureClass.CLIENT_ID_IN_USE,
-                           f"Client id {taken} is already in use on {self.settings.host}:{self.settings.port}{free}.")
+            raise Verdict(FailureClass.CLIENT_ID_IN_USE,
+                          f"Client id {taken} is already in use on {self.settings.host}:{self.settings.port}{free}.")
         self.client_id = self.suggested_client_id
         self.warnings.append((FailureClass.CLIENT_ID_IN_USE,
                               f"Client id {taken} is in use; continued with free client id {self.client_id}."))
@@ -178,7 +190,16 @@ class Preflight:
         try:
             await self._connect(ib, errors)
             if self.check_data:
-                await self._historical_probe(ib, errors)
+                seen = len(errors)
+                check = DataCheck(ib, self.settings, self.budget, note=self.note,
+                                  notices=lambda: self.notices + [(code, text) for _, code, text in errors[seen:]],
+                                  connectivity=lambda what: self._check_connectivity_notices(what, errors))
+                try:
+                    found = await check.run()
+                    self.warnings[:0] = [w for w in found if w[0] is FailureClass.SLOW]  # outranks read-only
+                    self.warnings += [w for w in found if w[0] is not FailureClass.SLOW]
+                finally:
+                    self.notices += [(code, text) for _, code, text in errors[seen:] if code in _WATCHED]
         finally:
             ib.disconnect()
 
@@ -186,95 +207,44 @@ class Preflight:
         s = self.settings
         with _peer_drops(ib) as drops:
             for attempt in range(2):
+                timeout = max(self.budget.connect_s(s), MIN_CONNECT_S)
+                connecting = ib.connectAsync(s.host, s.port, self.client_id, timeout=timeout, readonly=True)
                 try:
-                    await ib.connectAsync(s.host, s.port, self.client_id, timeout=s.connect_timeout, readonly=True)
+                    # ib_async's timeout bounds each of its phases; the budget bounds them together
+                    await (connecting if self.budget.patient else asyncio.wait_for(connecting, timeout))
                 except (TimeoutError, ConnectionError, OSError) as exc:
                     id_refused = any(code == ErrorCode.CLIENT_ID_IN_USE for _, code, _ in errors)
-                    if id_refused and attempt == 0:
+                    if id_refused and attempt == 0 and self.budget.left():
                         # TWS may not have released the id of the probe's socket yet; give it a moment once.
                         errors.clear()
                         drops.clear()
-                        await asyncio.sleep(1.0)
+                        await asyncio.sleep(self.budget.wait(ID_RELEASE_WAIT_S, keep=MIN_CONNECT_S * 10))
                         continue
-                    self.note("ib_async connect", f"{type(exc).__name__}: {exc or 'timed out'}; errors: {errors}")
+                    self.note("ib_async connect", f"{type(exc).__name__}: {exc or f'timed out after {timeout:.2f} s'}"
+                                                  f"; errors: {errors}")
                     if drops and not id_refused:
-                        raise _Verdict(FailureClass.CONNECTION_DROPPED, _dropped_summary(s.host, s.port, drops[0])
-                                       ) from exc
-                    raise _Verdict(
+                        raise Verdict(FailureClass.CONNECTION_DROPPED, _dropped_summary(s.host, s.port, drops[0])
+                                      ) from exc
+                    if isinstance(exc, TimeoutError) and not id_refused and not self.budget.patient:
+                        raise Verdict(FailureClass.SLOW, _slow_start_summary(s.host, s.port, timeout)
+                                      + self.budget.patience_hint()) from exc
+                    raise Verdict(
                         FailureClass.CLIENT_ID_IN_USE if id_refused else FailureClass.API_NOT_READY,
                         f"The raw handshake succeeded but ib_async could not connect to {s.host}:{s.port} "
                         f"({type(exc).__name__}).",
                     ) from exc
                 break
-        watched = FARM_NOTICES | {ErrorCode.CONNECTIVITY_LOST}
-        self.notices += [(code, text) for _, code, text in errors if code in watched]
+        self.notices += [(code, text) for _, code, text in errors if code in _WATCHED]
         self.note("ib_async connect", f"connected read-only as client {self.client_id}, server version "
                                       f"{ib.client.serverVersion()}")
         self._check_connectivity_notices("ib_async connect")
-
-    async def _historical_probe(self, ib: IB, errors: list[tuple[int, int, str]]) -> None:
-        s = self.settings
-        farm_broken = [text for code, text in self.notices if code in FARM_BROKEN]
-        wait = min(s.data_timeout, 3.0) if farm_broken else s.data_timeout
-        contract = Stock(s.probe_symbol, "SMART", "USD")
-
-        async def ask(what: str, about: Contract, call: Callable[[Contract], Awaitable[T]]) -> T | None:
-            try:
-                answer = await answer_or_refusal(ib, about, call, wait)
-            except TimeoutError:
-                self.note(what, f"no answer within {wait:.1f} s" + (f" (farm notice: {farm_broken[0]})"
-                                                                    if farm_broken else ""))
-                self._check_connectivity_notices(what, errors)
-                raise _Verdict(FailureClass.DATA_FARM_DOWN,
-                               f"{what} got no answer within {wait:.0f} s: the IB data farm is down or "
-                               "disconnected." + (f" TWS reported: {farm_broken[0]}." if farm_broken else "")
-                               ) from None
-            except ConnectionError as exc:
-                self.note(what, f"{type(exc).__name__}: {exc}")
-                raise _Verdict(FailureClass.CONNECTION_DROPPED,
-                               f"TWS at {s.host}:{s.port} closed the connection during the doctor's {what} "
-                               "request.") from exc
-            if isinstance(answer, Refusal):
-                self._refused_request(what, answer)
-                return None
-            return answer
-
-        details = await ask("contract details", contract, ib.reqContractDetailsAsync)
-        if not details:
-            return
-        contract = details[0].contract
-        bars = await ask("historical data", contract, lambda about: ib.reqHistoricalDataAsync(
-            about, endDateTime="", durationStr="1 W", barSizeSetting="1 day", whatToShow="TRADES",
-            useRTH=True, timeout=wait + 1))
-        if bars:
-            self.note("historical data", f"{len(bars)} daily bars of {s.probe_symbol}, last {bars[-1].date}")
-
-    def _refused_request(self, what: str, refusal: Refusal) -> None:
-        """TWS refused the doctor's request: what its error class says about the data farm."""
-        self.note(what, f"error {refusal.code} for request {refusal.req_id} ({refusal.error_class}): {refusal.text}")
-        match refusal.error_class:
-            case ErrorClass.PERMISSIONS:
-                raise _Verdict(FailureClass.NO_DATA_PERMISSIONS,
-                               f"The account lacks market data permissions for {self.settings.probe_symbol}: "
-                               f"{refusal.text}")
-            case ErrorClass.NO_DATA:
-                return  # the farm answered; an empty range is not a connectivity problem
-            case ErrorClass.PACING:
-                self.warnings.append((FailureClass.NONE, "The historical data farm answers, but IB's pacing "
-                                      f"penalty is active (error {refusal.code}): requests will be slow for a while."))
-            case _ if refusal.code == ErrorCode.UNKNOWN_CONTRACT:
-                self.warnings.append((FailureClass.NONE, f"The doctor's probe symbol {self.settings.probe_symbol!r} "
-                                      "is unknown to TWS; set IBKR_PROBE_SYMBOL to a listed US stock."))
-            case _:
-                raise _Verdict(FailureClass.DATA_FARM_DOWN,
-                               f"The {what} request failed with error {refusal.code}: {refusal.text}")
 
     def _check_connectivity_notices(self, step: str, errors: list[tuple[int, int, str]] | None = None) -> None:
         codes = [code for code, _ in self.notices] + [code for _, code, _ in errors or []]
         if ErrorCode.CONNECTIVITY_LOST in codes:
             self.note(step, "error 1100: connectivity between IB and TWS has been lost")
-            raise _Verdict(FailureClass.IB_CONNECTIVITY_LOST,
-                           "TWS is running but has lost its connection to IBKR's servers (error 1100).")
+            raise Verdict(FailureClass.IB_CONNECTIVITY_LOST,
+                          "TWS is running but has lost its connection to IBKR's servers (error 1100).")
 
     # -- verdict -----------------------------------------------------------------------------------------------
 
@@ -338,6 +308,12 @@ def _dropped_summary(host: str, port: int, stats: ConnectionStats | None) -> str
             "the session.")
 
 
+def _slow_start_summary(host: str, port: int, waited: float) -> str:
+    """The raw probe just had every handshake answer, so a session start that outlasts the wait is slow."""
+    return (f"TWS at {host}:{port} answered the raw API handshake, but ib_async's session start (its account, "
+            f"position and execution requests) did not finish within {waited:.2f} s: slow, not down.")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -347,14 +323,16 @@ def _is_loopback(host: str) -> bool:
 
 
 async def diagnose_async(settings: IBKRSettings | None = None, *, retry_client_id: bool = False,
-                         check_data: bool = True) -> Diagnosis:
+                         check_data: bool = True, patient: bool = False) -> Diagnosis:
     """Diagnose TWS connectivity. `retry_client_id` continues with the next free id when the configured one is
-    taken (the verdict then warns); `check_data=False` skips the historical-farm request."""
+    taken (the verdict then warns); `check_data=False` skips the historical-farm request. The verdict comes within
+    `timing.QUICK_BUDGET_S` (1.5 s); `patient=True` waits the settings' timeouts instead, to measure a slow TWS."""
     return await Preflight(settings or IBKRSettings(), retry_client_id=retry_client_id,
-                           check_data=check_data).run()
+                           check_data=check_data, patient=patient).run()
 
 
 def diagnose(settings: IBKRSettings | None = None, *, retry_client_id: bool = False,
-             check_data: bool = True) -> Diagnosis:
+             check_data: bool = True, patient: bool = False) -> Diagnosis:
     """Synchronous `diagnose_async`, for scripts, the CLI and synchronous Prefect tasks."""
-    return asyncio.run(diagnose_async(settings, retry_client_id=retry_client_id, check_data=check_data))
+    return asyncio.run(diagnose_async(settings, retry_client_id=retry_client_id, check_data=check_data,
+                                      patient=patient))

@@ -4,9 +4,12 @@ ib_async reports every failure after the TCP connect as the same `TimeoutError`,
 the first three protocol steps ourselves tells the layers apart (refused / closed / silent / version only /
 client id refused / ready) in milliseconds where the socket already knows the answer.
 
-Whatever the peer sends, the probe ends with an `Outcome` within `probe_budget(timeout)`: it is the doctor's
-first contact with an unknown program on a port (a web server, a half-dead gateway), so bytes that are not the
-TWS API are a verdict, quoted as evidence, never an exception.
+Whatever the peer sends, the probe ends with an `Outcome` within `probe_budget(timeout)` (and by `within`
+seconds when given): it is the doctor's first contact with an unknown program on a port (a web server, a
+half-dead gateway), so bytes that are not the TWS API are a verdict, quoted as evidence, never an exception.
+
+No step waits a fixed time once it has its answer: the farm notices TWS sends right behind nextValidId are read
+while the open-orders request (sent at once) is answered, since TWS answers it after them.
 """
 
 from __future__ import annotations
@@ -25,10 +28,9 @@ from ibkr_flows.ib.wire import FrameReader, ProtocolError, client_greeting, deco
 
 MIN_SERVER_VERSION = 157
 """ib_async 2.1's minimum; older TWS builds cannot be used."""
-READY_NOTICE_WINDOW_S = 0.3
-"""After the API is ready, how long to collect the farm notices TWS sends right behind nextValidId."""
-HTTP_NUDGE_WINDOW_S = 0.5
-"""After a silent greeting, how long an HTTP server gets to answer `HTTP_NUDGE` (a local one answers in ms)."""
+HTTP_NUDGE_WINDOW_S = 0.3
+"""After a silent greeting, how long an HTTP server gets to answer `HTTP_NUDGE` at most (a local one answers in
+a millisecond, a remote one in a round trip)."""
 _FRAME_HEADER = 4
 """The wire's big-endian length prefix in front of every frame."""
 _HEAD_BYTES = 256
@@ -42,6 +44,8 @@ class Outcome(StrEnum):
     UNREACHABLE = "unreachable"
     CLOSED_AFTER_ACCEPT = "closed-after-accept"
     SILENT_AFTER_ACCEPT = "silent-after-accept"
+    SLOW_HANDSHAKE = "slow-handshake"
+    """The version reply came, but only after the greeting's deadline: a TWS that answers slowly, not silence."""
     NOT_TWS = "not-tws"
     HTTP_SERVER = "http-server"
     VERSION_TOO_OLD = "version-too-old"
@@ -68,12 +72,14 @@ class ProbeResult:
     """Frames the server sent, its version included: how far a dropped handshake got."""
     received: str | None = None
     """A printable excerpt of the bytes that were not the TWS API (NOT_TWS, HTTP_SERVER, PROTOCOL_ERROR)."""
+    greeting_s: float | None = None
+    """Seconds from sending the API greeting to the version reply: the handshake's measured latency."""
 
 
 def probe_budget(timeout: float) -> float:
     """The longest `probe` takes: four waits bounded by `timeout` (TCP connect, greeting, startApi, read-only
-    check) plus the notice window; the HTTP nudge only follows a silent greeting, which ends the walk."""
-    return 4 * timeout + READY_NOTICE_WINDOW_S
+    check); the HTTP nudge only follows a silent greeting, which ends the walk after at most three."""
+    return 4 * timeout
 
 
 class _Garbage(Exception):
@@ -88,9 +94,11 @@ class _Garbage(Exception):
 class _Conversation:
     """One raw connection with a stopwatch; every observation is recorded as evidence."""
 
-    def __init__(self, result: ProbeResult) -> None:
+    def __init__(self, result: ProbeResult, within: float | None) -> None:
         self.result = result
         self.started = time.perf_counter()
+        self.end = None if within is None else asyncio.get_running_loop().time() + within
+        """Loop time by which the whole walk ends, whatever each step's own timeout says."""
         self.step = "tcp connect"
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -107,9 +115,13 @@ class _Conversation:
     def note(self, observation: str) -> None:
         self.result.steps.append((self.step, observation, (time.perf_counter() - self.started) * 1000))
 
-    @staticmethod
-    def deadline(timeout: float) -> float:
-        return asyncio.get_running_loop().time() + timeout
+    def deadline(self, timeout: float) -> float:
+        """Loop time at which a wait of `timeout` seconds gives up (earlier when the walk's `end` comes first)."""
+        at = asyncio.get_running_loop().time() + timeout
+        return at if self.end is None else min(at, self.end)
+
+    def left(self, timeout: float) -> float:
+        return max(0.0, self.deadline(timeout) - asyncio.get_running_loop().time())
 
     async def next_frame(self, deadline: float) -> list[str] | None:
         """The next frame's fields, None once `deadline` (loop time) passes. Raises EOFError when the peer
@@ -161,12 +173,13 @@ async def tcp_open(host: str, port: int, timeout: float) -> bool:
     return True
 
 
-async def probe(host: str, port: int, client_id: int, timeout: float, *, check_read_only: bool = True
-                ) -> ProbeResult:
+async def probe(host: str, port: int, client_id: int, timeout: float, *, check_read_only: bool = True,
+                within: float | None = None) -> ProbeResult:
     """Walk TCP connect -> greeting -> startApi -> (optionally) a read-only check, stopping at the first layer
-    that fails. The socket is closed before returning so the client id is free for the real client."""
+    that fails; each step waits at most `timeout`, the whole walk at most `within` seconds. The socket is closed
+    before returning so the client id is free for the real client."""
     result = ProbeResult(Outcome.READY)
-    talk = _Conversation(result)
+    talk = _Conversation(result, within)
     try:
         result.outcome = await _walk(talk, host, port, client_id, timeout, check_read_only)
     except EOFError:
@@ -181,7 +194,8 @@ async def probe(host: str, port: int, client_id: int, timeout: float, *, check_r
 async def _walk(talk: _Conversation, host: str, port: int, client_id: int, timeout: float,
                 check_read_only: bool) -> Outcome:
     try:
-        talk.reader, talk.writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        wait = talk.left(timeout)
+        talk.reader, talk.writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait)
     except ConnectionRefusedError:
         talk.note(f"refused by {host}:{port} (nothing listens there)")
         return Outcome.REFUSED
@@ -192,7 +206,7 @@ async def _walk(talk: _Conversation, host: str, port: int, client_id: int, timeo
         talk.note(f"invalid host name {host!r}: {exc}")
         return Outcome.UNREACHABLE
     except TimeoutError:
-        talk.note(f"no answer from {host}:{port} within {timeout:.1f} s (dropped by a firewall?)")
+        talk.note(f"no answer from {host}:{port} within {wait:.1f} s (dropped by a firewall?)")
         return Outcome.UNREACHABLE
     except OSError as exc:
         refused = "refused" in str(exc).lower()
@@ -202,15 +216,15 @@ async def _walk(talk: _Conversation, host: str, port: int, client_id: int, timeo
 
     talk.step = "handshake"
     talk.writer.write(client_greeting())
+    greeted = time.perf_counter()
+    wait = talk.left(timeout)
     frame = await talk.next_frame(talk.deadline(timeout))
     if frame is None and talk.head:
         raise _Garbage("an incomplete frame", talk.head)
     if frame is None:
-        return await _silent_greeting(talk, timeout)
-    version = _number(frame[0]) if len(frame) == 2 else None
-    if version is None:
-        raise _Garbage("a reply that is not the TWS version handshake", talk.last_payload)
-    talk.result.server_version = version
+        return await _silent_greeting(talk, wait, greeted)
+    version = _version(talk, frame)
+    talk.result.greeting_s = time.perf_counter() - greeted
     talk.note(f"server version {version}, connection time {frame[1]!r}")
     if version < MIN_SERVER_VERSION:
         return Outcome.VERSION_TOO_OLD
@@ -220,15 +234,25 @@ async def _walk(talk: _Conversation, host: str, port: int, client_id: int, timeo
     return await _await_ready(talk, timeout, check_read_only)
 
 
-async def _silent_greeting(talk: _Conversation, timeout: float) -> Outcome:
+def _version(talk: _Conversation, frame: list[str]) -> int:
+    """The server version of TWS's first frame `version, connection time`; anything else is not TWS."""
+    version = _number(frame[0]) if len(frame) == 2 else None
+    if version is None:
+        raise _Garbage("a reply that is not the TWS version handshake", talk.last_payload)
+    talk.result.server_version = version
+    return version
+
+
+async def _silent_greeting(talk: _Conversation, waited: float, greeted: float) -> Outcome:
     """Silence is a TWS behind its accept dialog, or an HTTP server waiting for a whole request: complete the
-    greeting into an HTTP request line and see whether an HTTP status line comes back."""
+    greeting into an HTTP request line and see whether an HTTP status line comes back. A TWS version reply in
+    that window is a slow TWS (its latency measured), not a silent one."""
     assert talk.writer is not None
-    talk.note(f"no reply to the API greeting within {timeout:.1f} s; sent an HTTP request line to tell an HTTP "
+    talk.note(f"no reply to the API greeting within {waited:.1f} s; sent an HTTP request line to tell an HTTP "
               "server from a waiting TWS")
     talk.writer.write(HTTP_NUDGE)
     try:
-        late = await talk.next_frame(talk.deadline(min(timeout, HTTP_NUDGE_WINDOW_S)))
+        late = await talk.next_frame(talk.deadline(min(waited, HTTP_NUDGE_WINDOW_S)))
     except EOFError:
         if talk.head:
             raise
@@ -236,8 +260,14 @@ async def _silent_greeting(talk: _Conversation, timeout: float) -> Outcome:
         return Outcome.SILENT_AFTER_ACCEPT
     if late is None and talk.head:
         raise _Garbage("an incomplete frame", talk.head)
-    talk.note("still no reply" if late is None else f"a frame arrived late ({late[:2]!r}), after the time limit")
-    return Outcome.SILENT_AFTER_ACCEPT
+    if late is None:
+        talk.note("still no reply")
+        return Outcome.SILENT_AFTER_ACCEPT
+    version = _version(talk, late)
+    talk.result.greeting_s = time.perf_counter() - greeted
+    talk.note(f"server version {version} arrived after {talk.result.greeting_s:.2f} s, past the {waited:.1f} s "
+              "limit: TWS answers, slowly")
+    return Outcome.SLOW_HANDSHAKE
 
 
 def _closed(talk: _Conversation) -> Outcome:
@@ -268,6 +298,7 @@ def _garbled(talk: _Conversation, garbage: _Garbage) -> Outcome:
 
 async def _await_ready(talk: _Conversation, timeout: float, check_read_only: bool) -> Outcome:
     result = talk.result
+    wait = talk.left(timeout)
     deadline = talk.deadline(timeout)
     have_id = have_accounts = False
     while not (have_id and have_accounts):
@@ -276,7 +307,7 @@ async def _await_ready(talk: _Conversation, timeout: float, check_read_only: boo
             if have_id and not result.accounts:
                 talk.note("managed accounts list is empty; the API never becomes ready")
                 return Outcome.EMPTY_ACCOUNTS
-            talk.note(f"no account list / next order id within {timeout:.1f} s")
+            talk.note(f"no account list / next order id within {wait:.1f} s")
             return Outcome.SILENT_AFTER_VERSION
         match [_message_id(talk, frame), *frame[1:]]:
             case [ServerMessage.MANAGED_ACCTS, _, accounts]:
@@ -289,7 +320,6 @@ async def _await_ready(talk: _Conversation, timeout: float, check_read_only: boo
                 if code == ErrorCode.CLIENT_ID_IN_USE:
                     talk.note(f"error 326: {text}")
     talk.note(f"API ready; accounts {', '.join(result.accounts)}")
-    await _collect_notices(talk, READY_NOTICE_WINDOW_S)
     if check_read_only:
         result.read_only = await _read_only(talk, timeout)
     return Outcome.READY
@@ -320,15 +350,9 @@ def _error(talk: _Conversation, frame: list[str]) -> tuple[int, str]:
     return code, frame[4]
 
 
-async def _collect_notices(talk: _Conversation, window: float) -> None:
-    deadline = talk.deadline(window)
-    while (frame := await talk.next_frame(deadline)) is not None:
-        if _message_id(talk, frame) == ServerMessage.ERR_MSG:
-            _error(talk, frame)
-
-
 async def _read_only(talk: _Conversation, timeout: float) -> bool | None:
-    """Ask for open orders (a read request, it places nothing): TWS answers 321 when 'Read-Only API' is on."""
+    """Ask for open orders (a read request, it places nothing): TWS answers 321 when 'Read-Only API' is on. The
+    farm notices TWS queued behind nextValidId arrive before that answer and are recorded on the way."""
     assert talk.writer is not None
     talk.step = "read-only check"
     talk.writer.write(encode_frame([ClientMessage.REQ_OPEN_ORDERS, 1]))

@@ -144,6 +144,17 @@ def remediation(cls: FailureClass, *, host: str, port: int, client_id: int, open
                 "subscriptions with paper trading account' under Settings -> Paper Trading Account.",
                 "Subscriptions are per user: a second TWS session logged in with the same user may hold them.",
             ]
+        case FailureClass.SLOW:
+            return [
+                f"TWS at {host}:{port} answers, but slowly: it is not down. Run `ibkr data connect --patient` to "
+                "wait the configured timeouts (IBKR_PROBE_TIMEOUT, IBKR_CONNECT_TIMEOUT, IBKR_DATA_TIMEOUT) and "
+                "measure the latency.",
+                "A slow first historical request is usual when the farm is idle (notice 2107, outside market "
+                "hours): it wakes on that request, and the next ones are fast.",
+                "Persistently slow: check the network between this machine and TWS (a VPN, a saturated link), "
+                "and TWS's own load (many API clients, large market data subscriptions, too little Java memory: "
+                "TWS -> Global Configuration -> General -> memory allocation).",
+            ]
         case FailureClass.LIVE_SESSION:
             return [
                 f"This is a LIVE trading session (port {port}, or a non-paper account). This project never "
