@@ -227,7 +227,14 @@ def grid(
     import uuid
 
     import polars as pl
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ibkr_flows.backtest.grid import evaluate_grid, run_grid
     from ibkr_flows.backtest.grid.publish import heatmap_png
@@ -249,7 +256,8 @@ def grid(
         bars, version = load_bars(location, request, request.symbol, table_version)
         batches = spec.chunks(chunk_size=max(1, spec.size // 20))
         with Progress(TextColumn("[bold]grid"), BarColumn(), MofNCompleteColumn(), TextColumn("combinations"),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
+                      TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console,
+                      transient=True) as bar:
             job = bar.add_task("grid", total=spec.size * (1 + folds))
 
             def evaluate(train):  # type: ignore[no-untyped-def]
