@@ -147,8 +147,28 @@ def _print_rows(console: Console, rows: list[dict[str, Any]], title: str) -> Non
     if not rows:
         console.print(f"{title}: none")
         return
-    table = Table(*rows[0], title=title)
+    table = Table(*(HEADERS.get(k, k) for k in rows[0]), title=title)
     for row in rows:
-        table.add_row(*(format_value(k, v) if isinstance(v, float) else ("" if v is None else str(v))
-                        for k, v in row.items()))
+        table.add_row(*(format_value(k, v) if isinstance(v, float) else _cell(k, v) for k, v in row.items()))
     console.print(table)
+
+
+HEADERS = {"created_at": "stored", "range_start": "from", "range_end": "to", "bars_version": "bars v",
+           "total_return_pct": "return", "max_drawdown_pct": "max dd", "code_version": "code"}
+"""Short headers where the column name is long and its values short, so a listing fits a terminal."""
+SHORT_ID = 12
+"""Characters of a run id or code version shown in a table: unique in practice, and `show`/`rerun` take a prefix."""
+
+
+def _cell(key: str, value: object) -> str:
+    """A value as a terminal table shows it: minutes not microseconds, parameters as key=value, ids shortened
+    (`--json` carries them whole)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if key in ("run_id", "code_version"):
+        return str(value)[:SHORT_ID]
+    if key == "params" and isinstance(value, str) and value.startswith("{"):
+        return " ".join(f"{k}={v}" for k, v in json.loads(value).items())
+    return str(value)
