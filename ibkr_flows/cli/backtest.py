@@ -163,8 +163,9 @@ def _print(run_, timings: Timings, as_json: bool, console: Console) -> None:  # 
     from rich.table import Table
 
     first = run_.results[0].result.metrics
+    params = dataclasses.asdict(run_.results[0].result.strategy)
     table = Table("metric", *(s.symbol for s in run_.results),
-                  title=f"{run_.request.strategy} {dataclasses.asdict(run_.results[0].result.strategy)}")
+                  title=" ".join([run_.request.strategy, *(f"{k}={v}" for k, v in params.items())]))
     for row in metric_rows(run_):
         table.add_row(*row.values())
     console.print(table)
