@@ -7,17 +7,18 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 from ib_async import IB, Stock
 
-from ibkr_flows.ingest.engine import IngestReport, ingest_async
+from ibkr_flows.ingest.engine import IngestReport, SymbolReport, ingest_async
 from ibkr_flows.ingest.fetch import RetryPolicy
 from ibkr_flows.ingest.pacing import PacingBudget
 from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.ingest.stages import SessionGap
 from ibkr_flows.settings import IBKRSettings
 from ibkr_flows.sim.embedded import EmbeddedSimulator
 from storage.bars_table import scan_bars, table_version
@@ -358,3 +359,25 @@ def test_replace_series_is_one_commit_and_leaves_other_series_alone(tmp_path: Pa
     table = pl.read_delta(location.bars).group_by("symbol", "what_to_show").agg(pl.len(), pl.col("open").min())
     assert sorted(table.rows()) == [("AAPL", "ADJUSTED_LAST", 10, 50.0), ("AAPL", "TRADES", 5, 100.0),
                                     ("MSFT", "TRADES", 5, 100.0)]
+
+
+def test_gaps_are_reported_as_the_sessions_short_of_bars(tws: EmbeddedSimulator, tmp_path: Path) -> None:
+    """A quarantined bar leaves its session short: the report names the sessions, with bars received of bars
+    expected, instead of a bare count of missing bars."""
+    tws.update_faults(bad_bars={"negative-volume": 200})
+    report = run(tws, TableLocation(tmp_path), ("AAPL",), start=datetime(2024, 7, 11, tzinfo=UTC),
+                 end=datetime(2024, 7, 13, tzinfo=UTC))
+    aapl = report.symbols[0]
+    assert aapl.status == "ok" and aapl.rows_quarantined > 0
+    assert [g.session for g in aapl.gaps] == [date(2024, 7, 11), date(2024, 7, 12)]
+    assert all(g.expected == 390 and g.received < 390 for g in aapl.gaps)
+    assert aapl.gap_bars == aapl.rows_quarantined
+    words = aapl.gaps_in_words()
+    assert words.startswith("2 sessions: 2024-07-11 (") and "of 390 bars)" in words
+
+
+def test_gaps_in_words_list_the_first_sessions_and_count_the_rest() -> None:
+    report = SymbolReport("SPY", gaps=[SessionGap(date(2024, 7, d), 390, 0 if d == 5 else 389) for d in (5, 8, 9, 10)])
+    assert report.gaps_in_words() == ("4 sessions: 2024-07-05 (no bars), 2024-07-08 (389 of 390 bars), "
+                                      "2024-07-09 (389 of 390 bars), and 1 more")
+    assert SymbolReport("SPY").gaps_in_words() == "none"

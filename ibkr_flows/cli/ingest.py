@@ -216,6 +216,8 @@ def report_json(report: IngestReport, *, mode: str, server: PrefectServer | None
             {"symbol": s.symbol, "status": s.status, "requests": s.chunks_fetched, "empty_ranges": s.chunks_empty,
              "rows_fetched": s.rows_fetched, "rows_inserted": s.rows_inserted, "rows_updated": s.rows_updated,
              "rows_quarantined": s.rows_quarantined, "gap_bars": s.gap_bars,
+             "gap_sessions": [{"session": g.session.isoformat(), "expected": g.expected, "received": g.received}
+                              for g in s.gaps],
              "watermark_before": s.watermark_before, "watermark_after": s.watermark_after,
              "table_version": s.table_version, "error": s.error, "error_type": s.error_type}
             for s in report.symbols

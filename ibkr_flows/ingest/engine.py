@@ -27,6 +27,7 @@ from ibkr_flows.ingest.stages import (
     CheckedBatch,
     FetchContext,
     FetchedBatch,
+    SessionGap,
     StoredBatch,
     check_batch,
     fetch_batch,
@@ -54,10 +55,23 @@ class SymbolReport:
     rows_inserted: int = 0
     rows_updated: int = 0
     rows_quarantined: int = 0
-    gap_bars: int = 0
+    gaps: list[SessionGap] = field(default_factory=list)
+    """Sessions of the calendar inside the fetched window that got fewer bars than they have."""
     watermark_before: datetime | None = None
     watermark_after: datetime | None = None
     table_version: int | None = None
+
+    @property
+    def gap_bars(self) -> int:
+        return sum(g.expected - g.received for g in self.gaps)
+
+    def gaps_in_words(self, listed: int = 3) -> str:
+        """'none', or how many sessions are short and which (the first `listed`)."""
+        if not self.gaps:
+            return "none"
+        more = f", and {len(self.gaps) - listed} more" if len(self.gaps) > listed else ""
+        return (f"{len(self.gaps)} session{'s' * (len(self.gaps) > 1)}: "
+                + ", ".join(map(str, self.gaps[:listed])) + more)
 
 
 @dataclass
@@ -214,7 +228,7 @@ class _Run:
             checked = await self.stages.check(batch, self.request)
             stored = await self.stages.store(self.location, checked)
         self.report.quality_warnings += checked.warnings
-        report.gap_bars += checked.gap_bars
+        report.gaps = sorted({*report.gaps, *checked.gaps})
         report.rows_quarantined += stored.rows_quarantined
         report.rows_inserted += stored.rows_inserted
         report.rows_updated += stored.rows_updated

@@ -23,7 +23,7 @@ def report_rows(report: IngestReport) -> list[dict[str, Any]]:
             "inserted": s.rows_inserted,
             "updated": s.rows_updated,
             "quarantined": s.rows_quarantined,
-            "gap bars": s.gap_bars,
+            "gaps": s.gaps_in_words(),
             "watermark before": _ts(s.watermark_before),
             "watermark after": _ts(s.watermark_after),
             "error": s.error or "",
@@ -43,12 +43,12 @@ def report_markdown(report: IngestReport) -> str:
         f"{report.requests_sent} historical requests in {report.elapsed_s:.1f} s "
         f"(pacing waits {report.pacing_wait_s:.1f} s, reconnects {report.reconnects}).",
         "",
-        "| symbol | status | requests | fetched | inserted | updated | quarantined | gap bars | watermark |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| symbol | status | requests | fetched | inserted | updated | quarantined | gaps | watermark |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for s in report.symbols:
         lines.append(f"| {s.symbol} | {s.status} | {s.chunks_fetched} | {s.rows_fetched} | {s.rows_inserted} | "
-                     f"{s.rows_updated} | {s.rows_quarantined} | {s.gap_bars} | {_ts(s.watermark_after)} |")
+                     f"{s.rows_updated} | {s.rows_quarantined} | {s.gaps_in_words()} | {_ts(s.watermark_after)} |")
     for s in failed:
         lines += ["", f"**{s.symbol}** ({s.error_type}): {s.error}"]
     if report.quality_warnings:

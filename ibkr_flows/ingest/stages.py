@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import polars as pl
 from ib_async import ContractDetails
@@ -57,6 +57,18 @@ class FetchedBatch:
     """A whole-series snapshot (an up-to-now request, e.g. ADJUSTED_LAST): stored in place of the series."""
 
 
+@dataclass(frozen=True, order=True)
+class SessionGap:
+    """A session of the exchange calendar that got fewer bars than it has (none at all: a missing session)."""
+
+    session: date
+    expected: int
+    received: int
+
+    def __str__(self) -> str:
+        return f"{self.session} ({'no bars' if not self.received else f'{self.received} of {self.expected} bars'})"
+
+
 @dataclass(frozen=True)
 class CheckedBatch:
     symbol: str
@@ -64,7 +76,7 @@ class CheckedBatch:
     clean: pl.DataFrame
     """Rows that passed every blocking check, with their lineage columns."""
     quarantined: pl.DataFrame
-    gap_bars: int
+    gaps: tuple[SessionGap, ...]
     warnings: list[str] = field(default_factory=list)
     replaces_series: bool = False
 
@@ -124,7 +136,7 @@ def check_batch(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
         symbol=batch.symbol, window=batch.window,
         clean=result.clean.join(lineage.unique("ts", keep="first"), on="ts", how="left"),
         quarantined=quarantined,
-        gap_bars=int(result.gaps["missing"].sum()) if result.gaps.height else 0,
+        gaps=tuple(SessionGap(*row) for row in result.gaps.select("session", "expected", "received").iter_rows()),
         warnings=[f"{batch.symbol}: {w.detail}" for w in result.warnings], replaces_series=batch.replaces_series)
 
 
