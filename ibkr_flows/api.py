@@ -15,11 +15,11 @@ import polars as pl
 
 from ibkr_flows.backtest.catalog import RunKind, list_runs
 from ibkr_flows.ib.historical import BarSize, WhatToShow
+from ibkr_flows.quality.bars_view import bars_view
 from ibkr_flows.quality.review import catalog_series
-from storage.bars_table import read_bars
+from storage.bars_catalog import collect_series
+from storage.bars_table import scan_bars
 from storage.location import TableLocation
-
-BAR_VALUES = ["ts", "open", "high", "low", "close", "volume", "wap", "bar_count"]
 
 
 def list_series(data_dir: str | None = None) -> pl.DataFrame:
@@ -31,12 +31,12 @@ def list_series(data_dir: str | None = None) -> pl.DataFrame:
 def load_bars(symbol: str, *, start: datetime | str, end: datetime | str, bar_size: BarSize = "1 min",
               what_to_show: WhatToShow = "TRADES", use_rth: bool = True, version: int | None = None,
               data_dir: str | None = None) -> pl.DataFrame:
-    """One symbol's stored bars in [start, end), sorted by time; `version` reads an older table version. Naive
-    times and dates are UTC."""
-    bars, _ = read_bars(TableLocation.at(data_dir), [symbol.strip().upper()], columns=BAR_VALUES, bar_size=bar_size,
-                        start=_utc(start), end=_utc(end), what_to_show=what_to_show, use_rth=use_rth,
-                        version=version)
-    return bars
+    """One symbol's stored bars in [start, end), sorted by time, each with its `session` date (`bars_view`);
+    `version` reads an older table version. Naive times and dates are UTC."""
+    location = TableLocation.at(data_dir)
+    bars, _ = scan_bars(location, [symbol.strip().upper()], bar_size=bar_size, start=_utc(start), end=_utc(end),
+                        what_to_show=what_to_show, use_rth=use_rth, version=version)
+    return collect_series(bars_view(bars, bar_size), location)
 
 
 def load_results(*, kind: RunKind = "backtest", strategy: str | None = None, symbol: str | None = None,

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from ibkr_flows.api import load_bars
 from ibkr_flows.cli.app import app
 from ibkr_flows.ingest.engine import ingest_async
 from ibkr_flows.ingest.pacing import PacingBudget
@@ -165,7 +166,9 @@ def test_export_writes_the_series_at_a_version(stored: Stored, tmp_path: Path) -
     out_file = tmp_path / "msft.parquet"
     code, _, err = cli(stored.location, "data", "export", "MSFT", "--format", "parquet", "--out", str(out_file))
     assert code == 0 and f"exported {table.height} rows" in err
-    assert pl.read_parquet(out_file).equals(table)
+    exported = pl.read_parquet(out_file)
+    assert exported.columns[0] == "session" and exported.drop("session").equals(table)
+    assert exported["session"].to_list() == table["ts"].dt.convert_time_zone("America/New_York").dt.date().to_list()
     code, out, _ = cli(stored.location, "data", "export", "MSFT", "--end", "2024-07-11")
     assert code == 0
     csv = pl.read_csv(io.StringIO(out), try_parse_dates=True)
@@ -288,3 +291,18 @@ def test_a_chart_is_drawn_from_at_most_its_points_and_keeps_the_volume(stored: S
     assert points["volume"].sum() == summary["total_volume"]
     assert points["close"][-1] == pl.read_delta(stored.location.bars).filter(pl.col("symbol") == "MSFT") \
         .sort("ts")["close"][-1]
+
+
+def test_daily_bars_are_shown_and_loaded_by_their_session_date(tmp_path: Path) -> None:
+    """IB stamps a daily bar 00:00 UTC of its session: in New York that is the evening before. `session` names
+    the trading day itself, in `data show`, `load_bars` and exports."""
+    location = TableLocation(tmp_path)
+    days = [datetime(2024, 7, d, tzinfo=UTC) for d in (10, 11, 12)]
+    merge_bars(location, bars("AAPL", 265598, "1 day", days))
+    code, out, err = cli(location, "data", "show", "AAPL", "--bar-size", "1 day", "--json")
+    assert code == 0, err
+    shown = strict(out)
+    assert [row["session"] for row in shown["head"]] == ["2024-07-10", "2024-07-11", "2024-07-12"]
+    loaded = load_bars("AAPL", start="2024-07-01", end="2024-08-01", bar_size="1 day", data_dir=str(tmp_path))
+    assert loaded["session"].to_list() == [date(2024, 7, 10), date(2024, 7, 11), date(2024, 7, 12)]
+    assert loaded["ts"].dt.convert_time_zone("America/New_York").dt.date().to_list()[0] == date(2024, 7, 9)

@@ -38,7 +38,6 @@ StartOption = Annotated[datetime | None, typer.Option(help="First bar start (UTC
 EndOption = Annotated[datetime | None, typer.Option(help="End, exclusive (UTC unless zoned).")]
 VersionOption = Annotated[int | None, typer.Option("--version", help="Bars table version (time travel); default "
                                                                      "the latest. `ibkr data history` lists them.")]
-BAR_VIEW = ["ts", "open", "high", "low", "close", "volume", "wap", "bar_count"]
 QUARANTINE_VIEW = ["symbol", "bar_size", "ts", "open", "high", "low", "close", "volume", "failed_check",
                    "check_detail", "flow_run_id"]
 """The columns `quarantine --show` prints (--json gives every column)."""
@@ -109,7 +108,9 @@ def show_command(
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one stored series: a summary (rows, range, min/max close, total volume), its first and last rows."""
+    """Show one stored series: a summary (rows, range, min/max close, total volume), its first and last rows, each
+    with the date of its session (a daily bar's 00:00 UTC stamp is that day's session, not the evening before)."""
+    from ibkr_flows.quality.bars_view import bars_view
     from storage.bars_catalog import collect_series, downsample, scan_series
     from storage.location import TableLocation
 
@@ -119,8 +120,8 @@ def show_command(
     with catalog_errors(console):
         lazy, read_version = scan_series(location, selection, version)
         summary = _summary_or_hint(lazy, location, selection, read_version)
-        head = collect_series(lazy.head(rows), location, BAR_VIEW)
-        tail = collect_series(lazy.tail(rows), location, BAR_VIEW)
+        head = collect_series(bars_view(lazy.head(rows), bar_size), location)
+        tail = collect_series(bars_view(lazy.tail(rows), bar_size), location)
         if plot is not None:
             points = downsample(lazy, location, summary["first_bar"], summary["last_bar"], PLOT_POINTS)
             _plot(points, plot, f"{selection.describe()}, bars table version {read_version}")
@@ -148,7 +149,11 @@ def export_command(
     out: Annotated[str | None, typer.Option(help="Output file; '-' or none: CSV on stdout.")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Export one stored series, as stored at a version, to Parquet or CSV (every column but the partition)."""
+    """Export one stored series, as stored at a version, to Parquet or CSV: every column but the partition, after
+    the `session` date of each bar."""
+    import polars as pl
+
+    from ibkr_flows.quality.bars_view import session_column
     from storage.bars_catalog import scan_series
     from storage.location import TableLocation
 
@@ -163,6 +168,7 @@ def export_command(
             raise ValueError("Parquet is binary: give --out FILE.parquet (CSV alone goes to stdout)")
         lazy, read_version = scan_series(location, selection, version)
         count = _summary_or_hint(lazy, location, selection, read_version)["rows"]
+        lazy = lazy.select(session_column(bar_size), pl.all())
         if to_stdout:
             _write_stdout(lazy.collect().write_csv())
         elif file_format == "csv":
