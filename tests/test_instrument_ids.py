@@ -15,6 +15,7 @@ from ibkr_flows.ib.instruments import InstrumentClass, InstrumentId, InvalidInst
     ("aapl", "AAPL", {"secType": "STK", "symbol": "AAPL", "exchange": "SMART", "currency": "USD"}),
     ("STK:AAPL@SMART:USD", "AAPL", {"secType": "STK", "symbol": "AAPL"}),
     ("BRK.B", "BRK.B", {"secType": "STK", "symbol": "BRK.B"}),
+    ("STK:SHOP@SMART", "STK:SHOP@SMART", {"secType": "STK", "symbol": "SHOP", "exchange": "SMART", "currency": ""}),
     ("STK:SAP@IBIS:EUR", "STK:SAP@IBIS:EUR", {"secType": "STK", "symbol": "SAP", "exchange": "IBIS",
                                               "currency": "EUR"}),
     ("STK:7203@TSEJ:JPY", "STK:7203@TSEJ:JPY", {"symbol": "7203", "exchange": "TSEJ", "currency": "JPY"}),

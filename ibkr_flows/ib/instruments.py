@@ -7,6 +7,7 @@ grid and the tables.
 |---|---|
 | `AAPL` | STK AAPL, SMART, USD (the default: a US stock) |
 | `STK:SAP@IBIS:EUR` | STK SAP on IBIS in EUR (the qualifier of a stock or index is its currency) |
+| `STK:SHOP@SMART` | STK SHOP in whichever currency TWS lists it (ambiguous when it lists two) |
 | `STK:7203@TSEJ:JPY` | STK 7203 on TSEJ in JPY |
 | `FUT:ES@CME:202503` | the dated future ES expiring in March 2025 on CME (the qualifier is the contract month) |
 | `CONTFUT:ES@CME` | IB's continuous ES series |
@@ -65,7 +66,8 @@ class InstrumentId:
     symbol: str
     exchange: str
     currency: str | None = None
-    """None where TWS's answer decides (futures, indices, continuous futures, conIds)."""
+    """None where TWS's answer decides (futures, indices, continuous futures, conIds, a class-prefixed stock
+    without its currency)."""
     contract_month: str | None = None
     """YYYYMM or YYYYMMDD, dated futures only."""
 
@@ -81,10 +83,11 @@ class InstrumentId:
             raise InvalidInstrumentId(
                 f"unknown instrument class {match['cls']!r} in {text!r}: use one of "
                 f"{', '.join(c.value for c in InstrumentClass)}") from None
-        return cls._build(text, kind, match["symbol"], match["exchange"], match["qual"])
+        return cls._build(text, kind, match["symbol"], match["exchange"], match["qual"], bare=match["cls"] is None)
 
     @classmethod
-    def _build(cls, text: str, kind: InstrumentClass, symbol: str, exchange: str | None, qual: str | None) -> Self:
+    def _build(cls, text: str, kind: InstrumentClass, symbol: str, exchange: str | None, qual: str | None, *,
+               bare: bool) -> Self:
         def refuse(why: str) -> InvalidInstrumentId:
             return InvalidInstrumentId(f"invalid instrument id {text!r}: {why}")
 
@@ -110,7 +113,7 @@ class InstrumentId:
             return cls(kind, symbol, exchange, quote)
         if qual is not None and not _CURRENCY.match(qual):
             raise refuse(f"the currency must be three letters (ISO 4217), got {qual!r}")
-        currency = qual or ("USD" if kind is InstrumentClass.STK else None)
+        currency = qual or ("USD" if bare else None)  # only the bare symbol means a US stock
         return cls(kind, symbol, exchange, currency)
 
     def __str__(self) -> str:

@@ -10,11 +10,12 @@ range and get byte-identical rows, which is what idempotency tests need.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Protocol
@@ -25,6 +26,7 @@ import polars as pl
 
 from ibkr_flows.ib.historical import WHAT_TO_SHOW, bar_step, parse_duration
 from ibkr_flows.ib.sessions import (
+    NEW_YORK,
     exchange_calendar,
     grid_origin,
     midnight_utc,
@@ -33,6 +35,7 @@ from ibkr_flows.ib.sessions import (
     sessions_between,
 )
 from ibkr_flows.sim.bar_parts import bucket_groups
+from ibkr_flows.sim.universe import LISTINGS, Instrument
 
 BAR_SCHEMA: dict[str, pl.DataType] = {
     "ts": pl.Datetime("us", "UTC"),
@@ -51,6 +54,12 @@ SUB_DOLLAR_HALF_SPREAD = 0.0001
 MIN_PRICE = 0.0001
 """US stocks tick in cents from one dollar up and in 0.0001 below (split-adjusted history of NVDA, AAPL, MSFT)."""
 ANCHORS_FILE = "price_anchors.json"
+LISTING_LEVEL_MONTHS = tuple(date(year, month, 1) for year in range(2015, 2028) for month in (1, 7))
+"""The months whose closes a listing's generated path passes through its level again (a bridge between them), so
+it stays near that level whichever year is asked for (those past the calendar's end are ignored)."""
+FUTURE_LAST_TRADE = time(9, 30)
+"""CME equity index futures stop trading at the open (New York) of their last trading day (the final settlement
+is the special opening quotation): a dated contract has no bars from then on."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,48 @@ def load_price_anchors() -> dict[str, PriceAnchors]:
         first = entry["first_trade"]
         anchors[symbol] = PriceAnchors(date.fromisoformat(first["date"]), float(first["close"]), months)
     return anchors
+
+
+def listing_anchors(instruments: Iterable[Instrument]) -> dict[str, PriceAnchors]:
+    """Anchors for the listings that declare a level, keyed by their bar series: their first day at that level and
+    the closes of `LISTING_LEVEL_MONTHS` back at it (in the generator's units: `Instrument.price_scale`). A
+    future's continuous series starts with its earliest listed contract (`instruments` in expiry order)."""
+    anchors = {}
+    for inst in instruments:
+        if inst.first_trade is not None and inst.level:
+            level = round(inst.level * inst.price_scale, 2)
+            months = tuple((month, level) for month in LISTING_LEVEL_MONTHS if month > inst.first_trade)
+            anchors[inst.series] = PriceAnchors(inst.first_trade, level, months)
+            if inst.sec_type == "FUT":  # the root's continuous series, from its first contract's history
+                continuous = dataclasses.replace(inst, sec_type="CONTFUT").series
+                anchors.setdefault(continuous, anchors[inst.series])
+    return anchors
+
+
+def as_listed(bars: pl.DataFrame, inst: Instrument) -> pl.DataFrame:
+    """Generated bars as the instrument's market quotes them: a US stock's unchanged; otherwise divided by its
+    `price_scale` and rounded to its minimum tick, a dated future's cut at its last trade, and an index's without
+    volume (IB's index bars carry 0 for volume, WAP and count; not checked against a recording)."""
+    if inst.hours is None and inst.sec_type == "STK":
+        return bars
+    if inst.last_trade_date:
+        expiry = datetime.strptime(inst.last_trade_date, "%Y%m%d").date()
+        last_trade = datetime.combine(expiry, FUTURE_LAST_TRADE, tzinfo=NEW_YORK).astimezone(UTC)
+        bars = bars.filter(pl.col("ts") < last_trade)
+    decimals = max(0, -int(np.floor(np.log10(inst.min_tick)))) + 1
+
+    def on_tick(column: str) -> pl.Expr:
+        return ((pl.col(column) / inst.price_scale / inst.min_tick).round() * inst.min_tick).round(decimals)
+
+    bars = bars.with_columns(
+        *(on_tick(c).alias(c) for c in ("open", "high", "low", "close")),
+        pl.when(pl.col("wap") > 0).then((pl.col("wap") / inst.price_scale).round(decimals + 2))
+        .otherwise(pl.col("wap")).alias("wap"),
+    )
+    if inst.sec_type == "IND":
+        bars = bars.with_columns(pl.lit(0.0).alias("volume"), pl.lit(0.0).alias("wap"),
+                                 pl.lit(0, dtype=pl.Int64).alias("count"))
+    return bars
 
 
 def round_price(prices: np.ndarray) -> np.ndarray:
@@ -221,7 +272,10 @@ class SyntheticBars:
     """Seeded random walks per symbol, tied to real price levels: a daily path from the symbol's first trading day
     that passes through its real month-end closes (`price_anchors.json`; a Brownian bridge between anchors, a free
     walk after the last), bridged minute by minute through each session's extended hours, with an intraday
-    U-shaped volume profile. Symbols without anchors start at `first_date` at a price derived from their name.
+    U-shaped volume profile. The simulator's other listings (futures, currency pairs, indices, non-US stocks) pass
+    through their declared level (`listing_anchors`); symbols without anchors start at `first_date` at a price
+    derived from their name. Every series is generated on the NYSE calendar (`calendar_name`), whatever its
+    instrument's own hours.
 
     Deterministic in (seed, symbol, session): the same bar comes back whatever window asked for it."""
 
@@ -234,7 +288,7 @@ class SyntheticBars:
         self.seed = seed
         self.calendar_name = calendar_name
         self.first_date = first_date
-        self.anchors = load_price_anchors() if anchors is None else anchors
+        self.anchors = load_price_anchors() | listing_anchors(LISTINGS) if anchors is None else anchors
         cal = exchange_calendar(calendar_name)
         self._days = [label.date() for label in cal.sessions]
         self._day_array = np.array(self._days, dtype="datetime64[D]")

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ibkr_flows.ib.codes import HMDS_PREFIX, ErrorCode
 from ibkr_flows.ib.historical import (
     BAR_SIZES,
     InvalidDuration,
@@ -26,14 +27,15 @@ from ibkr_flows.ib.historical import (
     oldest_available,
     request_conflict,
 )
+from ibkr_flows.ib.instruments import REFUSED_WHAT_TO_SHOW, InstrumentClass
 from ibkr_flows.ib.message_ids import ServerMessage
 from ibkr_flows.ib.pacing_rules import hard_limits_apply
 from ibkr_flows.ib.sessions import bar_start, session_bounds, sessions_before
 from ibkr_flows.ib.wire import encode_frame
 from ibkr_flows.sim import messages as msg
 from ibkr_flows.sim.bad_bars import inject_bad_bars
-from ibkr_flows.sim.bars import InvalidBarSize, request_window
-from ibkr_flows.sim.handlers.contracts import resolve
+from ibkr_flows.sim.bars import InvalidBarSize, as_listed, request_window
+from ibkr_flows.sim.handlers.contracts import include_expired, resolve
 from ibkr_flows.sim.pacing import PacedRequest
 from ibkr_flows.sim.requests import (
     HeadTimestampRequest,
@@ -66,11 +68,13 @@ def head_timestamp(session: Session, fields: list[str]) -> None:
     if not _admit_paced(session, req.req_id, paced, small_bars=True):
         return
 
+    expired = include_expired(fields, "data")
+
     async def work() -> None:
-        inst = resolve(session, req.req_id, req.contract)
-        if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show):
+        inst = resolve(session, req.req_id, req.contract, expired=expired)
+        if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show, ""):
             return
-        ts = session.sim.bar_source.head_timestamp(inst.symbol, req.what_to_show, req.use_rth)
+        ts = session.sim.bar_source.head_timestamp(inst.series, req.what_to_show, req.use_rth)
         text = str(int(ts.timestamp())) if req.format_date == 2 else ts.strftime("%Y%m%d-%H:%M:%S")
         session.send([ServerMessage.HEAD_TIMESTAMP, req.req_id, text])
 
@@ -90,7 +94,8 @@ def historical_data(session: Session, fields: list[str]) -> None:
                          req.bar_size, req.use_rth)
     if not _admit_paced(session, req.req_id, paced, small_bars=hard_limits_apply(req.bar_size)):
         return
-    session.spawn(req.req_id, lambda: _answer_historical(session, req), paced=True)
+    expired = include_expired(fields, "data")
+    session.spawn(req.req_id, lambda: _answer_historical(session, req, expired), paced=True)
 
 
 def cancel_historical_data(session: Session, fields: list[str]) -> None:
@@ -118,11 +123,15 @@ def _admit_paced(session: Session, req_id: int, request: PacedRequest, *, small_
     return True
 
 
-def _refuse_data(session: Session, req_id: int, inst: Instrument, what_to_show: str) -> bool:
-    """Answer the account- and farm-level refusals; True when the request is answered (or swallowed)."""
+def _refuse_data(session: Session, req_id: int, inst: Instrument, what_to_show: str, bar_size: str) -> bool:
+    """Answer the account- and farm-level refusals, and data the instrument's class has not (TRADES of a
+    currency pair); True when the request is answered (or swallowed). `bar_size` is empty for a head timestamp."""
     faults = session.sim.faults
     if faults.farm_down or session.sim.connectivity_lost:
         return True  # a broken HMDS farm or lost IB connectivity leaves requests unanswered
+    if what_to_show in REFUSED_WHAT_TO_SHOW.get(InstrumentClass(inst.sec_type), frozenset()):
+        session.send(msg.error(req_id, no_pair_trades(inst.symbol, bar_size)))
+        return True
     if inst.symbol in faults.no_permission_symbols:
         session.send(msg.error(req_id, msg.no_permissions(inst.primary_exchange)))
         return True
@@ -132,10 +141,30 @@ def _refuse_data(session: Session, req_id: int, inst: Instrument, what_to_show: 
     return False
 
 
-async def _answer_historical(session: Session, req: HistoricalRequest) -> None:
+PAIR_TRADES_FARM = "FXSUBPIP"
+"""The data farm TWS names when it refuses TRADES of a currency pair."""
+
+
+def no_pair_trades(base: str, bar_size: str) -> msg.TWSError:
+    """162 for TRADES (or ADJUSTED_LAST) of a currency pair, as TWS words it: `...No historical market data for
+    EUR/CASH@FXSUBPIP Last 3600` (the bar size in seconds; `1d` for daily bars), as reported by ib_insync and
+    ezibpy users. The weekly and monthly labels (`1W`, `1M`) and the bare `Last` of a head-timestamp request are
+    this simulator's guesses."""
+    step = BAR_SIZES[bar_size] if bar_size else None
+    if step is None:
+        label = ""
+    elif step < timedelta(days=1):
+        label = f" {int(step.total_seconds())}"
+    else:
+        label = {"1 day": " 1d", "1 week": " 1W"}.get(bar_size, " 1M")
+    return (ErrorCode.HISTORICAL_DATA_SERVICE,
+            f"{HMDS_PREFIX}No historical market data for {base}/CASH@{PAIR_TRADES_FARM} Last{label}")
+
+
+async def _answer_historical(session: Session, req: HistoricalRequest, expired: bool) -> None:
     sim = session.sim
-    inst = resolve(session, req.req_id, req.contract)
-    if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show):
+    inst = resolve(session, req.req_id, req.contract, expired=expired)
+    if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show, req.bar_size):
         return
     conflict = request_conflict(req.what_to_show, req.end, req.keep_up_to_date)
     if conflict is not None:
@@ -164,7 +193,8 @@ async def _answer_historical(session: Session, req: HistoricalRequest) -> None:
     def answer() -> bytes | None:
         """The encoded HISTORICAL_DATA frame, or None for an empty window: the whole costly part, which touches
         nothing the event loop uses (corruptions are recorded in `injected`, merged on the loop)."""
-        bars = sim.bar_source.bars(inst.symbol, req.bar_size, req.what_to_show, req.use_rth, first, end)
+        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, first, end),
+                         inst)
         if bars.is_empty():
             return None
         bars = inject_bad_bars(inst.symbol, req, bars, bad_bars, injected)
@@ -181,7 +211,7 @@ async def _answer_historical(session: Session, req: HistoricalRequest) -> None:
     sim.counters.injected_bad_bars.extend(injected)
     session.send_frame(frame)
     if req.keep_up_to_date:
-        await _stream_updates(session, req, inst.symbol)
+        await _stream_updates(session, req, inst)
 
 
 async def off_loop_if_large(sim: TWSSimulator, bar_size: str, start: datetime, end: datetime,
@@ -196,18 +226,18 @@ async def off_loop_if_large(sim: TWSSimulator, bar_size: str, start: datetime, e
     return await asyncio.to_thread(work)
 
 
-async def _stream_updates(session: Session, req: HistoricalRequest, symbol: str) -> None:
+async def _stream_updates(session: Session, req: HistoricalRequest, inst: Instrument) -> None:
     """keepUpToDate: the bar being built now, every `LIVE_UPDATE_SECONDS`, until cancelHistoricalData (which
     cancels this task) or the connection ends. The clock is the simulator's, so a test clock can move fast."""
     sim = session.sim
     while True:
         await asyncio.sleep(LIVE_UPDATE_SECONDS * sim.faults.time_scale)
-        bar = await _current_bar(session, req, symbol)
+        bar = await _current_bar(session, req, inst)
         if bar is not None:
             session.send(_update_fields(req, bar, sim.tws_zone))
 
 
-async def _current_bar(session: Session, req: HistoricalRequest, symbol: str) -> dict[str, Any] | None:
+async def _current_bar(session: Session, req: HistoricalRequest, inst: Instrument) -> dict[str, Any] | None:
     """The latest bar at the simulator's now: the one being built in a session, else the last one of the last
     session (what a chart shows after the close)."""
     sim = session.sim
@@ -223,7 +253,8 @@ async def _current_bar(session: Session, req: HistoricalRequest, symbol: str) ->
         start = bar_start(min(now, close) - timedelta(microseconds=1), step, req.use_rth)
 
     def latest() -> dict[str, Any] | None:
-        bars = sim.bar_source.bars(symbol, req.bar_size, req.what_to_show, req.use_rth, start, now)
+        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, start, now),
+                         inst)
         return bars.row(-1, named=True) if bars.height else None
 
     return await off_loop_if_large(sim, req.bar_size, start, now, latest)
