@@ -14,12 +14,12 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_SERVER_LOGGING_LEVEL := CRITICAL
 export PREFECT_LOGGING_LEVEL ?= WARNING
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint bench clean browser postgres
 
 demo: .venv/.synced
 	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} .venv/bin/ibkr demo
 
-test: .venv/.synced browser
+test: .venv/.synced browser postgres
 	.venv/bin/pytest
 
 # The browser tests (tests/test_artifacts_browser.py) open the Prefect UI in Debian's headless Chromium through its
@@ -30,6 +30,15 @@ browser:
 	echo "installing Debian's chromium and chromium-driver for the browser tests"; \
 	$$sudo apt-get update -qq && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+# The Prefect-on-Postgres tests (tests/test_stack_postgres.py) start a throwaway cluster with Debian's initdb and
+# pg_ctl from /usr/lib/postgresql/<version>/bin. Installed here when missing (as root, or through sudo).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then exit 0; fi; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	echo "installing Debian's postgresql for the Prefect-on-Postgres tests"; \
+	$$sudo apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 
 lint: .venv/.synced
 	.venv/bin/ruff check .

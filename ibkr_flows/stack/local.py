@@ -1,6 +1,10 @@
 """`ibkr up` / `ibkr down`: a Prefect server on 127.0.0.1 (or an existing one), the `ibkr-local` process work
 pool, every deployment of prefect.yaml, the alert automations and a worker; and stopping exactly those again.
 
+For a team the server keeps its runs in Postgres (`database`) and binds a network address (`access`, with
+Prefect's basic auth). Server-only secrets (the database URL, the server's auth string) go to the server process
+alone; the worker, `prefect deploy` and the flow runs get the client's auth string and nothing else.
+
 Prefect itself runs in child processes with the same interpreter, so the versions pinned for this project are
 the ones serving. Every step is idempotent against an existing server: the pool is created only if missing,
 `prefect deploy` upserts deployments by name, automations are synced by name.
@@ -14,13 +18,17 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from ibkr_flows.alerts.blocks import BlockRef
+from ibkr_flows.stack.access import SERVER_AUTH_VARIABLE, ServerAccess, is_loopback
+from ibkr_flows.stack.database import DATABASE_URL_VARIABLES, DatabaseError, ServerDatabase, check_reachable
 from ibkr_flows.stack.processes import StackError, group_alive, run_step, spawn, stop_group
 from ibkr_flows.stack.state import StackState, load_state, remove_state, save_state
 
@@ -63,6 +71,10 @@ class UpOptions:
     """Port of the local server; None = a free one."""
     api_url: str | None = None
     """An existing server (or Prefect Cloud workspace) to use instead of starting one."""
+    database: ServerDatabase | None = None
+    """The started server's database; None = SQLite under `home`."""
+    access: ServerAccess = field(default_factory=ServerAccess)
+    """The address the started server binds and its API auth string (also sent by every client started)."""
     pool: str = POOL
     project_dir: Path = field(default_factory=default_project_dir)
     prefect_file: Path = field(default_factory=default_prefect_file)
@@ -72,27 +84,50 @@ class UpOptions:
     startup_timeout: float = 120.0
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _ensure_port_free(port: int) -> None:
+def _ensure_port_free(host: str, port: int) -> None:
     """A busy port could be another Prefect server, whose /api/health would answer for ours."""
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError as exc:
-            raise StackError(f"127.0.0.1:{port} is already in use; choose another --port or omit it") from exc
+            raise StackError(f"{host}:{port} is already in use; choose another --port or omit it") from exc
 
 
-def _child_env(home: Path, api_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url)
+SERVER_ONLY_VARIABLES = (*DATABASE_URL_VARIABLES, SERVER_AUTH_VARIABLE)
+
+
+def _child_env(home: Path, api_url: str, access: ServerAccess) -> dict[str, str]:
+    """The environment of the clients started (worker, `prefect deploy`, and so the flow runs)."""
+    env = {name: value for name, value in os.environ.items() if name not in SERVER_ONLY_VARIABLES}
+    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=api_url, **access.client_env())
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return env
+
+
+def _server_env(client_env: dict[str, str], options: UpOptions, ui_api_url: str) -> dict[str, str]:
+    env = {**client_env, **options.access.server_env()}
+    if options.database is not None:
+        env[DATABASE_URL_VARIABLES[0]] = options.database.url
+    if not is_loopback(options.access.host):  # browsers elsewhere must not be sent to their own 127.0.0.1
+        env.setdefault("PREFECT_UI_API_URL", ui_api_url)
+    return env
+
+
+def _as_client(api_url: str, access: ServerAccess) -> AbstractContextManager[Any]:
+    """Prefect settings for this process's own API calls (pool, automations, worker check) to the server."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
+    if access.auth_string:
+        updates[PREFECT_API_AUTH_STRING] = access.auth_string
+    return temporary_settings(updates)
 
 
 def _log_tail(path: Path, chars: int = 2000) -> str:
@@ -113,25 +148,23 @@ def _wait_for_server(api_url: str, pid: int, log: Path, timeout: float) -> None:
     raise StackError(f"the Prefect server did not answer {api_url}/health within {timeout:.0f} s; see {log}")
 
 
-def _check_api(api_url: str) -> None:
+def _check_api(api_url: str, access: ServerAccess) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    with _as_client(api_url, access), get_client(sync_client=True) as client:
         error = client.api_healthcheck()
     if error is not None:
         raise StackError(f"no Prefect API at {api_url}: {type(error).__name__}")
 
 
-def _ensure_pool(api_url: str, pool: str) -> bool:
+def _ensure_pool(api_url: str, access: ServerAccess, pool: str) -> bool:
     """Create the process work pool unless it exists (keeping its settings); True if created."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.workers.process import ProcessWorker
 
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    with _as_client(api_url, access), get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
             return False
@@ -141,21 +174,20 @@ def _ensure_pool(api_url: str, pool: str) -> bool:
             return True
 
 
-def _sync_alerts(api_url: str, blocks: tuple[BlockRef, ...], window: timedelta) -> Mapping[str, str]:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+def _sync_alerts(api_url: str, access: ServerAccess, blocks: tuple[BlockRef, ...],
+                 window: timedelta) -> Mapping[str, str]:
     from ibkr_flows.alerts.automations import sync_automations
 
-    with temporary_settings({PREFECT_API_URL: api_url}):
+    with _as_client(api_url, access):
         return sync_automations(blocks, window)
 
 
-def _wait_for_worker(api_url: str, pool: str, name: str, pid: int, log: Path, timeout: float) -> None:
+def _wait_for_worker(api_url: str, access: ServerAccess, pool: str, name: str, pid: int, log: Path,
+                     timeout: float) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     deadline = time.monotonic() + timeout
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    with _as_client(api_url, access), get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             if not group_alive(pid):
                 raise StackError(f"the worker exited during start-up; {log}:\n{_log_tail(log)}")
@@ -172,32 +204,42 @@ def up(options: UpOptions, echo: Echo) -> StackState:
     if previous is not None and any(group_alive(pid) for pid in previous.pids):
         raise StackError(f"already up ({previous.api_url}, pids {previous.pids}); run `ibkr down` first")
     logs = home / "logs"
+    access, database = options.access, options.database
     if options.api_url is None:
-        port = options.port or _free_port()
+        access.require_auth()
+        port = options.port or _free_port(access.host)
         if options.port is not None:
-            _ensure_port_free(port)
-        api_url, ui_url = f"http://127.0.0.1:{port}/api", f"http://127.0.0.1:{port}"
+            _ensure_port_free(access.host, port)
+        if database is not None:
+            check_reachable(database)
+        api_url = f"http://{access.local_host()}:{port}/api"
+        ui_url = f"http://{access.advertised_host()}:{port}"
+    elif database is not None:
+        raise DatabaseError("--database configures a server `ibkr up` starts; the server at --api-url keeps its "
+                            "own database: drop one of the two")
     else:
         api_url, ui_url = options.api_url.rstrip("/"), None
-    state = StackState(api_url=api_url, ui_url=ui_url, pool=options.pool)
-    env = _child_env(home, api_url)
+    state = StackState(api_url=api_url, ui_url=ui_url, pool=options.pool,
+                       database=database.masked if database is not None else None)
+    env = _child_env(home, api_url, access)
     try:
         if options.api_url is None:
             state.logs["server"] = str(logs / "server.log")
-            echo(f"starting the Prefect server on 127.0.0.1:{port} (log {state.logs['server']})")
-            state.server_pid = spawn([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                     env, Path(state.logs["server"]), cwd=home)
+            where = database.masked if database is not None else f"SQLite in {home}"
+            echo(f"starting the Prefect server on {access.host}:{port}, database {where} (log {state.logs['server']})")
+            state.server_pid = spawn([*PREFECT, "server", "start", "--host", access.host, "--port", str(port)],
+                                     _server_env(env, options, f"{ui_url}/api"), Path(state.logs["server"]), cwd=home)
             save_state(home, state)
             _wait_for_server(api_url, state.server_pid, Path(state.logs["server"]), options.startup_timeout)
         else:
-            _check_api(api_url)
-        created = _ensure_pool(api_url, options.pool)
+            _check_api(api_url, access)
+        created = _ensure_pool(api_url, access, options.pool)
         echo(f"work pool {options.pool}: {'created' if created else 'exists'}")
         echo(f"deploying {options.prefect_file} (working directory {options.project_dir})")
         run_step([*PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(options.prefect_file)], env,
                  options.project_dir, 300, "prefect deploy --all")
         if options.alert_blocks:
-            for name, outcome in _sync_alerts(api_url, options.alert_blocks, options.alert_window).items():
+            for name, outcome in _sync_alerts(api_url, access, options.alert_blocks, options.alert_window).items():
                 echo(f"automation {name}: {outcome}")
         if options.start_worker:
             _start_worker(options, state, env, logs)
@@ -218,8 +260,8 @@ def _start_worker(options: UpOptions, state: StackState, env: dict[str, str], lo
     state.worker_pid = spawn([*PREFECT, "worker", "start", "--pool", options.pool, "--name", state.worker_name],
                              worker_env, Path(state.logs["worker"]), cwd=options.project_dir)
     save_state(options.home, state)
-    _wait_for_worker(state.api_url, options.pool, state.worker_name, state.worker_pid, Path(state.logs["worker"]),
-                     options.startup_timeout)
+    _wait_for_worker(state.api_url, options.access, options.pool, state.worker_name, state.worker_pid,
+                     Path(state.logs["worker"]), options.startup_timeout)
 
 
 def _stop(state: StackState, timeout: float, echo: Echo) -> None:

@@ -20,6 +20,8 @@ class StackState:
     worker_pid: int | None = None
     worker_name: str | None = None
     logs: dict[str, str] = field(default_factory=dict)
+    database: str | None = None
+    """The started server's database URL with the password masked; None = SQLite under PREFECT_HOME."""
 
     @property
     def pids(self) -> list[int]:
