@@ -16,6 +16,8 @@ finalize_trades=True`, so its results can be reproduced):
 - Every bar's equity is cash plus the position marked at that bar's close.
 - long_only turns a -1 target into flat; long_short reverses by closing, then opening the other side at the same
   open, sized from the cash after the close.
+- Realism options (`ExitRules`: stop-loss, take-profit, trailing stop, flatten at the session close, short-borrow
+  fee) switch the fill loop to `exits.simulate_with_exits`, bar by bar; their fill rules are that module's.
 - Costs are charged at each fill: slippage moves the fill price against the trader, then commission is charged on
   the slipped fill. Sizing happens at entry only; a position keeps its share count until it is closed. An entry
   the cash cannot pay for is skipped, not retried. There are no margin calls: a losing short can take equity
@@ -31,8 +33,10 @@ from typing import Literal, get_args
 import numpy as np
 import polars as pl
 
-from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, slipped_price
+from ibkr_flows.backtest.account import Account, Simulation
+from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed
 from ibkr_flows.backtest.errors import BacktestError, NoBarsError
+from ibkr_flows.backtest.exits import ExitRules, simulate_with_exits
 from ibkr_flows.backtest.metrics import Metrics, annualization, compute_metrics, drawdown_pct
 from ibkr_flows.backtest.sizing import AllIn, Sizing
 from ibkr_flows.backtest.strategies import Strategy, strategy_params
@@ -48,8 +52,8 @@ REQUIRED_COLUMNS = ("ts", *PRICE_COLUMNS, "volume")
 class BacktestConfig:
     """Everything about a run except the data. Defaults: USD 100,000, IBKR Pro Fixed commissions, no slippage,
     all-in sizing, long only, positions taken on the strategy's state and closed at the end (`entry`, `finalize`:
-    the module's conventions). `bars_per_session` overrides the RTH session length used for annualizing intraday
-    bars (pass it for extended-hours data)."""
+    the module's conventions), no realism options (`exits`). `bars_per_session` overrides the RTH session length
+    used for annualizing intraday bars (pass it for extended-hours data)."""
 
     strategy: str
     params: Mapping[str, object] = field(default_factory=dict)
@@ -61,6 +65,7 @@ class BacktestConfig:
     bars_per_session: int | None = None
     entry: Entry = "state"
     finalize: Finalize = "close"
+    exits: ExitRules = field(default_factory=ExitRules)
 
     def __post_init__(self) -> None:
         if not self.cash > 0:
@@ -79,27 +84,11 @@ class BacktestConfig:
 
 
 @dataclass(frozen=True)
-class Simulation:
-    """The fill loop's output: one entry per trade in the trade arrays, one per bar in `equity` and `position`."""
-
-    entry_bar: np.ndarray
-    exit_bar: np.ndarray
-    side: np.ndarray
-    size: np.ndarray
-    entry_price: np.ndarray
-    exit_price: np.ndarray
-    commission: np.ndarray
-    equity: np.ndarray
-    position: np.ndarray
-    """Signed shares held at each bar's close."""
-
-
-@dataclass(frozen=True)
 class BacktestResult:
     strategy: Strategy
     trades: pl.DataFrame
     """entry_time, exit_time, side, size, entry_price, exit_price (fills, slippage included), pnl (after both
-    commissions), return_pct (pnl over entry value), duration, commission (entry plus exit)."""
+    commissions and any short-borrow fee), return_pct (pnl over entry value), duration, commission (entry plus exit)."""
     equity: pl.DataFrame
     """ts, equity, drawdown_pct, position (signed shares at the close)."""
     metrics: Metrics
@@ -118,8 +107,12 @@ def run_backtest(bars: pl.DataFrame, bar_size: str, config: BacktestConfig) -> B
     if signals.len() != bars.height or signals.null_count() or not signals.is_in([-1, 0, 1]).all():
         raise BacktestError(f"{strategy} must return one signal in {{-1, 0, 1}} per bar")
     held = held_positions(signals.to_numpy().astype(np.int8), config.mode, config.finalize)
-    sim = simulate(bars["open"].to_numpy(), bars["close"].to_numpy(), held,
-                   config.cash, config.commission, config.slippage_bps, config.sizing)
+    account = Account(config.cash, config.commission, config.slippage_bps, config.sizing)
+    if config.exits.active:
+        sim = simulate_with_exits(*(bars[c].to_numpy() for c in PRICE_COLUMNS), bars["ts"], held, account,
+                                  config.exits)
+    else:
+        sim = simulate(bars["open"].to_numpy(), bars["close"].to_numpy(), held, account)
     trades = _trades_frame(bars["ts"], sim)
     equity = pl.DataFrame({
         "ts": bars["ts"], "equity": sim.equity, "drawdown_pct": drawdown_pct(sim.equity), "position": sim.position})
@@ -140,46 +133,27 @@ def held_positions(signals: np.ndarray, mode: Mode, finalize: Finalize = "close"
     return np.maximum(held, 0) if mode == "long_only" else held
 
 
-def simulate(open_: np.ndarray, close: np.ndarray, held: np.ndarray, cash: float, commission: CommissionModel,
-             slippage_bps: float, sizing: Sizing) -> Simulation:
+def simulate(open_: np.ndarray, close: np.ndarray, held: np.ndarray, account: Account) -> Simulation:
     """Fill `held` (target per bar, acted on at that bar's open) and mark the account at every close.
 
     Loops over target changes only; between changes the cash and shares are constant, so the equity curve is
     cash + shares * close, broadcast per segment.
     """
-    initial_cash = cash
+    initial_cash = account.cash
     changes = np.flatnonzero(np.diff(held, prepend=np.int8(0)))
-    trades: list[tuple[int, int, int, int, float, float, float]] = []
     cash_after: list[float] = []
     shares_after: list[int] = []
-    shares = side = entry_bar = 0
-    entry_price = entry_fee = 0.0
     for bar, price, target in zip(changes.tolist(), open_[changes].tolist(), held[changes].tolist(), strict=True):
-        if shares:
-            fill = slipped_price(price, -side, slippage_bps)
-            fee = commission.commission(abs(shares), fill)
-            cash += shares * fill - fee
-            trades.append((entry_bar, bar, side, abs(shares), entry_price, fill, entry_fee + fee))
-            shares = 0
+        if account.shares:
+            account.close(bar, price)
         if target:
-            fill = slipped_price(price, target, slippage_bps)
-            size = sizing.shares(cash, fill, commission)
-            if size:
-                entry_fee = commission.commission(size, fill)
-                cash -= target * size * fill + entry_fee
-                shares, side, entry_bar, entry_price = target * size, target, bar, fill
-        cash_after.append(cash)
-        shares_after.append(shares)
+            account.open(bar, price, target)
+        cash_after.append(account.cash)
+        shares_after.append(account.shares)
     segment = np.searchsorted(changes, np.arange(len(held)), side="right")  # 0 before the first change
     position = np.array([0, *shares_after], dtype=np.int64)[segment]
     equity = np.array([initial_cash, *cash_after])[segment] + position * close
-    columns = list(zip(*trades, strict=True)) or [()] * 7
-    entry_bars, exit_bars, sides, sizes, entry_prices, exit_prices, fees = columns
-    return Simulation(
-        entry_bar=np.array(entry_bars, dtype=np.int64), exit_bar=np.array(exit_bars, dtype=np.int64),
-        side=np.array(sides, dtype=np.int8), size=np.array(sizes, dtype=np.int64),
-        entry_price=np.array(entry_prices, dtype=np.float64), exit_price=np.array(exit_prices, dtype=np.float64),
-        commission=np.array(fees, dtype=np.float64), equity=equity, position=position)
+    return account.simulation(equity, position)
 
 
 def _check_bars(bars: pl.DataFrame, bar_size: str) -> None:
@@ -207,7 +181,7 @@ def _check_bars(bars: pl.DataFrame, bar_size: str) -> None:
 
 def _trades_frame(ts: pl.Series, sim: Simulation) -> pl.DataFrame:
     entry_value = sim.size * sim.entry_price
-    pnl = sim.side * sim.size * (sim.exit_price - sim.entry_price) - sim.commission
+    pnl = sim.side * sim.size * (sim.exit_price - sim.entry_price) - sim.commission - sim.borrow_fee
     trades = pl.DataFrame({
         "entry_time": ts.gather(sim.entry_bar),
         "exit_time": ts.gather(sim.exit_bar),

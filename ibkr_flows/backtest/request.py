@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
 from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
+from ibkr_flows.backtest.exits import ExitRules
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 from ibkr_flows.backtest.strategies.base import Entry
 from ibkr_flows.ib.historical import BarSize, WhatToShow
@@ -58,6 +59,16 @@ class BacktestSettings(BaseModel):
                          "slow) or cross (only where it starts to hold: crossovers, rsi_reversion)")
     finalize: Finalize = Field("close", description="close (a position open at the end is closed at the last "
                                "bar's open and counted) or open (left open, marked at the last close, not counted)")
+    stop_loss_pct: float | None = Field(None, gt=0, lt=100, description="Exit when the price falls this percent "
+                                        "below the entry (rises, for a short); empty = none")
+    take_profit_pct: float | None = Field(None, gt=0, description="Exit when the price gains this percent from the "
+                                          "entry; empty = none")
+    trailing_stop_pct: float | None = Field(None, gt=0, lt=100, description="Exit this percent below the best "
+                                            "price since entry; empty = none")
+    flatten_at_close: bool = Field(False, description="Close every position at each session's last bar (no "
+                                   "overnight holding)")
+    borrow_fee_pct: float = Field(0.0, ge=0, description="Annual short-borrow fee, percent of the short's value, "
+                                  "charged daily")
     table_version: int | None = Field(None, ge=0, description="Read this version of the bars table (time "
                                       "travel); empty = the latest")
 
@@ -91,7 +102,13 @@ class BacktestSettings(BaseModel):
     def config(self, params: dict[str, Any] | None = None) -> BacktestConfig:
         return BacktestConfig(strategy=self.strategy, params=dict(params or {}), cash=self.cash,
                               commission=self.commission_model(), slippage_bps=self.slippage_bps,
-                              sizing=self.sizing_model(), mode=self.mode, entry=self.entry, finalize=self.finalize)
+                              sizing=self.sizing_model(), mode=self.mode, entry=self.entry, finalize=self.finalize,
+                              exits=self.exit_rules())
+
+    def exit_rules(self) -> ExitRules:
+        return ExitRules(stop_loss_pct=self.stop_loss_pct, take_profit_pct=self.take_profit_pct,
+                         trailing_stop_pct=self.trailing_stop_pct, flatten_at_close=self.flatten_at_close,
+                         borrow_fee_pct=self.borrow_fee_pct)
 
     def ingest_hint(self, symbol: str) -> str:
         """The command that would fetch the missing bars."""
@@ -144,8 +161,9 @@ class GridRequest(BacktestSettings):
 
     @model_validator(mode="after")
     def _spec(self) -> Self:
-        self.spec()
-        self.config()
+        from ibkr_flows.backtest.grid.evaluate import grid_base  # loads numba, like `spec`
+
+        grid_base(self.spec(), self.config())  # also refuses the options the grid cannot run yet
         return self
 
     def spec(self) -> GridSpec:

@@ -61,7 +61,8 @@ def run(
     slow_period: Annotated[int | None, typer.Option(help="Slow average (crossover strategies).")] = None,
     param: Annotated[list[str], typer.Option(help="Other strategy parameter as key=value, e.g. period=14 "
                                                   "(repeatable).")] = [],  # noqa: B006
-    bar_size: Annotated[str, typer.Option(help="IB bar size of the stored bars.")] = "1 min",
+    bar_size: Annotated[str | None, typer.Option(help="IB bar size of the stored bars [default: the one stored for "
+                                                      "the symbols; several stored: name one]")] = None,
     what_to_show: Annotated[str, typer.Option(help="TRADES, MIDPOINT, BID_ASK, ...")] = "TRADES",
     rth: Annotated[bool, typer.Option("--rth/--eth", help="Regular-hours or extended-hours bars.")] = True,
     cash: Annotated[float, typer.Option(help="Starting cash.")] = 100_000.0,
@@ -74,6 +75,15 @@ def run(
     mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
     entry: EntryOption = "state",
     finalize: FinalizeOption = "close",
+    stop_loss: Annotated[float | None, typer.Option(help="Stop-loss, percent below the entry fill (above, short).")
+                         ] = None,
+    take_profit: Annotated[float | None, typer.Option(help="Take-profit, percent beyond the entry fill.")] = None,
+    trailing_stop: Annotated[float | None, typer.Option(help="Trailing stop, percent from the best price since "
+                                                             "entry.")] = None,
+    flatten_at_close: Annotated[bool, typer.Option(help="Close positions at each session's last bar (US/Eastern "
+                                                        "dates): no overnight holding.")] = False,
+    borrow_fee: Annotated[float, typer.Option(help="Annual short-borrow fee, percent, charged daily on the short's "
+                                                   "value.")] = 0.0,
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version (time travel).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write the equity/drawdown chart(s) as PNG here.")] = None,
@@ -85,15 +95,18 @@ def run(
 ) -> None:
     """Backtest a strategy on stored bars and print its metrics and the execution time.
 
-    Signals on bar close, fills at the next bar's open (no look-ahead). Exit codes: 0 done, 2 bad arguments,
-    3 no stored bars for the range (the message gives the `ibkr data ingest` command that fetches them),
-    4 a damaged bars table.
+    Signals on bar close, fills at the next bar's open (no look-ahead). Without --bar-size it reads the one bar
+    size stored for the symbols (and says so). Exit codes: 0 done, 2 bad arguments (or several stored bar sizes and
+    no --bar-size: the message lists them), 3 no stored bars for the range (the message gives the `ibkr data
+    ingest` command that fetches them), 4 a damaged bars table. --stop-loss, --take-profit, --trailing-stop,
+    --flatten-at-close and --borrow-fee follow the fill rules in `ibkr_flows.backtest.exits`.
     """
     from ibkr_flows.backtest.runner import prefetch_code_version
 
     prefetch_code_version()
     from ibkr_flows.backtest.request import BacktestRequest
     from ibkr_flows.backtest.runner import run_request, store_run
+    from ibkr_flows.backtest.stored_bar_size import choose_bar_size
     from ibkr_flows.cli.errors import exit_on_error
     from storage.location import TableLocation
 
@@ -104,10 +117,15 @@ def run(
     with exit_on_error(console):
         request = BacktestRequest(
             strategy=strategy, symbols=tuple(symbol), start=as_utc(start), end=as_utc(end),
-            params=_params(param, fast_period, slow_period), bar_size=bar_size, what_to_show=what_to_show,
+            params=_params(param, fast_period, slow_period), what_to_show=what_to_show,
             use_rth=rth, cash=cash, commission=commission, commission_rate=commission_rate,
             slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode, entry=entry, finalize=finalize,
-            table_version=table_version)
+            stop_loss_pct=stop_loss, take_profit_pct=take_profit, trailing_stop_pct=trailing_stop,
+            flatten_at_close=flatten_at_close, borrow_fee_pct=borrow_fee, table_version=table_version,
+            **({} if bar_size is None else {"bar_size": bar_size}))
+        choice = choose_bar_size(location, bar_size, request.symbols, request.what_to_show, request.use_rth)
+        if choice.bar_size is not None:  # none stored: the request's default, whose missing bars say how to ingest
+            request = request.model_copy(update={"bar_size": choice.bar_size})
         if as_flow:
             from flows.backtest import backtest_flow
             from ibkr_flows.cli.errors import prefect_api
@@ -123,7 +141,7 @@ def run(
     elapsed = time.perf_counter() - started
     if plot is not None:
         _write_plots(run_, plot, console)
-    _print(run_, Timings(elapsed, run_.read_s, run_.engine_s, store_s), as_json, console)
+    _print(run_, choice, Timings(elapsed, run_.read_s, run_.engine_s, store_s), as_json, console)
 
 
 def _write_plots(run_, plot: Path, console: Console) -> None:  # type: ignore[no-untyped-def]
@@ -145,14 +163,17 @@ class Timings:
     store_s: float
 
 
-def _print(run_, timings: Timings, as_json: bool, console: Console) -> None:  # type: ignore[no-untyped-def]
+def _print(run_, choice, timings: Timings, as_json: bool, console: Console) -> None:  # type: ignore[no-untyped-def]
     from ibkr_flows.backtest.metrics import metric_values
     from ibkr_flows.backtest.report import metric_rows
+    from ibkr_flows.backtest.stored_bar_size import series_text
     from ibkr_flows.cli.json_output import strict_json
 
+    request = run_.request
     if as_json:
         payload = {
             "run_id": run_.run_id, "bars_version": run_.table_version, "code_version": run_.code_version,
+            "bar_size": request.bar_size, "bar_size_source": choice.source,
             "execution_time_s": round(timings.total_s, 4),
             "timings_s": {"read": round(timings.read_s, 4), "engine": round(timings.engine_s, 4),
                           "store": round(timings.store_s, 4)},
@@ -169,6 +190,7 @@ def _print(run_, timings: Timings, as_json: bool, console: Console) -> None:  # 
     for row in metric_rows(run_):
         table.add_row(*row.values())
     console.print(table)
+    console.print(choice.describe(series_text(request.symbols, request.what_to_show, request.use_rth)))
     console.print(f"{first.bars} bars {first.start:%Y-%m-%d %H:%M} → {first.end:%Y-%m-%d %H:%M} UTC, bars table "
                   f"version {run_.table_version}; {first.annualization}", soft_wrap=True)
     console.print(f"execution time: {timings.total_s:.3f} s (read {timings.read_s:.3f} s, engine "
@@ -205,7 +227,8 @@ def grid(
                        ] = 0.3,
     folds: Annotated[int, typer.Option(help="Walk-forward folds over the in-sample bars (0 = none).")] = 0,
     top: Annotated[int, typer.Option(help="Rows of the ranking to print.")] = 10,
-    bar_size: Annotated[str, typer.Option(help="IB bar size of the stored bars.")] = "1 min",
+    bar_size: Annotated[str | None, typer.Option(help="IB bar size of the stored bars [default: the one stored]")
+                        ] = None,
     rth: Annotated[bool, typer.Option("--rth/--eth")] = True,
     cash: Annotated[float, typer.Option(help="Starting cash.")] = 100_000.0,
     commission: Annotated[str, typer.Option(help="ibkr_fixed, ibkr_tiered, percent, none")] = "ibkr_fixed",
@@ -242,17 +265,22 @@ def grid(
     from ibkr_flows.backtest.grid.store import store_grid_report
     from ibkr_flows.backtest.request import DEFAULT_GRID, GridRequest
     from ibkr_flows.backtest.runner import load_bars
+    from ibkr_flows.backtest.stored_bar_size import choose_bar_size, series_text
     from ibkr_flows.cli.errors import exit_on_error
     from storage.location import TableLocation
 
     console = Console()
     location = TableLocation.at(data_dir)
     with exit_on_error(console):
+        choice = choose_bar_size(location, bar_size, [symbol.strip().upper()], "TRADES", rth)
         request = GridRequest(strategy=strategy, symbol=symbol, start=as_utc(start), end=as_utc(end),
                               grid=dict(_axis(r) for r in ranges) or DEFAULT_GRID, rank_by=rank_by,
-                              holdout=holdout or None, folds=folds or None, bar_size=bar_size, use_rth=rth,
+                              holdout=holdout or None, folds=folds or None, use_rth=rth,
                               cash=cash, commission=commission, mode=mode, entry=entry, finalize=finalize,
-                              table_version=table_version)
+                              table_version=table_version,
+                              **({} if choice.bar_size is None else {"bar_size": choice.bar_size}))
+        if choice.source == "stored" and choice.bar_size is not None:
+            console.print(choice.describe(series_text([request.symbol], request.what_to_show, request.use_rth)))
         spec, base = request.spec(), request.config()
         bars, version = load_bars(location, request, request.symbol, table_version)
         batches = spec.chunks(chunk_size=max(1, spec.size // 20))

@@ -59,11 +59,20 @@ def metric_row(metrics: Metrics) -> dict[str, Any]:
     return values
 
 
+class GridUnsupportedError(GridSpecError):
+    """A single-run option the grid cannot evaluate yet; refused rather than silently ignored."""
+
+
 def grid_base(spec: GridSpec, base: BacktestConfig | None) -> BacktestConfig:
     """Cash, costs, sizing and mode shared by every combination; its parameters come from the grid only, so a
-    fixed parameter is a one-value axis and the spec's validation sees it."""
+    fixed parameter is a one-value axis and the spec's validation sees it. The realism options (`ExitRules`) are
+    not in the compiled kernel yet, so a base that sets any is refused."""
     if base is None:
         return BacktestConfig(spec.strategy)
+    if base.exits.active:
+        raise GridUnsupportedError(
+            "the grid does not support stop-loss, take-profit, trailing stop, flatten-at-close or borrow fee yet "
+            f"(got {base.exits}); run them with `ibkr backtest run` on the grid's best parameters, or drop them")
     if base.strategy != spec.strategy or base.params:
         raise GridSpecError(f"the base config must be for {spec.strategy} with no params (got {base.strategy} with "
                             f"{dict(base.params)}); put fixed parameters in the grid as one-value lists")

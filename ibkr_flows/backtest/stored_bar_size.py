@@ -1,0 +1,67 @@
+"""Which bar size a backtest reads when the user names none: the one that is stored.
+
+A default of "1 min" found nothing for a user who had ingested daily bars and ended with "no bars"; the catalog of
+stored series (`storage.bars_catalog.list_series`, what `ibkr data ls` shows) knows what there is, so the choice
+is made from it: one stored size is used (and said), several are an error listing them, none leaves the request's
+default so the missing-bars error can say how to ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from ibkr_flows.backtest.errors import BacktestError
+from storage.bars_catalog import list_series
+from storage.location import TableLocation
+
+
+class AmbiguousBarSizeError(BacktestError):
+    """Several bar sizes are stored for the series asked for and none was named; the message lists them."""
+
+    def __init__(self, what: str, sizes: Sequence[str]) -> None:
+        self.sizes = list(sizes)
+        choices = ", ".join(f"--bar-size '{size}'" for size in self.sizes)
+        super().__init__(f"{what} is stored in {len(self.sizes)} bar sizes ({', '.join(self.sizes)}); pick one with "
+                         f"{choices}")
+
+
+@dataclass(frozen=True)
+class BarSizeChoice:
+    """The bar size a run reads and where it came from: "given" (--bar-size) or "stored" (the only one stored)."""
+
+    bar_size: str | None
+    """None: nothing is stored for the series, the request keeps its default (and fails listing the ingest)."""
+    source: str
+
+    def describe(self, what: str) -> str:
+        if self.source == "given":
+            return f"bar size {self.bar_size} (given)"
+        return f"bar size {self.bar_size}: the only one stored for {what}"
+
+
+def stored_bar_sizes(location: TableLocation, symbols: Sequence[str], what_to_show: str, use_rth: bool
+                     ) -> list[str]:
+    """The bar sizes with stored rows for any of `symbols` with this data type and session, sorted."""
+    series = list_series(location).series
+    if series.is_empty():
+        return []
+    return sorted(series.filter(pl.col("symbol").is_in(list(symbols)), pl.col("what_to_show") == what_to_show,
+                                pl.col("use_rth") == use_rth, pl.col("rows") > 0)["bar_size"].unique().to_list())
+
+
+def choose_bar_size(location: TableLocation, given: str | None, symbols: Sequence[str], what_to_show: str,
+                    use_rth: bool) -> BarSizeChoice:
+    """`given` when the user named one; otherwise the single stored size, `AmbiguousBarSizeError` for several."""
+    if given is not None:
+        return BarSizeChoice(given, "given")
+    sizes = stored_bar_sizes(location, symbols, what_to_show, use_rth)
+    if len(sizes) > 1:
+        raise AmbiguousBarSizeError(series_text(symbols, what_to_show, use_rth), sizes)
+    return BarSizeChoice(sizes[0] if sizes else None, "stored")
+
+
+def series_text(symbols: Sequence[str], what_to_show: str, use_rth: bool) -> str:
+    return f"{', '.join(symbols)} {what_to_show} {'RTH' if use_rth else 'ETH'}"
