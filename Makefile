@@ -53,6 +53,9 @@ bench: .venv/.synced
 	.venv/bin/python bench/cli_backtest.py
 	.venv/bin/python bench/grid_sma.py
 	.venv/bin/python bench/grid_strategies.py
+	.venv/bin/python bench/nightly_pacing.py
+	.venv/bin/python bench/sim_latency.py
+	.venv/bin/python bench/prefect_database.py
 
 $(UV):
 	$(PYTHON) -m venv .tools
