@@ -15,6 +15,8 @@ ORDER_APIS = {"placeOrder", "cancelOrder", "reqGlobalCancel", "bracketOrder", "o
               "whatIfOrderAsync", "exerciseOptions", "MarketOrder", "LimitOrder", "StopOrder", "StopLimitOrder",
               "Order", "reqAutoOpenOrders"}
 CONNECT_CALLS = {"connect", "connectAsync"}
+OTHER_PROTOCOL_CLIENTS = {"asyncpg"}
+"""Modules whose `connect` talks to something other than TWS (Postgres for the Prefect server): not IB connections."""
 
 
 def _client_modules() -> list[Path]:
@@ -43,7 +45,8 @@ def test_every_ib_connection_is_read_only() -> None:
     calls = []
     for path in _client_modules():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in CONNECT_CALLS:
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in CONNECT_CALLS
+                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in OTHER_PROTOCOL_CLIENTS)):
                 readonly = {k.arg: k.value for k in node.keywords}.get("readonly")
                 calls.append((f"{path.relative_to(ROOT)}:{node.lineno}",
                               isinstance(readonly, ast.Constant) and readonly.value is True))
