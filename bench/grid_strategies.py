@@ -9,6 +9,10 @@ peak is printed with the RSS after the bars were made (the baseline both engines
 the case's symbols (numba compilation or its cache load), then `--repeat` warm passes; the best warm pass is
 compared (timeit's convention: on a shared VM, other load only adds time), the median is printed too.
 - ours: `evaluate_grid`, every metric of `METRIC_COLUMNS` per combination;
+- floor: the memory-streaming floor, one numpy sum over each symbol's closes per combination (best of the
+  passes, in our subprocess), and ours over it;
+- ours with exits: the same grid with `EXITS` (stop-loss, take-profit, trailing stop, flatten at the session
+  close: the realism kernel, `grid.realism`), its best warm pass;
 - vectorbt 1.2: `Portfolio.from_signals` plus total_return and trades.count, on entries/exits made from our own
   signals (`grid_targets`, the signals the engine trades), so its indicators cost it nothing: building them is
   printed apart ("prep"). Agreement: same trade count and total return within 1e-9 per combination.
@@ -30,9 +34,10 @@ import numpy as np
 import polars as pl
 
 from bench.backtest_engine import minute_bars
-from bench.grid_sma import PER_SHARE, Passes, timed_passes
+from bench.grid_sma import PER_SHARE, Passes, numpy_floor, timed_passes
 from ibkr_flows.backtest.costs import IBKRFixed
 from ibkr_flows.backtest.engine import BacktestConfig
+from ibkr_flows.backtest.exits import ExitRules
 from ibkr_flows.backtest.grid import GridSpec, evaluate_grid
 from ibkr_flows.backtest.strategies import get_strategy
 
@@ -44,6 +49,7 @@ GRIDS: dict[str, dict[str, list]] = {
     "buy_and_hold": {},
 }
 CASH = 1_000_000.0
+EXITS = ExitRules(stop_loss_pct=2.0, take_profit_pct=4.0, trailing_stop_pct=1.0, flatten_at_close=True)
 
 
 def case_bars(case: str, quick: bool) -> list[pl.DataFrame]:
@@ -71,8 +77,9 @@ def worker(engine: str, strategy: str, case: str, quick: bool, repeat: int) -> N
     spec = GridSpec(strategy, GRIDS[strategy])
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     prepare = 0.0
-    if engine == "ours":
-        base = BacktestConfig(strategy, cash=CASH, commission=IBKRFixed())
+    if engine in ("ours", "exits"):
+        base = BacktestConfig(strategy, cash=CASH, commission=IBKRFixed(), exits=EXITS if engine == "exits" else
+                              ExitRules())
 
         def ours(bars: pl.DataFrame) -> dict[str, list]:
             table = evaluate_grid(bars, "1 min", spec, base)
@@ -90,7 +97,8 @@ def worker(engine: str, strategy: str, case: str, quick: bool, repeat: int) -> N
             calls.append(functools.partial(vectorbt_run, vbt, bars["open"].to_numpy()[:, None],
                                            bars["close"].to_numpy()[:, None], entries, exits))
     passes = timed_passes(calls, repeat)
-    print(json.dumps({"first_s": passes.first_s, "warm_s": passes.warm_s, "prepare_s": prepare,
+    floor = min(numpy_floor(symbols, spec.size) for _ in range(max(repeat, 1)))
+    print(json.dumps({"first_s": passes.first_s, "warm_s": passes.warm_s, "prepare_s": prepare, "floor_s": floor,
                       "baseline_kb": baseline, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "symbols": passes.results}))
 
@@ -127,7 +135,7 @@ def main() -> None:
     parser.add_argument("--skip-vectorbt", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="warm passes per engine and case (default 3)")
     parser.add_argument("--strategy", action="append", choices=sorted(GRIDS), help="default: every strategy")
-    parser.add_argument("--worker", choices=["ours", "vectorbt"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "exits", "vectorbt"], help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=["a", "b"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -136,23 +144,27 @@ def main() -> None:
     names = {"a": "(a) 1 x 100k" if args.quick else "(a) 1 x 1M", "b": "(b) 3 x 20k" if args.quick else "(b) 10 x 100k"}
     print(f"grids of every strategy, long only, IBKR Fixed, USD 1,000,000 all in; best of {args.repeat} warm passes; "
           "peak RSS per subprocess (baseline: after making the bars)")
-    print("| strategy | combos | case | ours best (median) | vectorbt best (median) | vs vectorbt | vectorbt prep | "
-          "ours peak RSS (baseline) | vectorbt peak RSS (baseline) | agree |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| strategy | combos | case | ours best (median) | vectorbt best (median) | vs vectorbt | floor | "
+          "ours / floor | ours with exits | vectorbt prep | ours peak RSS (baseline) | vectorbt peak RSS (baseline) | "
+          "agree |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for strategy in args.strategy or list(GRIDS):
         size = GridSpec(strategy, GRIDS[strategy]).size
         for case in ("a", "b"):
             mine = run_worker("ours", strategy, case, args.quick, args.repeat)
             ours = Passes(mine["first_s"], mine["warm_s"], [])
-            cells = [f"{ours.best_s:.3f} s ({ours.median_s:.3f})", "", "", "",
+            exits = Passes(*(run_worker("exits", strategy, case, args.quick, args.repeat)[k]
+                             for k in ("first_s", "warm_s")), [])
+            cells = [f"{ours.best_s:.3f} s ({ours.median_s:.3f})", "", "", f"{mine['floor_s']:.4f} s",
+                     f"{ours.best_s / mine['floor_s']:,.1f}x", f"{exits.best_s:.3f} s", "",
                      f"{mine['maxrss_kb'] / 2**20:.2f} GB ({mine['baseline_kb'] / 2**20:.2f})", "", ""]
             if not args.skip_vectorbt:
                 other = run_worker("vectorbt", strategy, case, args.quick, args.repeat)
                 theirs = Passes(other["first_s"], other["warm_s"], [])
                 agree, total = agreement(mine, other)
-                cells[1:4] = [f"{theirs.best_s:.2f} s ({theirs.median_s:.2f})", f"{theirs.best_s / ours.best_s:,.0f}x",
-                              f"{other['prepare_s']:.2f} s"]
-                cells[5:] = [f"{other['maxrss_kb'] / 2**20:.2f} GB ({other['baseline_kb'] / 2**20:.2f})",
+                cells[1:3] = [f"{theirs.best_s:.2f} s ({theirs.median_s:.2f})", f"{theirs.best_s / ours.best_s:,.0f}x"]
+                cells[6] = f"{other['prepare_s']:.2f} s"
+                cells[8:] = [f"{other['maxrss_kb'] / 2**20:.2f} GB ({other['baseline_kb'] / 2**20:.2f})",
                              f"{agree}/{total}"]
             print(f"| {strategy} | {size} | {names[case]} | " + " | ".join(cells) + " |", flush=True)
 

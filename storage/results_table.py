@@ -43,9 +43,13 @@ IDENTITY_COLUMNS: dict[str, pl.DataType] = {
     "sizing": pl.String(),
     "mode": pl.String(),
     "request": pl.String(),
+    "adjust": pl.String(),
 }
 """`request` is the whole request as JSON with the bars-table version pinned: what `ibkr backtest rerun` runs
-again. Rows stored before it existed have it null (and cannot be re-run)."""
+again. Rows stored before it existed have it null (and cannot be re-run). `adjust` is the price adjustment the run
+read (none, splits, total); rows stored before it existed have it null (they read the stored bars: splits). Both
+were added by schema evolution: the first append after a column was added merges it into the table's schema, so
+older tables stay readable and keep their rows."""
 
 
 RUN_METRIC_COLUMNS: dict[str, pl.DataType] = {

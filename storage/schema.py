@@ -59,3 +59,30 @@ QUARANTINE_SCHEMA = pl.Schema({
     "quarantined_at": UTC_US,
 })
 """Rows that failed a blocking quality check: the row as received, which check, and why."""
+
+INSTRUMENT_KEY = "con_id"
+
+INSTRUMENTS_SCHEMA = pl.Schema({
+    "con_id": pl.Int64(),
+    "sec_type": pl.String(),
+    "symbol": pl.String(),
+    "local_symbol": pl.String(),
+    "trading_class": pl.String(),
+    "exchange": pl.String(),
+    "primary_exchange": pl.String(),
+    "currency": pl.String(),
+    "multiplier": pl.Float64(),
+    "min_tick": pl.Float64(),
+    "time_zone_id": pl.String(),
+    "trading_hours": pl.String(),
+    "liquid_hours": pl.String(),
+    "expiry": pl.String(),
+    "instrument_id": pl.String(),
+    "long_name": pl.String(),
+    "first_seen": UTC_US,
+    "last_updated": UTC_US,
+})
+"""One row per IB contract (conId) an ingestion resolved, as TWS last described it: `sec_type` is its class
+(STK, FUT, CONTFUT, CASH, IND), `multiplier` null where IB gives none (stocks, pairs, indices), `expiry` a future's
+last trading day (YYYYMMDD, null otherwise), `instrument_id` the id text the bars' `symbol` column holds for it,
+trading and liquid hours in TWS's own format as of `last_updated` (they cover the week from then)."""

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from deltalake.exceptions import CommitFailedError
-from ib_async import ContractDetails
 from prefect import task
 from prefect.artifacts import (
     acreate_progress_artifact,
@@ -31,6 +30,7 @@ from ibkr_flows.ingest.errors import RetryableError
 from ibkr_flows.ingest.plan import Chunk
 from ibkr_flows.ingest.report import report_markdown, report_rows
 from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.ingest.series import ResolvedSeries
 from ibkr_flows.ingest.stages import CheckedBatch, FetchContext, FetchedBatch, StoredBatch, fetch_batch
 from ibkr_flows.settings import TWSEndpoint
 from storage.location import TableLocation
@@ -43,11 +43,11 @@ progress_listeners: list[Progress] = []
 """In-process observers of (chunks done, chunks planned), e.g. the CLI's progress bar."""
 
 
-@task(name="fetch-bars", task_run_name="fetch {details.contract.symbol} ({chunks_count} requests)",
+@task(name="fetch-bars", task_run_name="fetch {series.symbol} ({chunks_count} requests)",
       retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on(RetryableError), cache_policy=NO_CACHE)
-async def fetch_bars(context: FetchContext, details: ContractDetails, chunks: Sequence[Chunk], end: datetime,
+async def fetch_bars(context: FetchContext, series: ResolvedSeries, chunks: Sequence[Chunk], end: datetime,
                      chunks_count: int) -> FetchedBatch:
-    return await fetch_batch(context, details, chunks, end)
+    return await fetch_batch(context, series, chunks, end)
 
 
 @task(name="check-bars", task_run_name="check {batch.symbol} ({batch.frame.height} bars)",
@@ -63,13 +63,13 @@ async def merge_bars_task(location: TableLocation, checked: CheckedBatch) -> Sto
     return await store_in_thread(location, checked)
 
 
-async def _fetch_step(context: FetchContext, details: ContractDetails, chunks: Sequence[Chunk], end: datetime
+async def _fetch_step(context: FetchContext, series: ResolvedSeries, chunks: Sequence[Chunk], end: datetime
                       ) -> FetchedBatch:
     """A fetch may spend `request_timeout_s` per request on each of its request-level attempts, plus the reconnect
     deadline; beyond that it is hung, not slow."""
     policy = context.session.policy
     limit = context.request.request_timeout_s * len(chunks) * policy.max_attempts + policy.reconnect_deadline_s
-    return await fetch_bars.with_options(timeout_seconds=limit)(context, details, chunks, end, len(chunks))
+    return await fetch_bars.with_options(timeout_seconds=limit)(context, series, chunks, end, len(chunks))
 
 
 TASK_STAGES = Stages(fetch=_fetch_step, check=check_bars, store=merge_bars_task)

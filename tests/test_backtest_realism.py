@@ -13,16 +13,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from ibkr_flows.backtest.costs import NoCommission
 from ibkr_flows.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 from ibkr_flows.backtest.errors import BacktestError
 from ibkr_flows.backtest.exits import ExitRules
-from ibkr_flows.backtest.grid import GridSpec, evaluate_grid
-from ibkr_flows.backtest.grid.evaluate import GridUnsupportedError
-from ibkr_flows.backtest.request import GridRequest
 from ibkr_flows.backtest.sizing import FixedShares
 from ibkr_flows.cli.app import app
 from storage.location import TableLocation
@@ -146,16 +142,6 @@ def test_options_are_validated() -> None:
                 {"borrow_fee_pct": -0.5}):
         with pytest.raises(BacktestError, match=next(iter(bad))):
             ExitRules(**bad)
-
-
-def test_the_grid_refuses_them_rather_than_ignoring_them() -> None:
-    spec = GridSpec("sma_crossover", {"fast_period": [3], "slow_period": [10]})
-    frame = bars([(100, 101, 99, 100)] * 30, signal=[0] * 30)
-    with pytest.raises(GridUnsupportedError, match="the grid does not support stop-loss"):
-        evaluate_grid(frame, "1 day", spec, BacktestConfig("sma_crossover", exits=ExitRules(stop_loss_pct=2)))
-    with pytest.raises(ValidationError, match="the grid does not support"):
-        GridRequest(flatten_at_close=True)
-    assert GridRequest().config().exits == ExitRules()
 
 
 def test_cli_options_reach_the_engine_and_the_stored_request(tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ def _cli(tmp_path: Path, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["../etc/passwd"], "invalid symbol"),
-    (["AA PL"], "invalid symbol"),
+    (["../etc/passwd"], "invalid instrument id"),
+    (["AA PL"], "invalid instrument id"),
     (["AAPL", "--bar-size", "7 mins"], "got '7 mins'"),
     (["AAPL", "--what-to-show", "OPTION_VOLUME"], "what_to_show must be one of"),
     (["AAPL", "--start", "2024-07-10", "--end", "2024-07-01"], "is not before end"),

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from ib_async import IB, Stock
 
+from ibkr_flows.ib.instruments import InstrumentId
 from ibkr_flows.ingest.engine import IngestReport, SymbolReport, ingest_async
 from ibkr_flows.ingest.fetch import RetryPolicy
 from ibkr_flows.ingest.pacing import PacingBudget
@@ -274,7 +275,7 @@ def test_bad_requests_are_refused_before_connecting() -> None:
         IngestRequest(symbols=("AAPL",), bar_size="7 mins")
     with pytest.raises(ValueError, match="not before"):
         IngestRequest(symbols=("AAPL",), start=NOW, end=NOW - timedelta(days=1))
-    with pytest.raises(ValueError, match="invalid symbol"):
+    with pytest.raises(ValueError, match="invalid instrument id"):
         IngestRequest(symbols=("../etc/passwd",))
     with pytest.raises(ValueError, match="what_to_show"):
         IngestRequest(symbols=("AAPL",), what_to_show="VOLUME")
@@ -292,7 +293,7 @@ def test_an_error_carrying_the_request_id_is_its_answer(tws: EmbeddedSimulator, 
         session = IBSession(IBKRSettings(host=tws.host, port=tws.port, client_id=52, connect_timeout=2.0), FAST)
         try:
             await session.ensure_connected()
-            details = await qualify(session, "AAPL", 5)
+            details = await qualify(session, InstrumentId.parse("AAPL"), 5)
             with pytest.raises(RequestRejectedError) as refused:
                 await fetch_chunk(session, PacingBudget(tmp_path / "ledger.json", time_scale=0.01),
                                   details.contract, Chunk(datetime(2024, 7, 1, tzinfo=UTC), NOW, "10 D"),

@@ -31,7 +31,7 @@ class FakeClock:
 
 
 def _try(budget: PacingBudget, request: PacedRequest) -> float:
-    return budget._try_record(request, request.identity)
+    return asyncio.run(budget._try_record(request, request.identity))
 
 
 def test_burst_rule_allows_five_per_two_seconds(tmp_path: Path) -> None:
@@ -131,7 +131,8 @@ def test_strict_budget_counts_every_request_recorded(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.json"
     relaxed = PacingBudget(ledger, clock=clock, all_bar_sizes=False)
     for i in range(LONG_LIMIT):
-        assert relaxed._try_record(PacedRequest(i, "TRADES", f"r{i}", hard_limits=False), f"t{i}", False) == 0.0
+        request = PacedRequest(i, "TRADES", f"r{i}", hard_limits=False)
+        assert asyncio.run(relaxed._try_record(request, f"t{i}", False)) == 0.0
     strict = PacingBudget(ledger, clock=clock, all_bar_sizes=True)
     assert _try(strict, PacedRequest(999, "TRADES", "one more")) == pytest.approx(600.0 + SAFETY_S)
     assert strict.paced(PacedRequest(1, "TRADES", "x", hard_limits=False))

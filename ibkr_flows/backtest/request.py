@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 CommissionName = Literal["ibkr_fixed", "ibkr_tiered", "percent", "none"]
 SizingName = Literal["all_in", "fixed_shares", "fixed_fraction"]
+Adjust = Literal["none", "splits", "total"]
+"""Which prices a backtest reads: `backtest.adjust`."""
 DEFAULT_START = datetime(2024, 7, 1, tzinfo=UTC)
 DEFAULT_END = datetime(2024, 7, 13, tzinfo=UTC)
 DEFAULT_GRID: dict[str, Any] = {"fast_period": {"start": 5, "stop": 50, "step": 5},
@@ -71,6 +73,8 @@ class BacktestSettings(BaseModel):
                                   "charged daily")
     table_version: int | None = Field(None, ge=0, description="Read this version of the bars table (time "
                                       "travel); empty = the latest")
+    adjust: Adjust = Field("splits", description="Prices as traded (none), adjusted for splits (splits: what IB "
+                           "serves) or also for dividends (total), from the corporate_actions table")
 
     @field_validator("start", "end")
     @classmethod
@@ -85,6 +89,9 @@ class BacktestSettings(BaseModel):
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
         if self.start > datetime.now(UTC):
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: no bars can exist yet")
+        if self.adjust != "splits" and self.what_to_show != "TRADES":
+            raise ValueError(f"adjust={self.adjust} applies to TRADES bars only ({self.what_to_show} bars are read "
+                             f"as stored): use adjust=splits, or what_to_show=TRADES")
         return self
 
     def commission_model(self) -> CommissionModel:
@@ -163,7 +170,7 @@ class GridRequest(BacktestSettings):
     def _spec(self) -> Self:
         from ibkr_flows.backtest.grid.evaluate import grid_base  # loads numba, like `spec`
 
-        grid_base(self.spec(), self.config())  # also refuses the options the grid cannot run yet
+        grid_base(self.spec(), self.config())  # a fixed parameter must be a one-value grid axis
         return self
 
     def spec(self) -> GridSpec:

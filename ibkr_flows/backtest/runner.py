@@ -16,11 +16,13 @@ from pathlib import Path
 
 import polars as pl
 
+from ibkr_flows.backtest.adjust import adjust_bars
 from ibkr_flows.backtest.engine import BacktestResult, run_backtest
 from ibkr_flows.backtest.errors import NoBarsError
 from ibkr_flows.backtest.metrics import metric_values
 from ibkr_flows.backtest.request import BacktestRequest, BacktestSettings
 from storage.bars_table import read_bars
+from storage.corporate_actions_table import read_actions
 from storage.location import TableLocation
 from storage.results_table import append_backtest_results, result_row
 from storage.trades_table import append_trades
@@ -65,7 +67,7 @@ class BacktestRun:
                 "what_to_show": r.what_to_show, "use_rth": r.use_rth, "range_start": r.start, "range_end": r.end,
                 "bars_version": self.table_version, "code_version": self.code_version, "cash": r.cash,
                 "commission": r.commission, "slippage_bps": r.slippage_bps, "sizing": r.sizing, "mode": r.mode,
-                "request": pinned,
+                "request": pinned, "adjust": r.adjust,
             }, metrics=metric_values(s.result.metrics))
             for s in self.results
         ]
@@ -85,11 +87,15 @@ class MissingBarsError(NoBarsError):
 
 def load_bars(location: TableLocation, request: BacktestSettings, symbol: str, version: int | None
               ) -> tuple[pl.DataFrame, int]:
+    """The symbol's bars at `version` (None: the latest), with prices as `request.adjust` asks (`adjust`)."""
     bars, read_version = read_bars(location, [symbol], columns=["ts", "open", "high", "low", "close", "volume"],
                                    bar_size=request.bar_size, start=request.start, end=request.end,
                                    what_to_show=request.what_to_show, use_rth=request.use_rth, version=version)
     if bars.is_empty():
         raise MissingBarsError(request, symbol, read_version)
+    actions = read_actions(location, symbol)
+    if actions.height:
+        bars = adjust_bars(bars, actions, request.adjust, bar_size=request.bar_size, read_version=read_version)
     return bars, read_version
 
 

@@ -85,6 +85,9 @@ def run(
     borrow_fee: Annotated[float, typer.Option(help="Annual short-borrow fee, percent, charged daily on the short's "
                                                    "value.")] = 0.0,
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version (time travel).")] = None,
+    adjust: Annotated[str, typer.Option(help="Prices as traded (none), split-adjusted (splits) or also "
+                                             "dividend-adjusted (total, TRADES only), from recorded corporate "
+                                             "actions.")] = "splits",
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write the equity/drawdown chart(s) as PNG here.")] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Append to the backtest_results table.")
@@ -122,7 +125,7 @@ def run(
             slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode, entry=entry, finalize=finalize,
             stop_loss_pct=stop_loss, take_profit_pct=take_profit, trailing_stop_pct=trailing_stop,
             flatten_at_close=flatten_at_close, borrow_fee_pct=borrow_fee, table_version=table_version,
-            **({} if bar_size is None else {"bar_size": bar_size}))
+            adjust=adjust, **({} if bar_size is None else {"bar_size": bar_size}))
         choice = choose_bar_size(location, bar_size, request.symbols, request.what_to_show, request.use_rth)
         if choice.bar_size is not None:  # none stored: the request's default, whose missing bars say how to ingest
             request = request.model_copy(update={"bar_size": choice.bar_size})
@@ -173,7 +176,7 @@ def _print(run_, choice, timings: Timings, as_json: bool, console: Console) -> N
     if as_json:
         payload = {
             "run_id": run_.run_id, "bars_version": run_.table_version, "code_version": run_.code_version,
-            "bar_size": request.bar_size, "bar_size_source": choice.source,
+            "bar_size": request.bar_size, "adjust": request.adjust, "bar_size_source": choice.source,
             "execution_time_s": round(timings.total_s, 4),
             "timings_s": {"read": round(timings.read_s, 4), "engine": round(timings.engine_s, 4),
                           "store": round(timings.store_s, 4)},
@@ -192,7 +195,8 @@ def _print(run_, choice, timings: Timings, as_json: bool, console: Console) -> N
     console.print(table)
     console.print(choice.describe(series_text(request.symbols, request.what_to_show, request.use_rth)))
     console.print(f"{first.bars} bars {first.start:%Y-%m-%d %H:%M} → {first.end:%Y-%m-%d %H:%M} UTC, bars table "
-                  f"version {run_.table_version}; {first.annualization}", soft_wrap=True)
+                  f"version {run_.table_version}, prices adjusted: {request.adjust}; {first.annualization}",
+                  soft_wrap=True)
     console.print(f"execution time: {timings.total_s:.3f} s (read {timings.read_s:.3f} s, engine "
                   f"{timings.engine_s:.3f} s, store {timings.store_s:.3f} s)")
 

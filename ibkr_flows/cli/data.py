@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ibkr_flows.cli.data_catalog import export_command, history_command, ls_command, quarantine_command, show_command
+from ibkr_flows.cli.data_catalog import (
+    export_command,
+    history_command,
+    instruments_command,
+    ls_command,
+    quarantine_command,
+    show_command,
+)
 from ibkr_flows.cli.ingest import ingest_command
 from ibkr_flows.cli.json_output import strict_json
 
@@ -62,6 +69,7 @@ def connect(
 
 data_app.command("ingest")(ingest_command)
 data_app.command("ls")(ls_command)
+data_app.command("instruments")(instruments_command)
 data_app.command("show")(show_command)
 data_app.command("export")(export_command)
 data_app.command("quarantine")(quarantine_command)

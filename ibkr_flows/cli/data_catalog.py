@@ -1,4 +1,4 @@
-"""`ibkr data ls | show | export | quarantine | history`: know the stored data without opening a notebook.
+"""`ibkr data ls | instruments | show | export | quarantine | history`: know the stored data without opening a notebook.
 
 Read-only except `quarantine --release | --drop`, which record a reason, the user and the time on every row they
 touch. `--json` prints strict JSON (`cli.json_output`). Exit codes: 0, 2 bad arguments (a bars-table version that
@@ -85,6 +85,27 @@ def ls_command(data_dir: DataDirOption = None, as_json: JsonOption = False) -> N
              "last_ingest": r["last_ingest"]} for r in series.iter_rows(named=True)]
     print_rows(console, rows, f"{len(rows)} series in bars table version {version}" if version is not None
                else "no bars table yet")
+
+
+INSTRUMENTS_VIEW = ["instrument_id", "con_id", "sec_type", "local_symbol", "exchange", "primary_exchange", "currency",
+                    "multiplier", "min_tick", "time_zone_id", "expiry", "last_updated"]
+"""The columns `instruments` prints (--json gives every column, trading and liquid hours included)."""
+
+
+def instruments_command(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
+    """List every contract an ingestion resolved: one row per IB conId, as TWS last described it (class, exchanges,
+    currency, multiplier, tick, time zone, expiry; --json adds trading and liquid hours, first seen)."""
+    from storage.instruments_table import read_instruments
+    from storage.location import TableLocation
+
+    console = Console(stderr=as_json)
+    with catalog_errors(console):
+        instruments = read_instruments(TableLocation.at(data_dir))
+    if as_json:
+        typer.echo(strict_json(instruments.to_dicts()))
+        return
+    print_rows(console, instruments.select(INSTRUMENTS_VIEW).to_dicts(),
+               f"{instruments.height} instrument(s) in the instruments table")
 
 
 def _missing_text(missing: list[Any] | None) -> str:

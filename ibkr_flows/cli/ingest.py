@@ -28,9 +28,13 @@ INGEST_LOGGER = "ibkr.ingest"
 
 
 def ingest_command(
-    symbols: Annotated[list[str], typer.Argument(help="Ticker symbols, e.g. AAPL MSFT SPY.")],
+    symbols: Annotated[list[str], typer.Argument(
+        help="Instrument ids: AAPL (a US stock), STK:SAP@IBIS:EUR, FUT:ES@CME:202503, CASH:EUR.USD@IDEALPRO, "
+             "IND:SPX@CBOE, CONID:265598.")],
     bar_size: Annotated[str, typer.Option(help="IB bar size: '1 min', '5 mins', '1 hour', '1 day', ...")] = "1 min",
-    what_to_show: Annotated[str, typer.Option(help="TRADES, MIDPOINT, BID_ASK, ADJUSTED_LAST")] = "TRADES",
+    what_to_show: Annotated[str | None, typer.Option(
+        help="TRADES, MIDPOINT, BID, ASK, BID_ASK, ADJUSTED_LAST [default: MIDPOINT for CASH pairs, else TRADES]")
+    ] = None,
     rth: Annotated[bool, typer.Option("--rth/--eth", help="Regular trading hours only, or extended hours.")] = True,
     start: Annotated[datetime | None, typer.Option(help="Start (UTC) for series never stored before.")] = None,
     end: Annotated[datetime | None, typer.Option(help="End (UTC, exclusive); default now.")] = None,
@@ -52,7 +56,9 @@ def ingest_command(
 ) -> None:
     """Fetch historical bars into the Delta bars table, incrementally.
 
-    Each series resumes from its last stored bar; new series start at --start (or --lookback-days ago).
+    Each series resumes from its last stored bar; new series start at --start (or --lookback-days ago). Ids are
+    checked before connecting; TWS then resolves each to one contract (an ambiguous id fails with its candidates),
+    recorded in the instruments table (`ibkr data instruments`).
     Requests are paced by IB's rules, bad bars go to the quarantine table, and the run ends with a per-symbol
     report; a terminal shows progress (requests done of planned, pacing waits, time left). ADJUSTED_LAST is
     fetched whole up to now on every run and replaces the stored series (IB re-adjusts it as a whole and serves it
@@ -213,7 +219,8 @@ def report_json(report: IngestReport, *, mode: str, server: PrefectServer | None
         "pacing_wait_s": round(report.pacing_wait_s, 3),
         "reconnects": report.reconnects,
         "symbols": [
-            {"symbol": s.symbol, "status": s.status, "requests": s.chunks_fetched, "empty_ranges": s.chunks_empty,
+            {"symbol": s.symbol, "what_to_show": s.what_to_show, "status": s.status, "requests": s.chunks_fetched,
+             "empty_ranges": s.chunks_empty,
              "rows_fetched": s.rows_fetched, "rows_inserted": s.rows_inserted, "rows_updated": s.rows_updated,
              "rows_quarantined": s.rows_quarantined, "gap_bars": s.gap_bars,
              "gap_sessions": [{"session": g.session.isoformat(), "expected": g.expected, "received": g.received}

@@ -20,15 +20,17 @@ def _bar_start(value: datetime | date) -> datetime:
     return datetime(value.year, value.month, value.day, tzinfo=UTC)
 
 
-def bars_to_frame(bars: list[BarData], *, details: ContractDetails, chunk: Chunk, bar_size: str, what_to_show: str,
-                  use_rth: bool, flow_run_id: str, ingested_at: datetime) -> pl.DataFrame:
-    """Rows for the bars starting inside the chunk (a yearly daily request may return a few bars before it)."""
+def bars_to_frame(bars: list[BarData], *, symbol: str, details: ContractDetails, chunk: Chunk, bar_size: str,
+                  what_to_show: str, use_rth: bool, flow_run_id: str, ingested_at: datetime) -> pl.DataFrame:
+    """Rows for the bars starting inside the chunk (a yearly daily request may return a few bars before it).
+    `symbol` is the instrument's id text (a US stock's ticker, `FUT:ES@CME:202503`, ...); conId, exchanges and
+    currency are the resolved contract's."""
     contract = details.contract
     assert contract is not None
     starts = [_bar_start(b.date) for b in bars]
     frame = pl.DataFrame(
         {
-            "symbol": [contract.symbol] * len(bars),
+            "symbol": [symbol] * len(bars),
             "con_id": [contract.conId] * len(bars),
             "exchange": [contract.exchange] * len(bars),
             "primary_exchange": [contract.primaryExchange] * len(bars),
@@ -46,7 +48,7 @@ def bars_to_frame(bars: list[BarData], *, details: ContractDetails, chunk: Chunk
             "bar_count": [b.barCount for b in bars],
             "ingested_at": [ingested_at] * len(bars),
             "flow_run_id": [flow_run_id] * len(bars),
-            "request": [chunk.describe(contract.symbol, bar_size, what_to_show, use_rth)] * len(bars),
+            "request": [chunk.describe(symbol, bar_size, what_to_show, use_rth)] * len(bars),
         },
         schema={**BAR_COLUMNS, **LINEAGE_COLUMNS},
     )

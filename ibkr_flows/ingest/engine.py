@@ -15,14 +15,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ib_async import ContractDetails
-
 from ibkr_flows.ib.historical import MAX_DURATION, duration_exceeds_max
+from ibkr_flows.ib.instruments import InstrumentId
 from ibkr_flows.ingest.errors import NothingStoredError, RequestRejectedError, SymbolError
 from ibkr_flows.ingest.fetch import IBSession, RetryPolicy, head_timestamp, qualify, tws_time
-from ibkr_flows.ingest.pacing import PacingBudget, default_ledger_path
+from ibkr_flows.ingest.instrument_rows import instrument_rows
+from ibkr_flows.ingest.pacing import PacingBudget
+from ibkr_flows.ingest.pacing_ledgers import default_ledger
 from ibkr_flows.ingest.plan import WHOLE_SERIES, Chunk, plan_chunks, plan_up_to_now, resume_start
 from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.ingest.series import ResolvedSeries
 from ibkr_flows.ingest.stages import (
     CheckedBatch,
     FetchContext,
@@ -36,6 +38,7 @@ from ibkr_flows.ingest.stages import (
 from ibkr_flows.quality.validate import warm_up
 from ibkr_flows.settings import IBKRSettings
 from storage.bars_table import watermarks
+from storage.instruments_table import upsert_instruments
 from storage.location import TableLocation
 
 log = logging.getLogger("ibkr.ingest")
@@ -44,6 +47,8 @@ log = logging.getLogger("ibkr.ingest")
 @dataclass
 class SymbolReport:
     symbol: str
+    """The instrument's id text (`AAPL`, `FUT:ES@CME:202503`)."""
+    what_to_show: str = "TRADES"
     status: str = "pending"
     """ok, up-to-date, or failed."""
     error: str | None = None
@@ -109,7 +114,7 @@ class Stages:
     task-wrapped ones so fetch, check and store each show (and retry) as their own step. Check and store are
     awaited from a worker thread: they are CPU and disk work that must not stall other symbols' fetches."""
 
-    fetch: Callable[[FetchContext, ContractDetails, Sequence[Chunk], datetime], Awaitable[FetchedBatch]] = fetch_batch
+    fetch: Callable[[FetchContext, ResolvedSeries, Sequence[Chunk], datetime], Awaitable[FetchedBatch]] = fetch_batch
     check: Callable[[FetchedBatch, IngestRequest], Awaitable[CheckedBatch]] = check_in_thread
     store: Callable[[TableLocation, CheckedBatch], Awaitable[StoredBatch]] = store_in_thread
 
@@ -143,15 +148,25 @@ class _Run:
         try:
             warm_up(r.quality_engine)  # Great Expectations' import (seconds) overlaps connecting and fetching
             await self.session.ensure_connected()
-            marks = await asyncio.to_thread(watermarks, self.location, bar_size=r.bar_size,
-                                            what_to_show=r.what_to_show, use_rth=r.use_rth, symbols=list(r.symbols))
+            marks = await asyncio.to_thread(self._watermarks)
             limit = asyncio.Semaphore(r.symbol_concurrency)
 
-            async def one(symbol: str) -> SymbolReport:
+            async def resolved(instrument: InstrumentId) -> ResolvedSeries | SymbolReport:
                 async with limit:
-                    return await self._symbol(symbol, marks.get(symbol))
+                    return await self._resolve(instrument, marks.get(str(instrument)))
 
-            self.report.symbols = list(await asyncio.gather(*(one(s) for s in r.symbols)))
+            every = await asyncio.gather(*(resolved(i) for i in r.instruments()))
+            series = [s for s in every if isinstance(s, ResolvedSeries)]
+            await asyncio.to_thread(upsert_instruments, self.location, instrument_rows(series, datetime.now(UTC)))
+            self.report.quality_warnings += filter(None, (s.sessions_note(r.use_rth) for s in series))
+
+            async def one(outcome: ResolvedSeries | SymbolReport) -> SymbolReport:
+                if isinstance(outcome, SymbolReport):
+                    return outcome
+                async with limit:
+                    return await self._symbol(outcome, marks.get(outcome.symbol))
+
+            self.report.symbols = list(await asyncio.gather(*(one(s) for s in every)))
         finally:
             self.session.close()
             self.report.elapsed_s = time.perf_counter() - started
@@ -160,23 +175,46 @@ class _Run:
             self.report.reconnects = self.session.reconnects
         return self.report
 
-    async def _symbol(self, symbol: str, watermark: datetime | None) -> SymbolReport:
+    def _watermarks(self) -> dict[str, datetime]:
+        """The last stored bar of every instrument's series (each of its own data type)."""
+        r = self.request
+        by_type: dict[str, list[str]] = {}
+        for instrument in r.instruments():
+            by_type.setdefault(r.what_to_show_for(instrument), []).append(str(instrument))
+        marks: dict[str, datetime] = {}
+        for what_to_show, symbols in by_type.items():
+            marks |= watermarks(self.location, bar_size=r.bar_size, what_to_show=what_to_show, use_rth=r.use_rth,
+                                symbols=symbols)
+        return marks
+
+    async def _resolve(self, instrument: InstrumentId, watermark: datetime | None) -> ResolvedSeries | SymbolReport:
+        """The contract the id names, or the failed report saying why none or several (nothing is fetched for
+        it then)."""
+        what_to_show = self.request.what_to_show_for(instrument)
+        try:
+            details = await qualify(self.session, instrument, self.request.request_timeout_s)
+        except SymbolError as exc:
+            report = SymbolReport(str(instrument), what_to_show, watermark_before=watermark,
+                                  watermark_after=watermark)
+            return self._failed(report, exc)
+        return ResolvedSeries(instrument, details, what_to_show)
+
+    async def _symbol(self, series: ResolvedSeries, watermark: datetime | None) -> SymbolReport:
         """Chunks are fetched oldest first and each batch is stored before the next is fetched, so the table's
         last bar stays a frontier with nothing missing behind it."""
-        report = SymbolReport(symbol, watermark_before=watermark, watermark_after=watermark)
-        r = self.request
+        report = SymbolReport(series.symbol, series.what_to_show, watermark_before=watermark,
+                              watermark_after=watermark)
         try:
-            details = await qualify(self.session, symbol, r.request_timeout_s)
-            if r.what_to_show in WHOLE_SERIES:
-                chunks, end = await self._plan_whole_series(details)
+            if series.what_to_show in WHOLE_SERIES:
+                chunks, end = await self._plan_whole_series(series)
             else:
-                chunks, end = await self._plan_from_watermark(details, watermark), self.end
+                chunks, end = await self._plan_from_watermark(series, watermark), self.end
         except SymbolError as exc:
             return self._failed(report, exc)
         report.chunks_planned = len(chunks)
         self._tick(planned=len(chunks))
         while chunks:
-            batch = await self.stages.fetch(self.context, details, chunks, end)
+            batch = await self.stages.fetch(self.context, series, chunks, end)
             chunks = chunks[batch.chunks_fetched:]
             report.chunks_fetched += batch.chunks_fetched
             report.chunks_empty += batch.chunks_empty
@@ -186,29 +224,29 @@ class _Run:
             if batch.error is not None:
                 return self._failed(report, batch.error)
         if report.chunks_planned and (problem := _nothing_stored(report, self.request)):
-            return self._failed(report, NothingStoredError(symbol, problem))
+            return self._failed(report, NothingStoredError(series.symbol, problem))
         report.status = "ok" if report.chunks_planned else "up-to-date"
         return report
 
-    async def _plan_from_watermark(self, details: ContractDetails, watermark: datetime | None) -> list[Chunk]:
+    async def _plan_from_watermark(self, series: ResolvedSeries, watermark: datetime | None) -> list[Chunk]:
         """Resume a couple of bars before the last stored one; a series never stored starts at the configured
-        start, bounded by IB's first bar."""
+        start, bounded by IB's first bar (of this contract: a dated future's starts months before its expiry)."""
         r = self.request
         head = None
         if watermark is None:
-            head = await head_timestamp(self.session, self.budget, details.contract, what_to_show=r.what_to_show,
+            head = await head_timestamp(self.session, self.budget, series.contract, what_to_show=series.what_to_show,
                                         use_rth=r.use_rth, timeout=r.request_timeout_s)
         start = resume_start(watermark, r.resolved_start(self.end), head, bar_size=r.bar_size)
         return plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth)
 
-    async def _plan_whole_series(self, details: ContractDetails) -> tuple[list[Chunk], datetime]:
+    async def _plan_whole_series(self, series: ResolvedSeries) -> tuple[list[Chunk], datetime]:
         """A series IB re-adjusts as a whole (ADJUSTED_LAST) has no watermark to resume from: every adjustment
         rewrites its past. Each run fetches the requested range in one request up to TWS's now, and the store
         replaces the stored series with it. IB's first trade bounds the start (the head timestamp is asked for
         TRADES, the bars ADJUSTED_LAST adjusts)."""
         r = self.request
-        now = await tws_time(self.session, details.contract.symbol, r.request_timeout_s)
-        head = await head_timestamp(self.session, self.budget, details.contract, what_to_show="TRADES",
+        now = await tws_time(self.session, series.symbol, r.request_timeout_s)
+        head = await head_timestamp(self.session, self.budget, series.contract, what_to_show="TRADES",
                                     use_rth=r.use_rth, timeout=r.request_timeout_s)
         start = resume_start(None, r.resolved_start(now), head, bar_size=r.bar_size)
         if start >= now:
@@ -216,8 +254,8 @@ class _Run:
         chunk = plan_up_to_now(start, now)
         if duration_exceeds_max(chunk.duration, r.bar_size):
             raise RequestRejectedError(
-                details.contract.symbol,
-                f"{r.what_to_show} comes in one request reaching back from now, and IB serves at most "
+                series.symbol,
+                f"{series.what_to_show} comes in one request reaching back from now, and IB serves at most "
                 f"{MAX_DURATION[r.bar_size]} of '{r.bar_size}' bars per request (this range needs {chunk.duration}).",
                 fix=f"a larger --bar-size, or --lookback-days within {MAX_DURATION[r.bar_size]}.")
         return [chunk], now
@@ -248,7 +286,7 @@ def _nothing_stored(report: SymbolReport, request: IngestRequest) -> str | None:
     if report.rows_fetched == 0:
         hours = "regular hours" if request.use_rth else "extended hours"
         return (f"IB returned no bars for any of the {report.chunks_fetched} requested ranges ('{request.bar_size}' "
-                f"{request.what_to_show}, {hours}); nothing was stored. Fix: check the symbol traded in that range, "
+                f"{report.what_to_show}, {hours}); nothing was stored. Fix: check the symbol traded in that range, "
                 "or try --eth or another --what-to-show")
     if report.rows_quarantined >= report.rows_fetched and not (report.rows_inserted or report.rows_updated):
         return (f"all {report.rows_fetched} bars fetched failed the quality checks and were quarantined; nothing "
@@ -262,6 +300,11 @@ async def ingest_async(request: IngestRequest, location: TableLocation, settings
                        stages: Stages | None = None) -> IngestReport:
     """Ingest `request.symbols` into the bars table at `location`. Per-symbol failures are reported, not raised;
     TWS being unreachable for longer than the reconnect deadline raises `DisconnectedError`."""
-    budget = budget or PacingBudget(default_ledger_path(settings.host, settings.port))
-    return await _Run(request, location, settings, flow_run_id=flow_run_id, budget=budget,
-                      policy=policy or RetryPolicy(), progress=progress, stages=stages or Stages()).run()
+    own_budget = budget is None
+    budget = budget or PacingBudget(default_ledger(settings.host, settings.port))
+    try:
+        return await _Run(request, location, settings, flow_run_id=flow_run_id, budget=budget,
+                          policy=policy or RetryPolicy(), progress=progress, stages=stages or Stages()).run()
+    finally:
+        if own_budget:
+            await budget.aclose()

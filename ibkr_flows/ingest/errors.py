@@ -29,6 +29,10 @@ class UnknownSymbolError(SymbolError):
     """TWS has no such contract (error 200)."""
 
 
+class AmbiguousSymbolError(SymbolError):
+    """The id names several contracts (TWS lists more than one); the reason lists them and the ids that pick one."""
+
+
 class NoPermissionsError(SymbolError):
     """The account lacks market data permissions for the symbol's exchange (162)."""
 

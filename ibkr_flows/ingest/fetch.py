@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from ib_async import IB, BarData, Contract, ContractDetails, RequestError, Stock
+from ib_async import IB, BarData, Contract, ContractDetails, RequestError
 
 from ibkr_flows.ib.codes import CONNECTIVITY_RESTORED, RETRY_POLICY, ErrorClass, ErrorCode, Retry
 from ibkr_flows.ib.codes import classify as classify_code
+from ibkr_flows.ib.instruments import InstrumentId
 from ibkr_flows.ib.pacing_rules import hard_limits_apply
 from ibkr_flows.ib.refusals import Refusal, answer_or_refusal
+from ibkr_flows.ib.resolve import AmbiguousInstrumentError, UnknownInstrumentError, resolve
 from ibkr_flows.ingest.errors import (
+    AmbiguousSymbolError,
     DisconnectedError,
     IngestError,
     NoPermissionsError,
@@ -212,13 +215,27 @@ def _silence(session: IBSession, what: str) -> RetryableError:
     return RequestTimeoutError(what)
 
 
-async def qualify(session: IBSession, symbol: str, timeout: float) -> ContractDetails:
+async def qualify(session: IBSession, instrument: InstrumentId | str, timeout: float) -> ContractDetails:
+    """The one contract `instrument` (an id, or its text) names (`ib.resolve`), within `timeout`. An unknown or
+    ambiguous id is TWS's answer, not a hiccup: it fails the symbol at once, with the ids that would work, before
+    anything is fetched; only silence and dropped connections are retried."""
+    if isinstance(instrument, str):
+        instrument = InstrumentId.parse(instrument)
+    symbol = str(instrument)
+
     async def call() -> ContractDetails:
-        details = await _request(session, symbol, Stock(symbol, "SMART", "USD"),
-                                 session.ib.reqContractDetailsAsync, timeout)
-        if not details:
-            raise UnknownSymbolError(symbol, "TWS has no such contract (error 200): check the symbol")
-        return details[0]
+        try:
+            return await asyncio.wait_for(resolve(session.ib, instrument), timeout)
+        except UnknownInstrumentError as exc:
+            raise UnknownSymbolError(symbol, str(exc)) from exc
+        except AmbiguousInstrumentError as exc:
+            raise AmbiguousSymbolError(symbol, str(exc)) from exc
+        except RequestError as exc:
+            raise classify(symbol, exc) or UnknownSymbolError(symbol, f"TWS has no details: {exc.message}") from exc
+        except TimeoutError as exc:
+            raise _silence(session, f"no contract details within {timeout:.0f} s") from exc
+        except ConnectionError as exc:
+            raise DisconnectedError(f"connection dropped: {exc}") from exc
 
     return await with_retries(session, symbol, "contract details", call)
 
@@ -230,8 +247,10 @@ async def head_timestamp(session: IBSession, budget: PacingBudget, contract: Con
     async def call() -> datetime | None:
         async with budget.slot(PacedRequest(contract.conId, what_to_show, f"head {contract.conId} {what_to_show}")):
             head = await _request(session, contract.symbol, contract, lambda own: session.ib.reqHeadTimeStampAsync(
-                own, whatToShow=what_to_show, useRTH=use_rth, formatDate=2), timeout)
-        return head.astimezone(UTC) if isinstance(head, datetime) else None  # IB answers [] on error
+                own, whatToShow=what_to_show, useRTH=use_rth, formatDate=1), timeout)
+        # formatDate 1 is UTC text, which ib_async reads as a naive datetime; formatDate 2 (epoch seconds) breaks
+        # ib_async's parser for a history that starts before 1970 (IBM's, 1962)
+        return head.replace(tzinfo=UTC) if isinstance(head, datetime) else None  # IB answers [] on error
 
     return await with_retries(session, contract.symbol, "head timestamp", call)
 

@@ -9,20 +9,18 @@ violation on one of them (a gateway that paces every size), the hard limits for 
 budget's life. `IBKR_PACING_ALL_BAR_SIZES=1` (or `all_bar_sizes=True`) applies the hard limits to every size
 from the start, for a user whose gateway is stricter.
 
-IB counts requests per TWS login, not per process, so the record lives in a small ledger file guarded by an
-exclusive `flock`: every flow on this machine that talks to the same TWS (host:port) draws from the same ledger.
-A lock file was chosen over Prefect's global concurrency limits because IB's rules are three sliding windows
-plus an identical-request rule, which a single slot-decay rate limit cannot express, and because the ledger
-works identically with or without a Prefect server (CLI runs, ephemeral tests, deployments). Every request is
-recorded, those the hard limits do not cover too (flagged so), so a budget that turns strict, or a strict
-process sharing the ledger, counts them as the gateway does.
+IB counts requests per TWS login, not per process, so the record lives in a ledger every process talking to the
+same TWS (host:port) draws from: a file under `flock` on one machine, a Postgres table for processes on several
+(`pacing_ledgers`). A shared ledger was chosen over Prefect's global concurrency limits because IB's rules are
+three sliding windows plus an identical-request rule, which a single slot-decay rate limit cannot express, and
+because the ledger works identically with or without a Prefect server (CLI runs, ephemeral tests, deployments).
+Every request is recorded, those the hard limits do not cover too (flagged so), so a budget that turns strict,
+or a strict process sharing the ledger, counts them as the gateway does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import logging
 import os
 import time
@@ -31,7 +29,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from ibkr_flows.ib.pacing_rules import (
     BURST_LIMIT,
@@ -43,8 +40,8 @@ from ibkr_flows.ib.pacing_rules import (
     request_weight,
 )
 from ibkr_flows.ingest.errors import PacingViolationError, RequestTimeoutError
+from ibkr_flows.ingest.pacing_ledgers import FileLedger, PacingLedger
 
-T = TypeVar("T")
 log = logging.getLogger("ibkr.ingest")
 
 BURST_MAX = BURST_LIMIT - 1
@@ -79,11 +76,6 @@ class PacedRequest:
     @property
     def weight(self) -> int:
         return request_weight(self.what_to_show)
-
-
-def default_ledger_path(host: str, port: int) -> Path:
-    base = Path(os.environ.get("IBKR_PACING_DIR", Path.home() / ".cache" / "ibkr-flows" / "pacing"))
-    return base / f"{host.replace(':', '_')}_{port}.json"
 
 
 @dataclass
@@ -124,10 +116,10 @@ class PacingBudget:
     `time_scale` shrinks every window (tests and benchmarks run IB's 10-minute window in seconds against a
     simulator configured with the same scale). `all_bar_sizes` applies the hard limits to every request (default:
     `IBKR_PACING_ALL_BAR_SIZES`); it turns on by itself after a 162 on a request IB says it does not pace. Waiting
-    is done outside the lock.
+    is done outside the lock. `ledger` is a `pacing_ledgers` ledger, or a path for a one-machine file ledger.
     """
 
-    ledger: Path
+    ledger: PacingLedger | Path
     time_scale: float = 1.0
     clock: Callable[[], float] = time.time
     all_bar_sizes: bool = field(default_factory=all_bar_sizes_from_env)
@@ -135,6 +127,13 @@ class PacingBudget:
     granted: int = 0
     _open: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_OPEN))
     soft: SoftThrottle = field(default_factory=SoftThrottle)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ledger, Path):
+            self.ledger = FileLedger(self.ledger, self.clock)
+
+    async def aclose(self) -> None:
+        await self.ledger.aclose()
 
     def paced(self, request: PacedRequest) -> bool:
         """Whether `request` waits for IB's hard limits (else only for the soft throttle)."""
@@ -157,7 +156,7 @@ class PacingBudget:
             else:
                 self.waited_s += await self.soft.acquire()
                 soft = True
-                await asyncio.to_thread(self._try_record, request, token, False)
+                await self._try_record(request, token, False)
             granted = True
             self.granted += 1
             sent = time.monotonic()
@@ -174,18 +173,18 @@ class PacingBudget:
                 answer_s = time.monotonic() - sent
         finally:
             if granted:
-                self._update_ledger(lambda events, now: self._restamp(events, token, now))
+                await self._update_ledger(lambda events, now: self._restamp(events, token, now))
             if soft:
                 self.soft.release(answer_s)
             self._open.release()
 
     async def _wait_for_hard_limits(self, request: PacedRequest, token: str) -> None:
-        while (wait := await asyncio.to_thread(self._try_record, request, token, True)) > 0:
+        while (wait := await self._try_record(request, token, True)) > 0:
             if wait >= NOTICE_WAIT_S * self.time_scale:
                 log.warning("IB pacing: waiting %.0f s before the next historical request (IB allows %d per %.3g "
                             "minutes per TWS and no identical request within %.3g s; the budget is shared by "
                             "every process using %s)", wait, LONG_MAX, LONG_WINDOW_S * self.time_scale / 60,
-                            IDENTICAL_WINDOW_S * self.time_scale, self.ledger)
+                            IDENTICAL_WINDOW_S * self.time_scale, self.ledger.where)
             self.waited_s += wait
             await asyncio.sleep(wait)
 
@@ -196,7 +195,7 @@ class PacingBudget:
                         "does not pace by its hard limits; this run now applies them to every bar size (set %s=1 "
                         "to start that way)", ALL_BAR_SIZES_ENV)
 
-    def _try_record(self, request: PacedRequest, token: str, check: bool = True) -> float:
+    async def _try_record(self, request: PacedRequest, token: str, check: bool = True) -> float:
         """0 and the request recorded, or (`check`: within the hard limits) the seconds to wait before trying
         again."""
 
@@ -207,7 +206,7 @@ class PacingBudget:
                                token, self.paced(request)])
             return wait
 
-        return self._update_ledger(record)
+        return await self._update_ledger(record)
 
     @staticmethod
     def _restamp(events: list[list], token: str, now: float) -> None:
@@ -215,25 +214,9 @@ class PacingBudget:
             if event[5] == token:
                 event[0] = max(event[0], now)
 
-    def _update_ledger(self, change: Callable[[list[list], float], T]) -> T:
-        """Run `change` on the ledger's live events under the exclusive file lock, and write them back."""
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.ledger, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                handle.seek(0)
-                text = handle.read()
-                now = self.clock()
-                events = [e for e in (json.loads(text) if text.strip() else [])
-                          if now - e[0] < LONG_WINDOW_S * self.time_scale]
-                result = change(events, now)
-                handle.seek(0)
-                handle.truncate()
-                json.dump(events, handle)
-                handle.flush()  # before unlocking: a buffered write landing after it would interleave
-                return result
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    async def _update_ledger(self, change: Callable[[list[list], float], float | None]) -> float | None:
+        """Run `change` on the ledger's live events (IB's longest window) under the ledger's lock."""
+        return await self.ledger.update(change, LONG_WINDOW_S * self.time_scale)
 
     def _wait_needed(self, events: list[list], request: PacedRequest, now: float) -> float:
         """Seconds until IB's hard limits allow `request`, counting the events the gateway counts: those the hard

@@ -16,6 +16,7 @@ def report_rows(report: IngestReport) -> list[dict[str, Any]]:
     return [
         {
             "symbol": s.symbol,
+            "data": s.what_to_show,
             "status": s.status,
             "requests": s.chunks_fetched,
             "empty ranges": s.chunks_empty,
@@ -39,7 +40,8 @@ def report_markdown(report: IngestReport) -> str:
     lines = [
         f"# Ingestion: {head}",
         "",
-        f"`{r.bar_size}` `{r.what_to_show}` {'regular hours' if r.use_rth else 'extended hours'}; "
+        f"`{r.bar_size}` `{r.what_to_show or 'per-instrument default data'}` "
+        f"{'regular hours' if r.use_rth else 'extended hours'}; "
         f"{report.requests_sent} historical requests in {report.elapsed_s:.1f} s "
         f"(pacing waits {report.pacing_wait_s:.1f} s, reconnects {report.reconnects}).",
         "",

@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ibkr_flows.ib.historical import BarSize, WhatToShow
+from ibkr_flows.ib.instruments import InstrumentClass, InstrumentId, InvalidInstrumentId
 from ibkr_flows.ingest.plan import WHOLE_SERIES
 
 QualityEngine = Literal["great_expectations", "polars"]
@@ -28,9 +29,12 @@ class IngestRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     symbols: tuple[str, ...] = Field(("AAPL", "MSFT", "SPY"), min_length=1,
-                                     description="Exchange tickers, e.g. AAPL, BRK.B")
+                                     description="Instrument ids: AAPL (a US stock), STK:SAP@IBIS:EUR, "
+                                                 "FUT:ES@CME:202503, CASH:EUR.USD@IDEALPRO, IND:SPX@CBOE, ...")
     bar_size: BarSize = Field("1 min", description="IB bar size")
-    what_to_show: WhatToShow = Field("TRADES", description="TRADES, MIDPOINT, BID_ASK, ADJUSTED_LAST, BID, ASK")
+    what_to_show: WhatToShow | None = Field(
+        None, description="TRADES, MIDPOINT, BID_ASK, ADJUSTED_LAST, BID, ASK; empty = each instrument's default "
+                          "(MIDPOINT for currency pairs, TRADES otherwise)")
     use_rth: bool = Field(True, description="Regular trading hours only (false: extended hours too)")
     start: datetime | None = Field(None, description="First bar for series never stored (UTC)")
     end: datetime | None = Field(None, description="End of the range, exclusive (UTC); empty = now")
@@ -42,20 +46,36 @@ class IngestRequest(BaseModel):
 
     @field_validator("symbols", mode="before")
     @classmethod
-    def _normalise_symbols(cls, value: object) -> object:
+    def _canonical_ids(cls, value: object) -> object:
+        """Each id parsed now, before any connection, and kept in its canonical text: the text the bars' `symbol`
+        column and the watermarks use, so `aapl` and `AAPL` (or `STK:AAPL@SMART:USD`) are one series."""
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list | tuple):
-            value = tuple(str(s).strip().upper() for s in value)
-            bad = [s for s in value if not s or not s.replace(".", "").replace("-", "").isalnum()]
-            if bad:
-                raise ValueError(f"invalid symbol(s) {bad}: use exchange tickers like AAPL or BRK.B")
+            try:
+                value = tuple(dict.fromkeys(str(InstrumentId.parse(str(text))) for text in value))
+            except InvalidInstrumentId as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("start", "end")
     @classmethod
     def _aware(cls, value: datetime | None, info: object) -> datetime | None:
         return aware(getattr(info, "field_name", "time"), value)
+
+    @model_validator(mode="after")
+    def _served(self) -> Self:
+        """A data type IB never serves for a class (TRADES of a currency pair) is refused here, not by TWS; so is
+        a continuous future, whose bars would share the front contract's conId (and so its stored series)."""
+        continuous = [str(i) for i in self.instruments() if i.cls is InstrumentClass.CONTFUT]
+        if continuous:
+            raise ValueError(f"continuous futures ({', '.join(continuous)}) cannot be ingested yet: ingest the dated "
+                             "contracts instead, e.g. FUT:ES@CME:202503")
+        refused = [str(i) for i in self.instruments() if self.what_to_show and i.refuses(self.what_to_show)]
+        if refused:
+            raise ValueError(f"IB serves no {self.what_to_show} bars for currency pairs ({', '.join(refused)}): "
+                             "use --what-to-show MIDPOINT, BID, ASK or BID_ASK (or leave it out: MIDPOINT)")
+        return self
 
     @model_validator(mode="after")
     def _range(self) -> Self:
@@ -67,6 +87,13 @@ class IngestRequest(BaseModel):
         if self.start and self.end and self.start >= self.end:
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
         return self
+
+    def instruments(self) -> tuple[InstrumentId, ...]:
+        return tuple(InstrumentId.parse(text) for text in self.symbols)
+
+    def what_to_show_for(self, instrument: InstrumentId) -> str:
+        """The data type fetched for `instrument`: the one asked for, else the instrument class's default."""
+        return self.what_to_show or instrument.default_what_to_show()
 
     def resolved_end(self) -> datetime:
         return self.end or datetime.now(UTC)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import polars as pl
-from ib_async import ContractDetails
 
 from ibkr_flows.ingest.convert import bars_to_frame
 from ibkr_flows.ingest.errors import SymbolError
@@ -18,6 +17,7 @@ from ibkr_flows.ingest.fetch import IBSession, fetch_chunk
 from ibkr_flows.ingest.pacing import PacingBudget
 from ibkr_flows.ingest.plan import Chunk
 from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.ingest.series import ResolvedSeries
 from ibkr_flows.quality.validate import validate_bars
 from storage.bars_table import merge_bars, replace_series
 from storage.location import TableLocation
@@ -50,6 +50,11 @@ class FetchedBatch:
     symbol: str
     window: tuple[datetime, datetime]
     frame: pl.DataFrame
+    what_to_show: str = "TRADES"
+    sec_type: str = "STK"
+    """The contract's security type: which size columns IB leaves empty depends on it (`quality.checks`)."""
+    judge_completeness: bool = True
+    """False for an instrument whose sessions are not the NYSE's the completeness check counts against."""
     chunks_fetched: int = 0
     chunks_empty: int = 0
     error: SymbolError | None = None
@@ -90,25 +95,27 @@ class StoredBatch:
     last_ts: datetime | None
 
 
-async def fetch_batch(context: FetchContext, details: ContractDetails, chunks: Sequence[Chunk], end: datetime
+async def fetch_batch(context: FetchContext, series: ResolvedSeries, chunks: Sequence[Chunk], end: datetime
                       ) -> FetchedBatch:
     """Fetch `chunks` in order until `BATCH_ROWS` rows have arrived (the caller passes the rest next time). The
     batch's window, which the completeness check judges sessions in, runs to the chunk that filled it, or to the
     run's `end` when the chunks ran out or the series failed."""
     r = context.request
     frames: list[pl.DataFrame] = []
-    batch = FetchedBatch(details.contract.symbol, (chunks[0].start, end), pl.DataFrame(),
+    batch = FetchedBatch(series.symbol, (chunks[0].start, end), pl.DataFrame(), what_to_show=series.what_to_show,
+                         sec_type=series.sec_type, judge_completeness=series.follows_nyse_sessions,
                          replaces_series=chunks[0].up_to_now)
     try:
         for chunk in chunks:
-            bars = await fetch_chunk(context.session, context.budget, details.contract, chunk, bar_size=r.bar_size,
-                                     what_to_show=r.what_to_show, use_rth=r.use_rth, timeout=r.request_timeout_s)
+            bars = await fetch_chunk(context.session, context.budget, series.contract, chunk, bar_size=r.bar_size,
+                                     what_to_show=series.what_to_show, use_rth=r.use_rth,
+                                     timeout=r.request_timeout_s)
             batch.chunks_fetched += 1
             batch.chunks_empty += not bars
             context.on_chunk()
-            frame = bars_to_frame(bars, details=details, chunk=chunk, bar_size=r.bar_size,
-                                  what_to_show=r.what_to_show, use_rth=r.use_rth, flow_run_id=context.flow_run_id,
-                                  ingested_at=datetime.now(UTC))
+            frame = bars_to_frame(bars, symbol=series.symbol, details=series.details, chunk=chunk,
+                                  bar_size=r.bar_size, what_to_show=series.what_to_show, use_rth=r.use_rth,
+                                  flow_run_id=context.flow_run_id, ingested_at=datetime.now(UTC))
             if frame.height:
                 frames.append(frame)
             if sum(f.height for f in frames) >= BATCH_ROWS:
@@ -125,7 +132,8 @@ def check_batch(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
     """The quality gate: failing rows are set aside for the quarantine, never dropped."""
     lineage = batch.frame.select("ts", *LINEAGE)
     result = validate_bars(batch.frame.drop(*LINEAGE), bar_size=request.bar_size, use_rth=request.use_rth,
-                           what_to_show=request.what_to_show, window=batch.window, engine=request.quality_engine)
+                           what_to_show=batch.what_to_show, sec_type=batch.sec_type, window=batch.window,
+                           judge_completeness=batch.judge_completeness, engine=request.quality_engine)
     quarantined = result.quarantined
     if quarantined.height:
         lo, hi = batch.window

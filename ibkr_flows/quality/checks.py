@@ -24,7 +24,10 @@ KEY_COLUMNS = ("symbol", "con_id", "bar_size", "what_to_show", "use_rth", "ts")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 NOT_NULL_COLUMNS = KEY_COLUMNS + PRICE_COLUMNS
 SIZE_COLUMNS = ("volume", "wap", "bar_count")
-"""Data types for which IB sends -1 as volume, wap and bar count (there were no trades to count)."""
+"""IB sends -1 in these for quote data (no trades to count), and -1 or 0 for classes without volume."""
+NO_VOLUME_CLASSES = frozenset({"CASH", "IND"})
+"""Security types whose bars carry no volume, WAP or trade count whatever the data type: a currency pair (quotes
+only) and an index (a computed value, its TRADES without volume)."""
 REQUIRED_COLUMNS = NOT_NULL_COLUMNS + SIZE_COLUMNS
 
 BLOCKING_CHECKS = ("not_null", "positive_prices", "high_ge_open_close", "low_le_open_close", "volume_non_negative",
@@ -36,7 +39,8 @@ RULE_TEXT = {
     "positive_prices": "open, high, low, close > 0",
     "high_ge_open_close": "high >= max(open, close)",
     "low_le_open_close": "low <= min(open, close)",
-    "volume_non_negative": "volume, wap, bar_count >= 0 (-1 allowed for MIDPOINT, BID_ASK, BID, ASK)",
+    "volume_non_negative": "volume, wap, bar_count >= 0 (-1 allowed for MIDPOINT, BID_ASK, BID, ASK, and for "
+                           "CASH and IND bars)",
     "unique_key": f"one bar per ({', '.join(BAR_KEY)}); later copies are quarantined",
     "aligned_ts": "ts on IB's clock grid of the bar size (multiples from midnight New York) or at the session "
                   "open (daily+: 00:00 UTC of a session date)",
@@ -67,6 +71,8 @@ class BarSeries:
     use_rth: bool
     what_to_show: str
     calendar: str = "XNYS"
+    sec_type: str = "STK"
+    """The contract's security type (STK, FUT, CASH, IND, ...)."""
 
     @cached_property
     def step(self) -> timedelta:
@@ -78,7 +84,9 @@ class BarSeries:
 
     @property
     def allows_missing_volume(self) -> bool:
-        return self.what_to_show.upper() in QUOTE_TYPES
+        """Whether -1 in volume, wap and bar_count is IB's 'none' rather than a bad value: quote data of any class,
+        and every bar of a class without volume (the 0 IB may send instead passes anyway)."""
+        return self.what_to_show.upper() in QUOTE_TYPES or self.sec_type.upper() in NO_VOLUME_CLASSES
 
     def session_day(self) -> pl.Expr:
         """The session a bar belongs to: the New York date of an intraday bar, the UTC date of a daily stamp."""

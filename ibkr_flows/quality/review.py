@@ -19,13 +19,15 @@ from ibkr_flows.ib.sessions import NEW_YORK, exchange_calendar
 from ibkr_flows.quality.validate import Engine, validate_bars
 from storage.bars_catalog import list_series, stored_bars_like
 from storage.bars_table import merge_bars
+from storage.instruments_table import sec_type_of
 from storage.location import TableLocation
 from storage.quarantine_table import Review, mark_reviewed, pending_quarantine
 from storage.schema import BAR_COLUMNS, BAR_KEY, PRICE_COLUMNS
 
 STORED_DIFFERS = "stored_bar_differs"
 """Why a bar that passes every rule stays quarantined: the bars table holds another bar with its key."""
-SERIES_RULE_KEY = ("bar_size", "use_rth", "what_to_show")
+SERIES_RULE_KEY = ("con_id", "bar_size", "use_rth", "what_to_show")
+"""What the rules depend on: the series, and the contract (its class decides which size columns may be empty)."""
 DAILY_SIZES = [size for size in BAR_SIZES if not is_intraday(size)]
 US_PER_DAY = 86_400_000_000
 NEW_YORK_EDT_OFFSET_US = 4 * 3_600_000_000
@@ -86,8 +88,9 @@ def _recheck(location: TableLocation, group: pl.DataFrame, engine: Engine) -> pl
     if any(series[k] is None for k in SERIES_RULE_KEY):
         return group.select("_row", now_failing=pl.lit("not_null"))
     candidates = group.group_by(list(BAR_COLUMNS), maintain_order=True).agg("_row")
+    sec_type = sec_type_of(location, series["con_id"]) or "STK"  # the rules for volume depend on the class
     result = validate_bars(candidates, bar_size=series["bar_size"], use_rth=series["use_rth"],
-                           what_to_show=series["what_to_show"], engine=engine)
+                           what_to_show=series["what_to_show"], sec_type=sec_type, engine=engine)
     clean = result.clean.with_columns(now_failing=_stored_differs(location, result.clean))
     judged = pl.concat([clean.select("_row", "now_failing"),
                         result.quarantined.select("_row", now_failing=pl.col("failed_check"))])

@@ -68,17 +68,19 @@ class QualityResult:
         return "\n".join(lines)
 
 
-def validate_bars(frame: pl.DataFrame, *, bar_size: str, use_rth: bool, what_to_show: str,
+def validate_bars(frame: pl.DataFrame, *, bar_size: str, use_rth: bool, what_to_show: str, sec_type: str = "STK",
                   window: tuple[datetime, datetime] | None = None, calendar: str = "XNYS",
-                  engine: Engine = "great_expectations") -> QualityResult:
-    """Gate one batch of one bar series. `window` is the span the batch was fetched for: only sessions fully
-    inside it are judged for completeness (without it, the sessions the batch has bars in)."""
+                  judge_completeness: bool = True, engine: Engine = "great_expectations") -> QualityResult:
+    """Gate one batch of one bar series of a contract of `sec_type`. `window` is the span the batch was fetched
+    for: only sessions fully inside it are judged for completeness (without it, the sessions the batch has bars
+    in); `judge_completeness` False skips that warning, for an instrument that does not trade `calendar`'s
+    sessions (its count of bars per session would be a false gap)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown quality engine {engine!r}; expected one of {', '.join(ENGINES)}")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"bars frame lacks column(s) {', '.join(missing)}")
-    series = BarSeries(bar_size, use_rth, what_to_show, calendar)
+    series = BarSeries(bar_size, use_rth, what_to_show, calendar, sec_type)
     sessions = Sessions.for_frame(frame, series)
     failing = frame.select(~expr for expr in rules(series, sessions).values())
     failed_check = failing.select(first_failed()).to_series()
@@ -97,7 +99,7 @@ def validate_bars(frame: pl.DataFrame, *, bar_size: str, use_rth: bool, what_to_
     outcomes = [_blocking_outcome(c, int(failing[c].sum()), quarantined) for c in BLOCKING_CHECKS]
 
     gaps = pl.DataFrame(schema=GAPS_SCHEMA)
-    if is_judged(series):
+    if judge_completeness and is_judged(series):
         judged = judged_sessions(series, window, sessions)
         gaps = session_gaps(clean, series, judged)
         outcomes.append(completeness_outcome(gaps, judged.days.len()))

@@ -35,6 +35,7 @@ from ibkr_flows.ib.sessions import (
     sessions_between,
 )
 from ibkr_flows.sim.bar_parts import bucket_groups
+from ibkr_flows.sim.corporate_actions import dividend_multipliers, split_multipliers
 from ibkr_flows.sim.universe import LISTINGS, Instrument
 
 BAR_SCHEMA: dict[str, pl.DataType] = {
@@ -144,10 +145,12 @@ class InvalidBarSize(ValueError):
 
 
 class BarSource(Protocol):
-    """What the simulator asks of a data source; frames follow `BAR_SCHEMA`, sorted by `ts`."""
+    """What the simulator asks of a data source; frames follow `BAR_SCHEMA`, sorted by `ts`. `as_of` is the day
+    whose view of the history to serve (splits and, for ADJUSTED_LAST, dividends effective on or before it
+    applied: `corporate_actions`); None = today."""
 
     def bars(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
-             end: datetime) -> pl.DataFrame: ...
+             end: datetime, as_of: date | None = None) -> pl.DataFrame: ...
 
     def head_timestamp(self, symbol: str, what_to_show: str, use_rth: bool) -> datetime: ...
 
@@ -308,12 +311,12 @@ class SyntheticBars:
         return session_bounds(self.first_session(symbol), use_rth, self.calendar_name)[0]
 
     def bars(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
-             end: datetime) -> pl.DataFrame:
-        parts = list(self.parts(symbol, bar_size, what_to_show, use_rth, start, end))
+             end: datetime, as_of: date | None = None) -> pl.DataFrame:
+        parts = list(self.parts(symbol, bar_size, what_to_show, use_rth, start, end, as_of))
         return pl.concat(parts) if parts else pl.DataFrame(schema=BAR_SCHEMA)
 
     def parts(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
-              end: datetime) -> Iterator[pl.DataFrame]:
+              end: datetime, as_of: date | None = None) -> Iterator[pl.DataFrame]:
         """The bars of `bars()` in pieces (`bar_parts.bucket_groups`) that concatenate to exactly `bars()`: years
         of daily bars are millions of generated minutes, cheaper built (and held) a few weeks at a time."""
         check_what_to_show(what_to_show)
@@ -325,8 +328,8 @@ class SyntheticBars:
         days = [d for d in sessions_between(lo, end, self.calendar_name) if d >= first]
         native = timedelta(seconds=1) if step < timedelta(minutes=1) else timedelta(minutes=1)
         for group in bucket_groups(days, bar_size):
-            base = self._base(symbol, group, native).join(session_table(group, use_rth, self.calendar_name),
-                                                          on="day")
+            base = self._as_of(symbol, self._base(symbol, group, native), what_to_show, as_of)
+            base = base.join(session_table(group, use_rth, self.calendar_name), on="day")
             if use_rth:
                 base = base.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
             part = finish_bars(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start,
@@ -438,6 +441,31 @@ class SyntheticBars:
             "volume": volume.ravel(), "wap": np.round((open_ + high + low + close) / 4, 4).ravel(),
             "count": count.ravel().astype(np.int64),
         }
+
+    def _as_of(self, symbol: str, base: pl.DataFrame, what_to_show: str, as_of: date | None) -> pl.DataFrame:
+        """Base bars as IB served them on `as_of` (None: today, which the generated levels already are): the
+        splits after it undone, and for ADJUSTED_LAST the dividends up to it applied. Done before aggregation, so
+        a weekly bar spanning a split is built from bars each on its day's scale, as IB builds it."""
+        if as_of is None and what_to_show != "ADJUSTED_LAST":
+            return base
+        as_of = as_of or datetime.now(UTC).date()
+        days = base["day"].to_numpy()
+        prices = split_multipliers(symbol, days, as_of)
+        volume = prices.copy()
+        if what_to_show == "ADJUSTED_LAST":
+            prices *= dividend_multipliers(symbol, days, as_of, lambda ex: self._close_before(symbol, ex))
+        if (prices == 1.0).all():
+            return base
+        factor = pl.Series(prices)
+        rescaled = [(pl.col(c) * factor).alias(c) for c in ("open", "high", "low", "close", "wap")]
+        if what_to_show == "ADJUSTED_LAST":  # dividend factors take prices off the tick grid
+            rescaled = [expr.round(4) for expr in rescaled]
+        return base.with_columns(*rescaled, (pl.col("volume") / pl.Series(volume)).alias("volume"))
+
+    def _close_before(self, symbol: str, day: date) -> float:
+        """The generated close of the last session before `day` (NaN before the symbol's first)."""
+        i = self._first_index(day) - 1
+        return float(self._daily_closes(symbol)[i]) if i >= 0 else float("nan")
 
     def _base(self, symbol: str, days: list[date], native: timedelta) -> pl.DataFrame:
         """The native bars of several sessions as one frame (built once: per-session frames cost more than

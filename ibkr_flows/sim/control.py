@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from ibkr_flows.sim.faults import Faults
@@ -15,7 +16,7 @@ from ibkr_flows.sim.faults import Faults
 if TYPE_CHECKING:  # the CLI's client side (`ibkr sim set`) must not load the server and its bar generator
     from ibkr_flows.sim.server import TWSSimulator
 
-COMMANDS = ("status", "set", "reset", "drop", "restart", "lose-connectivity", "restore-connectivity")
+COMMANDS = ("status", "set", "reset", "drop", "restart", "lose-connectivity", "restore-connectivity", "as-of")
 
 
 class ControlError(RuntimeError):
@@ -54,6 +55,10 @@ async def _execute(sim: TWSSimulator, request: dict[str, Any]) -> dict[str, Any]
     if cmd == "restore-connectivity":
         sim.restore_connectivity()
         return {"connectivity_lost": False}
+    if cmd == "as-of":  # {"cmd": "as-of", "day": "2020-08-28"}; null or "" returns to the clock's day
+        day = request.get("day")
+        sim.set_as_of(date.fromisoformat(day) if day else None)
+        return {"as_of": day or None}
     raise ValueError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from datetime import date
 from typing import Any, Self, TypeVar
 
 from ibkr_flows.sim.faults import Faults
@@ -98,6 +99,10 @@ class EmbeddedSimulator:
     def force_pacing_violations(self, count: int) -> None:
         """Answer the next `count` paced requests with 162, as when another program shares the TWS budget."""
         self._sync(lambda: setattr(self._server, "forced_pacing_violations", count))
+
+    def set_as_of(self, day: date | None) -> None:
+        """Live on `day` for historical data (None: the clock's day); see `TWSSimulator.as_of`."""
+        self._sync(self._server.set_as_of, day)
 
     def restore_connectivity(self) -> None:
         self._sync(self._server.restore_connectivity)

@@ -87,7 +87,8 @@ class ReplayBars:
         return rows["ts"].min()  # type: ignore[return-value]
 
     def bars(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
-             end: datetime) -> pl.DataFrame:
+             end: datetime, as_of: date | None = None) -> pl.DataFrame:
+        """The file's bars as recorded: `as_of` is accepted and ignored (a user's file holds its own scale)."""
         check_what_to_show(what_to_show)
         step = bar_step(bar_size)
         if step < self.native:

@@ -17,10 +17,11 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ibkr_flows.ib.sessions import NEW_YORK, session_day
 from ibkr_flows.ib.wire import ProtocolError
 from ibkr_flows.sim import messages as msg
 from ibkr_flows.sim.bars import BarSource, SyntheticBars
@@ -77,6 +78,10 @@ class TWSSimulator:
         self._sessions: set[Session] = set()
         self._order_ids = itertools.count(1)
         self.connectivity_lost = False
+        self.as_of: date | None = None
+        """The market day the simulator lives on for historical data (None: the clock's): it serves the history
+        IB served that evening, no bar after it, split- (and ADJUSTED_LAST dividend-) adjusted as of then, so a
+        test can ingest before a split and again after it (`set_as_of`)."""
         self.forced_pacing_violations = 0
         """The next this-many paced requests get 162 whatever the rules say: another program on the same TWS login
         has used up the budget this client cannot see."""
@@ -161,6 +166,19 @@ class TWSSimulator:
             if session.ready:
                 session.send(fields)
 
+    def set_as_of(self, day: date | None) -> None:
+        self.as_of = day
+
+    def history_now(self) -> datetime:
+        """"Now" for historical requests: the clock, or the end of the as-of day (midnight New York after it)."""
+        if self.as_of is None:
+            return self.clock()
+        return datetime.combine(self.as_of + timedelta(days=1), time(0), tzinfo=NEW_YORK).astimezone(UTC)
+
+    def adjustment_day(self) -> date:
+        """The day whose splits and dividends the served prices reflect."""
+        return self.as_of or session_day(self.clock())
+
     def snapshot(self) -> dict[str, Any]:
         data = self.counters.snapshot()
         data.update(
@@ -170,6 +188,7 @@ class TWSSimulator:
             live_client_ids=sorted(s.client_id for s in self._sessions if s.ready and s.client_id is not None),
             pacing_violations_by_rule=dict(self.pacing.violations),
             connectivity_lost=self.connectivity_lost,
+            as_of=self.as_of.isoformat() if self.as_of else None,
         )
         return data
 

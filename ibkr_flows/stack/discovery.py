@@ -18,8 +18,9 @@ from pathlib import Path
 
 from ibkr_flows.stack.state import load_state
 
-HEALTH_TIMEOUT_S = 0.5
-"""A local server answers /health in milliseconds; half a second keeps a dead one from delaying the command."""
+HEALTH_TIMEOUT_S = 5.0
+"""A stopped server refuses the connection at once, so this only bounds a live one that is busy (SQLite locked by
+a flow run writing, a loaded 2-core machine): it answers late, and taking it for dead would run without recording."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 for overfitting (holdout, walk-forward, deflated Sharpe ratio, plateau score).
 
 Modules: `spec` (what to sweep, validated), `kernel` (the numba fill loop for every combination, fed target rows
-or crossovers; `charges`, `compiled` and `indicators` are its parts), `evaluate` (one row of metrics per
+or crossovers; `charges`, `compiled` and `indicators` are its parts), `realism` (the same with stop-loss,
+take-profit, trailing stop, flatten at the close and borrow fees), `evaluate` (one row of metrics per
 combination), `overfitting` (splits and statistics), `report` (`run_grid`, the whole procedure).
 """
 

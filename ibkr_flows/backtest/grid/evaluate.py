@@ -5,8 +5,9 @@ reports. With the built-in cost and sizing models every strategy takes the numba
 engine's fills exactly: crossovers (any `AverageCrossover` that keeps the base class's trend rule) through
 `crossover_grid`, which computes each distinct moving average once with the strategy's own expression (or its
 bit-identical numpy twin, `average_rows`) and compares them block by block; every other strategy through
-`targets_grid`, fed the signal rows its `Strategy.grid_targets` writes. A cost or sizing model the kernel does not
-know runs the engine once per combination.
+`targets_grid`, fed the signal rows its `Strategy.grid_targets` writes. With realism options (`ExitRules`) every
+strategy goes through `realism.exits_grid`, fed signal rows (a crossover's written from its averages,
+`indicators.trend_targets`). A cost or sizing model the kernel does not know runs the engine once per combination.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import polars as pl
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
 from ibkr_flows.backtest.engine import BacktestConfig, _check_bars, run_backtest
 from ibkr_flows.backtest.errors import BacktestError
-from ibkr_flows.backtest.grid import charges, kernel
+from ibkr_flows.backtest.exits import ExitRules, sessions
+from ibkr_flows.backtest.grid import charges, indicators, kernel, realism
 from ibkr_flows.backtest.grid.spec import Combination, GridSpec, GridSpecError
 from ibkr_flows.backtest.metrics import Annualization, Metrics, annualization
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
@@ -59,20 +61,11 @@ def metric_row(metrics: Metrics) -> dict[str, Any]:
     return values
 
 
-class GridUnsupportedError(GridSpecError):
-    """A single-run option the grid cannot evaluate yet; refused rather than silently ignored."""
-
-
 def grid_base(spec: GridSpec, base: BacktestConfig | None) -> BacktestConfig:
-    """Cash, costs, sizing and mode shared by every combination; its parameters come from the grid only, so a
-    fixed parameter is a one-value axis and the spec's validation sees it. The realism options (`ExitRules`) are
-    not in the compiled kernel yet, so a base that sets any is refused."""
+    """Cash, costs, sizing, mode, conventions and realism options shared by every combination; its parameters come
+    from the grid only, so a fixed parameter is a one-value axis and the spec's validation sees it."""
     if base is None:
         return BacktestConfig(spec.strategy)
-    if base.exits.active:
-        raise GridUnsupportedError(
-            "the grid does not support stop-loss, take-profit, trailing stop, flatten-at-close or borrow fee yet "
-            f"(got {base.exits}); run them with `ibkr backtest run` on the grid's best parameters, or drop them")
     if base.strategy != spec.strategy or base.params:
         raise GridSpecError(f"the base config must be for {spec.strategy} with no params (got {base.strategy} with "
                             f"{dict(base.params)}); put fixed parameters in the grid as one-value lists")
@@ -98,7 +91,7 @@ def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: Backt
         raise BacktestError(f"{longest} cannot trade on {bars.height} bars: it needs {longest.warmup_bars + 3} "
                             "(warm-up, a bar to decide on, one to fill on and one to exit on)")
     rules = _kernel_rules(base.commission, base.sizing)
-    if rules is not None and strategies and all(_is_plain_crossover(s) for s in strategies):
+    if rules is not None and strategies and all(_is_plain_crossover(s) for s in strategies) and not base.exits.active:
         metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, *rules, annual)
     elif rules is not None and strategies:
         metrics = _target_columns(bars, strategies, base, *rules, annual)
@@ -149,9 +142,7 @@ def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], b
     settings = _settings(base)
     columns: dict[str, list[Any]] = {name: [] for name in METRIC_COLUMNS}
     for group in _period_groups(strategies, max(2, AVERAGES_BYTES // (8 * bars.height))):
-        periods = sorted({p for k in group for p in (strategies[k].fast_period, strategies[k].slow_period)})
-        row_of = {period: row for row, period in enumerate(periods)}
-        averages = _averages(bars, type(strategies[0]), close, periods)
+        averages, row_of = _distinct_averages(bars, [strategies[k] for k in group], close)
         fast = np.array([row_of[strategies[k].fast_period] for k in group], dtype=np.int64)
         slow = np.array([row_of[strategies[k].slow_period] for k in group], dtype=np.int64)
         run = functools.partial(_run_kernel, open_, close, ticks, averages, fast, slow, settings, commission, sizing)
@@ -164,21 +155,33 @@ def _crossover_columns(bars: pl.DataFrame, strategies: list[AverageCrossover], b
 def _target_columns(bars: pl.DataFrame, strategies: list[Strategy], base: BacktestConfig,
                     commission: charges.CommissionRule, sizing: charges.SizingRule, annual: Annualization
                     ) -> dict[str, list[Any]]:
-    """Any strategy: its `grid_targets` writes one signal row per combination, `kernel.targets_grid` fills them.
-    Combinations go in consecutive groups whose rows fit in `TARGETS_BYTES`."""
+    """Any strategy: its `grid_targets` writes one signal row per combination, `kernel.targets_grid` fills them
+    (`realism.exits_grid` with realism options). Combinations go in consecutive groups whose rows fit in
+    `TARGETS_BYTES`."""
     open_, close, ticks, unit = _prices(bars)
     settings = _settings(base)
     n = bars.height
+    if base.exits.active:
+        high, low = (np.ascontiguousarray(bars[c].to_numpy(), dtype=np.float64) for c in ("high", "low"))
+        session_end, next_session_end, days = _sessions(bars, base.exits)
+        exits = realism.ExitSettings.of(base.exits)
     padded = -(-n // 8) * 8  # whole uint64 words per row
     per_group = max(1, TARGETS_BYTES // padded)
     columns: dict[str, list[Any]] = {name: [] for name in METRIC_COLUMNS}
     for first in range(0, len(strategies), per_group):
         group = strategies[first:first + per_group]
         targets = np.zeros((len(group), padded), dtype=np.int8)
-        _write_targets(bars, group, targets[:, :n], base.entry)
+        if all(_is_plain_crossover(s) for s in group):
+            _write_trend_targets(bars, typing.cast(list[AverageCrossover], group), targets[:, :n], base.entry)
+        else:
+            _write_targets(bars, group, targets[:, :n], base.entry)
         if not kernel.clip_targets(targets, settings.long_only):
             raise BacktestError(f"{type(group[0]).__name__}.grid_targets must write signals in {{-1, 0, 1}}")
-        run = functools.partial(_run_targets, open_, close, ticks, targets, settings, commission, sizing)
+        if base.exits.active:
+            run = functools.partial(_run_exits, open_, high, low, close, ticks, session_end, next_session_end, days,
+                                    targets, settings, exits, commission, sizing)
+        else:
+            run = functools.partial(_run_targets, open_, close, ticks, targets, settings, commission, sizing)
         state_f, state_i = _threaded(run, len(group))
         for name, values in _columns(state_f, state_i, close, float(base.cash), annual, unit).items():
             columns[name].extend(values)
@@ -192,9 +195,22 @@ def _write_targets(bars: pl.DataFrame, strategies: list[Strategy], out: np.ndarr
     parts = min(KERNEL_THREADS, len(strategies))
     edges = [len(strategies) * t // parts for t in range(parts + 1)]
     hook = type(strategies[0]).grid_targets
+    if parts == 1:  # a pool costs more than one combination's hook
+        hook(bars, strategies, out, entry)
+        return
     with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="grid-targets") as pool:
         for done in [pool.submit(hook, bars, strategies[a:b], out[a:b], entry) for a, b in itertools.pairwise(edges)]:
             done.result()
+
+
+def _write_trend_targets(bars: pl.DataFrame, strategies: list[AverageCrossover], out: np.ndarray, entry: Entry
+                         ) -> None:
+    """A plain crossover's signals (`strategies.base.trend_target`) from each distinct average, computed once."""
+    averages, row_of = _distinct_averages(bars, strategies, np.ascontiguousarray(bars["close"].to_numpy(),
+                                                                                 dtype=np.float64))
+    for k, s in enumerate(strategies):
+        indicators.trend_targets(averages[row_of[s.fast_period]], averages[row_of[s.slow_period]], entry == "cross",
+                                 out[k])
 
 
 def _prices(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -214,14 +230,25 @@ def _settings(base: BacktestConfig) -> kernel.Settings:
 def _threaded(run: Callable[[slice], tuple[np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:
     """`run` over `count` combinations split across `KERNEL_THREADS`, its states put back in combination order.
     Every thread takes every T-th combination: those that trade often (a short fast average) tend to sit next to
-    each other, and a contiguous split gave one thread ~20 % more work."""
+    each other, and a contiguous split gave one thread ~20 % more work. One combination runs without a pool, which
+    costs more than the kernel on a short series."""
     slices = [slice(t, None, KERNEL_THREADS) for t in range(min(KERNEL_THREADS, count))]
-    state_f = np.empty((count, kernel.N_FLOAT))
-    state_i = np.empty((count, kernel.N_INT), dtype=np.int64)
+    if len(slices) == 1:
+        return run(slice(None))
     with ThreadPoolExecutor(max_workers=len(slices), thread_name_prefix="grid-kernel") as pool:
-        for part, (f, i) in zip(slices, pool.map(run, slices), strict=True):
-            state_f[part], state_i[part] = f, i
+        parts = list(pool.map(run, slices))
+    state_f = np.empty((count, parts[0][0].shape[1]))
+    state_i = np.empty((count, parts[0][1].shape[1]), dtype=np.int64)
+    for part, (f, i) in zip(slices, parts, strict=True):
+        state_f[part], state_i[part] = f, i
     return state_f, state_i
+
+
+def _distinct_averages(bars: pl.DataFrame, strategies: list[AverageCrossover], close: np.ndarray
+                       ) -> tuple[np.ndarray, dict[int, int]]:
+    """Every period the crossovers use, averaged once (`_averages`), and each period's row."""
+    periods = sorted({p for s in strategies for p in (s.fast_period, s.slow_period)})
+    return _averages(bars, type(strategies[0]), close, periods), {period: row for row, period in enumerate(periods)}
 
 
 def _averages(bars: pl.DataFrame, strategy: type[AverageCrossover], close: np.ndarray, periods: list[int]
@@ -247,6 +274,27 @@ def _run_targets(open_: np.ndarray, close: np.ndarray, ticks: np.ndarray, target
     rows = np.arange(targets.shape[0], dtype=np.int64)[part]
     return kernel.targets_grid(open_, close, ticks, targets, targets.view(np.uint64), rows, settings, commission,
                                sizing, BLOCK_BARS)
+
+
+def _run_exits(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, ticks: np.ndarray,
+               session_end: np.ndarray, next_session_end: np.ndarray, days: np.ndarray, targets: np.ndarray,
+               settings: kernel.Settings, exits: realism.ExitSettings, commission: charges.CommissionRule,
+               sizing: charges.SizingRule, part: slice) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.arange(targets.shape[0], dtype=np.int64)[part]
+    return realism.exits_grid(open_, high, low, close, ticks, session_end, next_session_end, days, targets,
+                              targets.view(np.uint64), rows, settings, exits, commission, sizing, BLOCK_BARS)
+
+
+def _sessions(bars: pl.DataFrame, rules: ExitRules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`exits.sessions` for `realism.exits_grid` (whether each bar ends its session, the first session end at or
+    after it, the days to the next session), computed only for the options that read sessions: reading the time
+    zone's dates is most of an exits grid's time on a million bars."""
+    n = bars.height
+    if not (rules.flatten_at_close or rules.borrow_fee_pct):
+        return np.zeros(n, dtype=np.bool_), np.full(n, n, dtype=np.int64), np.ones(n, dtype=np.int64)
+    session_end, days = sessions(bars["ts"])
+    ends = np.flatnonzero(session_end)
+    return session_end, np.r_[ends, n][np.searchsorted(ends, np.arange(n))], days.astype(np.int64)
 
 
 def _period_groups(strategies: list[AverageCrossover], max_periods: int) -> list[list[int]]:

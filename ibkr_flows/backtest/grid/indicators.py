@@ -137,6 +137,25 @@ def threshold_targets(values: np.ndarray, below: float, above: float, when_below
 
 
 @jit
+def trend_targets(fast: np.ndarray, slow: np.ndarray, cross: bool, out: np.ndarray) -> None:
+    """`strategies.base.trend_target` of two averages (NaN where null): 1 while fast > slow, -1 while below, a tie
+    or a NaN keeps the last side (flat before the first). With `cross` (entry "cross") nothing is decided before
+    the first crossing, where the averages are strictly on the other side than at the last bar they differed; from
+    there on every change of side is a crossing, so the state rule applies."""
+    side = 0  # where fast last was against slow: 1 above, -1 below, 0 never seen
+    armed = not cross
+    target = 0
+    for i in range(out.shape[0]):
+        now = 1 if fast[i] > slow[i] else (-1 if fast[i] < slow[i] else 0)
+        if now != 0:
+            armed = armed or (side != 0 and now != side)
+            side = now
+            if armed:
+                target = now
+        out[i] = target
+
+
+@jit
 def breakout_targets(close: np.ndarray, highs: np.ndarray, lows: np.ndarray, span: int, lookback: int,
                      out: np.ndarray) -> None:
     """donchian_breakout's target: `hold(when(close > prior_high).then(1).when(close < prior_low).then(-1))`, nulls
@@ -146,9 +165,8 @@ def breakout_targets(close: np.ndarray, highs: np.ndarray, lows: np.ndarray, spa
     n = out.shape[0]
     out[: min(lookback, n)] = 0
     target = 0
-    for i in range(lookback, n):
-        if close[i] > max(highs[i - lookback], highs[i - span]):
-            target = 1
-        elif close[i] < min(lows[i - lookback], lows[i - span]):
-            target = -1
+    for i in range(lookback, n):  # selects, not branches: a breakout is as likely as not where it matters
+        up = close[i] > max(highs[i - lookback], highs[i - span])
+        down = close[i] < min(lows[i - lookback], lows[i - span])
+        target = 1 if up else (-1 if down else target)
         out[i] = target

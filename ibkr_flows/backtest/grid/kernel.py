@@ -59,7 +59,7 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, average
     """
     n = close.shape[0]
     pairs = fast.shape[0]
-    state_f, state_i = _initial_state(pairs, settings)
+    state_f, state_i = initial_state(pairs, settings)
     armed = np.zeros(pairs, dtype=np.int64)  # the first bar whose masks count
     if settings.cross_entry:
         for k in range(pairs):
@@ -92,7 +92,7 @@ def targets_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, targets: 
     """
     n = close.shape[0]
     combinations = rows.shape[0]
-    state_f, state_i = _initial_state(combinations, settings)
+    state_f, state_i = initial_state(combinations, settings)
     for start in range(0, n, block):
         stop = min(start + block, n)
         opens = open_[start:stop]
@@ -119,7 +119,7 @@ def clip_targets(targets: np.ndarray, long_only: bool) -> bool:
 
 
 @_jit
-def _initial_state(combinations: int, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+def initial_state(combinations: int, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     """Every combination's state before the first bar: all cash, at its peak, no trades."""
     state_f = np.zeros((combinations, N_FLOAT))
     state_i = np.zeros((combinations, N_INT), dtype=np.int64)
@@ -175,17 +175,17 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     signal is decided. The signal is stored already clipped to the mode: in long-only mode a tie then keeps "flat"
     where the engine keeps -1 and clips it, the same target.
 
-    The bars are walked in runs: `_run_end` (or `_target_run_end`) finds the first close after a fill whose
+    The bars are walked in runs: `_run_end` (or `target_run_end`) finds the first close after a fill whose
     signal changes the target, eight bars per step, and
     the bars up to it hold the same shares and cash. A flat run's equity is its cash on every bar, so only its
     first bar is marked (returns 0, the same side of the peak throughout): in long-only mode about half the bars
-    cost nothing but their comparisons. A held run's returns are summed four bars at a time (`_held_run`); its
+    cost nothing but their comparisons. A held run's returns are summed four bars at a time (`held_run`); its
     bars go through the peak rules one by one only if one of them may set a new peak or a new low.
     """
     cash, entry_price, entry_fee = sf[F_CASH], sf[F_ENTRY_PRICE], sf[F_ENTRY_FEE]
     prev_equity, peak, min_ratio = sf[F_PREV_EQUITY], sf[F_PEAK], sf[F_MIN_PEAK_RATIO]
     sum_r, sum_r2, sum_down2 = sf[F_SUM_R], sf[F_SUM_R2], sf[F_SUM_DOWN2]
-    low_water = _low_water(peak, min_ratio)
+    low_water = low_water_mark(peak, min_ratio)
     shares, side, signal, held = si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD]
     last_peak, longest, exposed = si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED]
     short = 0 if settings.long_only else -1  # engine.held_positions: a -1 target is flat in long-only mode
@@ -204,7 +204,7 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
                 fill = price * (1 + (-side) * settings.slippage_bps / 10_000)
                 fee = commission_of(commission, abs(shares), fill)
                 cash += shares * fill - fee
-                _record_trade(sf, si, side * abs(shares) * (fill - entry_price) - (entry_fee + fee),
+                record_trade(sf, si, side * abs(shares) * (fill - entry_price) - (entry_fee + fee),
                               abs(shares) * entry_price, entry_fee + fee)
                 shares = 0
             if target != 0:
@@ -216,7 +216,7 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
                     shares, side, entry_price = target * size, target, fill
             held = target
         if by_target:  # the run: bars j..e hold these shares
-            e = _target_run_end(above, j, last, held)
+            e = target_run_end(above, j, last, held)
             signal = targets[e]
         else:
             e = _run_end(above, below, j, last, held != 1, held != short)
@@ -225,18 +225,14 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
             elif below_bytes[e]:
                 signal = short
         equity = cash + shares * closes[j]  # the run's first bar: its return is against the bar before it
-        if bar > 0 and equity != prev_equity:  # else the return is exactly 0 and adds nothing
-            r = equity / prev_equity - 1
-            sum_r += r
-            sum_r2 += r * r
-            down = min(r, 0.0)
-            sum_down2 += down * down
+        if bar > 0:
+            sum_r, sum_r2, sum_down2 = bar_return(equity, prev_equity, sum_r, sum_r2, sum_down2)
         prev_equity = equity
         marked = j + 1  # bars j..marked - 1 go through the peak rules one by one
         if shares != 0 and e > j:  # the rest of a held run
-            run_r, run_r2, run_down2, touched = _held_run(
+            run_r, run_r2, run_down2, touched = held_run(
                 closes, j + 1, e + 1, cash, float(shares), peak,
-                max(low_water, _low_water(max(peak, equity), min_ratio)))  # the highest low-water after bar j
+                max(low_water, low_water_mark(max(peak, equity), min_ratio)))  # the highest low-water after bar j
             sum_r += run_r
             sum_r2 += run_r2
             sum_down2 += run_down2
@@ -244,15 +240,8 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
                 marked = e + 1
             prev_equity = cash + shares * closes[e]
         for b in range(j, marked):
-            equity = cash + shares * closes[b]
-            if equity >= peak:  # drawdown exactly 0: metrics.max_drawdown_duration's "at peak"
-                if start + b > last_peak + 1:
-                    longest = max(longest, ts[start + b] - ts[last_peak])
-                peak, last_peak = equity, start + b
-                low_water = _low_water(peak, min_ratio)
-            elif equity < low_water:
-                min_ratio = min(min_ratio, equity / peak)
-                low_water = _low_water(peak, min_ratio)
+            peak, last_peak, longest, min_ratio, low_water = peak_rules(
+                ts, start + b, cash + shares * closes[b], peak, last_peak, longest, min_ratio, low_water)
         if shares != 0:
             exposed += e - j + 1
         elif e > j and equity >= peak:  # a flat run at the peak stays there to its end
@@ -268,7 +257,7 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
 
 
 @_jit(error_model="numpy", fastmath={"reassoc", "nsz"})
-def _held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
+def held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
               ) -> tuple[float, float, float, bool]:
     """Bars lo..hi - 1 of a held run (same shares, same cash): the sums of their returns, squared returns and
     squared downside returns, and whether any may set a new peak or a new low (given the lowest peak and the
@@ -297,7 +286,38 @@ def _held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, 
 
 
 @_jit
-def _low_water(peak: float, min_ratio: float) -> float:
+def bar_return(equity: float, prev_equity: float, sum_r: float, sum_r2: float, sum_down2: float
+               ) -> tuple[float, float, float]:
+    """A bar's return against the bar before it into the running sums of returns, squared returns and squared
+    downside returns (metrics.sharpe and sortino's inputs); an unchanged equity's return is exactly 0 and adds
+    nothing."""
+    if equity != prev_equity:
+        r = equity / prev_equity - 1
+        sum_r += r
+        sum_r2 += r * r
+        down = min(r, 0.0)
+        sum_down2 += down * down
+    return sum_r, sum_r2, sum_down2
+
+
+@_jit
+def peak_rules(ts: np.ndarray, bar: int, equity: float, peak: float, last_peak: int, longest: int,
+               min_ratio: float, low_water: float) -> tuple[float, int, int, float, float]:
+    """One bar's equity through the drawdown rules: a new peak (drawdown exactly 0, metrics.max_drawdown_duration's
+    "at peak", ending the underwater stretch since the last one) or a new low of equity over peak (skipped above
+    `low_water`); returns the new (peak, last_peak, longest, min_ratio, low_water)."""
+    if equity >= peak:
+        if bar > last_peak + 1:
+            longest = max(longest, ts[bar] - ts[last_peak])
+        return equity, bar, longest, min_ratio, low_water_mark(equity, min_ratio)
+    if equity < low_water:
+        min_ratio = min(min_ratio, equity / peak)
+        low_water = low_water_mark(peak, min_ratio)
+    return peak, last_peak, longest, min_ratio, low_water
+
+
+@_jit
+def low_water_mark(peak: float, min_ratio: float) -> float:
     """An equity at or above this cannot set a new minimum of equity / peak: it is above peak * min_ratio by
     1e-15 relative, more than the few roundings in between, so the division is skipped on all but new lows."""
     level = peak * min_ratio
@@ -305,7 +325,7 @@ def _low_water(peak: float, min_ratio: float) -> float:
 
 
 @_jit
-def _record_trade(sf: np.ndarray, si: np.ndarray, pnl: float, entry_value: float, commission: float) -> None:
+def record_trade(sf: np.ndarray, si: np.ndarray, pnl: float, entry_value: float, commission: float) -> None:
     """engine._trades_frame's pnl and return_pct, folded into metrics.trade_stats' sums."""
     return_pct = pnl / entry_value * 100
     si[I_TRADES] += 1
@@ -355,7 +375,7 @@ BYTE_ONES = np.uint64(0x0101010101010101)
 
 
 @_jit
-def _target_run_end(words: np.ndarray, j: int, last: int, held: int) -> int:
+def target_run_end(words: np.ndarray, j: int, last: int, held: int) -> int:
     """The first bar in j..last whose signal differs from `held`, else last (j if j >= last).
 
     `words` holds the block's signals, one byte per bar, eight bars to a word; XOR with `held` repeated in every

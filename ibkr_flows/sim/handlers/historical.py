@@ -170,7 +170,7 @@ async def _answer_historical(session: Session, req: HistoricalRequest, expired: 
     if conflict is not None:
         session.send(msg.error(req.req_id, msg.invalid_request(conflict)))
         return
-    now = sim.clock()
+    now = sim.history_now()
     try:
         end = parse_end_datetime(req.end, sim.tws_zone, now)
     except ValueError:
@@ -185,6 +185,9 @@ async def _answer_historical(session: Session, req: HistoricalRequest, expired: 
     if too_long:
         session.send(msg.error(req.req_id, msg.time_length_exceeded()))
         return
+    if sim.as_of is not None:  # living on an earlier day: the later bars do not exist yet
+        end = min(end, now)
+    as_of = sim.adjustment_day()
     oldest = oldest_available(req.bar_size, now)
     first = max(start, oldest) if oldest else start
     bad_bars = sim.faults.bad_bars
@@ -193,8 +196,8 @@ async def _answer_historical(session: Session, req: HistoricalRequest, expired: 
     def answer() -> bytes | None:
         """The encoded HISTORICAL_DATA frame, or None for an empty window: the whole costly part, which touches
         nothing the event loop uses (corruptions are recorded in `injected`, merged on the loop)."""
-        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, first, end),
-                         inst)
+        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, first, end,
+                                             as_of), inst)
         if bars.is_empty():
             return None
         bars = inject_bad_bars(inst.symbol, req, bars, bad_bars, injected)
@@ -253,8 +256,8 @@ async def _current_bar(session: Session, req: HistoricalRequest, inst: Instrumen
         start = bar_start(min(now, close) - timedelta(microseconds=1), step, req.use_rth)
 
     def latest() -> dict[str, Any] | None:
-        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, start, now),
-                         inst)
+        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, start, now,
+                                             sim.adjustment_day()), inst)
         return bars.row(-1, named=True) if bars.height else None
 
     return await off_loop_if_large(sim, req.bar_size, start, now, latest)
