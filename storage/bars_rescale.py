@@ -83,8 +83,12 @@ def rescale_updates(kind: ActionKind, factor: float) -> dict[str, str]:
     return updates
 
 
-def _rescale_app_id(con_id: int, kind: ActionKind, effective: date) -> str:
-    return f"ibkr.rescale/{con_id}/{kind}/{effective.isoformat()}"
+def _rescale_app_id(con_id: int, kind: ActionKind, effective: date, series: SeriesFilter) -> str:
+    """One per action and series choice: each series of an instrument is re-scaled once, when its own overlap
+    shows the event (a series fetched after the event for dates before it is on the new scale already)."""
+    what = ",".join(series.what_to_show) if series.what_to_show is not None else "*"
+    return (f"ibkr.rescale/{con_id}/{kind}/{effective.isoformat()}/{series.bar_size or '*'}/{what}/"
+            f"{'*' if series.use_rth is None else series.use_rth}")
 
 
 def rescale_history(location: TableLocation, *, symbol: str, con_id: int, kind: ActionKind, factor: float,
@@ -92,7 +96,7 @@ def rescale_history(location: TableLocation, *, symbol: str, con_id: int, kind: 
                     detected_at: datetime | None = None) -> RescaleResult:
     """Divide the instrument's stored prices before `effective` by `factor` in one commit of the bars table, then
     append the corporate_actions row naming the versions before and after."""
-    app_id = _rescale_app_id(con_id, kind, effective)
+    app_id = _rescale_app_id(con_id, kind, effective, series)
     predicate = rescale_predicate(con_id, effective, series)
 
     def update() -> tuple[int, int, int | None, bool]:

@@ -135,6 +135,15 @@ def stored_in_range(table: DeltaTable, bars: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def stored_overlap(location: TableLocation, frame: pl.DataFrame) -> pl.DataFrame:
+    """The stored bars of `frame`'s series in its [first, last] bar start (`stored_in_range` at the latest
+    version); empty when the table does not exist yet."""
+    table = try_open(location.bars)
+    if table is None:
+        return pl.DataFrame(schema={k: BARS_SCHEMA[k] for k in (*BAR_KEY, *PRICE_COLUMNS)})
+    return stored_in_range(table, conform_bars(frame))
+
+
 def plan_write(table: DeltaTable, bars: pl.DataFrame) -> WritePlan:
     """Split `bars` (conformed) into new rows, revised rows and rows already stored, against `table`'s version."""
     stored = stored_in_range(table, bars)

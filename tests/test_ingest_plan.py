@@ -64,7 +64,7 @@ def test_empty_and_bad_ranges() -> None:
 def test_resume_from_watermark_with_overlap_or_from_head() -> None:
     mark = datetime(2024, 7, 8, 19, 59, tzinfo=UTC)
     configured = datetime(2024, 1, 1, tzinfo=UTC)
-    assert resume_start(mark, configured, None, bar_size="1 min") == datetime(2024, 7, 8, 19, 57, tzinfo=UTC)
+    assert resume_start(mark, configured, None, bar_size="1 min") == datetime(2024, 7, 8, 19, 54, tzinfo=UTC)
     head = datetime(2024, 3, 1, 14, 30, tzinfo=UTC)
     assert resume_start(None, configured, head, bar_size="1 min") == head
     assert resume_start(None, configured, None, bar_size="1 min") == configured

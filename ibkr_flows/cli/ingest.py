@@ -229,6 +229,7 @@ def report_json(report: IngestReport, *, mode: str, server: PrefectServer | None
              "table_version": s.table_version, "error": s.error, "error_type": s.error_type}
             for s in report.symbols
         ],
+        "corporate_actions": report.corporate_actions,
         "quality_warnings": report.quality_warnings,
         "warnings": warnings,
     }
@@ -256,6 +257,8 @@ def _print_report(report: IngestReport, console: Console) -> None:
     console.print(table)
     console.print(f"{report.requests_sent} requests in {report.elapsed_s:.1f} s (pacing waits "
                   f"{report.pacing_wait_s:.1f} s)", style="dim")
+    for action in report.corporate_actions:
+        console.print(f"[cyan]adjusted:[/cyan] {escape(action)}", soft_wrap=True)
     for failed in report.failed:
         console.print(f"[red]{failed.symbol} failed[/red] ({failed.error_type}): {escape(failed.error or '')}",
                       soft_wrap=True)

@@ -84,7 +84,7 @@ class UnexplainedDifference:
 OverlapVerdict = AdjustmentEvent | ScalesAgree | UnexplainedDifference
 
 
-def _session_of(ts: datetime, bar_size: str) -> date:
+def session_of(ts: datetime, bar_size: str) -> date:
     """The session a bar belongs to: dated bars are stamped 00:00 UTC of their date; intraday by New York date."""
     return ts.date() if bar_step(bar_size) >= timedelta(days=1) else session_day(ts)
 
@@ -133,7 +133,7 @@ def compare_overlap(stored: pl.DataFrame, fresh: pl.DataFrame, *, bar_size: str,
     first_new = later.min() if later.len() else None
     return AdjustmentEvent(kind=kind, factor=factor, last_old_bar=last_old,  # type: ignore[arg-type]
                            first_new_bar=first_new,  # type: ignore[arg-type]
-                           effective_date=_session_of(first_new, bar_size) if first_new else None,  # type: ignore[arg-type]
+                           effective_date=session_of(first_new, bar_size) if first_new else None,  # type: ignore[arg-type]
                            bars_compared=joined.height, measured_ratio=median)
 
 
@@ -160,7 +160,7 @@ def split_like_jumps(bars: pl.DataFrame, *, bar_size: str) -> list[SplitLikeJump
     findings = []
     previous: tuple[date, float] | None = None
     for ts, open_, close in ordered.iter_rows():
-        session = _session_of(ts, bar_size)
+        session = session_of(ts, bar_size)
         if previous is not None and session != previous[0] and open_ > 0:
             ratio = snap_split_ratio(previous[1] / open_, JUMP_TOLERANCE)
             if ratio is not None:

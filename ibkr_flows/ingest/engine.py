@@ -89,6 +89,8 @@ class IngestReport:
     pacing_wait_s: float = 0.0
     reconnects: int = 0
     quality_warnings: list[str] = field(default_factory=list)
+    corporate_actions: list[str] = field(default_factory=list)
+    """Splits and dividends found in the re-fetched overlap and applied to the stored history (`scales`)."""
 
     @property
     def failed(self) -> list[SymbolReport]:
@@ -266,6 +268,9 @@ class _Run:
             checked = await self.stages.check(batch, self.request)
             stored = await self.stages.store(self.location, checked)
         self.report.quality_warnings += checked.warnings
+        if stored.scale is not None and (note := stored.scale.describe()):
+            (self.report.corporate_actions if stored.scale.event else self.report.quality_warnings).append(note)
+            log.warning("%s", note)
         report.gaps = sorted({*report.gaps, *checked.gaps})
         report.rows_quarantined += stored.rows_quarantined
         report.rows_inserted += stored.rows_inserted

@@ -91,10 +91,10 @@ def _yearly_chunks(start: datetime, end: datetime) -> list[Chunk]:
 
 
 def resume_start(watermark: datetime | None, configured_start: datetime, head: datetime | None, *, bar_size: str,
-                 overlap_bars: int = 2) -> datetime:
-    """Where fetching resumes: a couple of bars before the last stored one (its last bar may have been partial,
-    and IB revises recent bars), or, for a series never stored, the configured start bounded by IB's first
-    available bar (reqHeadTimeStamp)."""
+                 overlap_bars: int = 5) -> datetime:
+    """Where fetching resumes: a few bars before the last stored one (its last bar may have been partial, IB
+    revises recent bars, and the re-fetched bars show a split or dividend since: `scales`), or, for a series
+    never stored, the configured start bounded by IB's first available bar (reqHeadTimeStamp)."""
     if watermark is not None:
         return watermark - bar_step(bar_size) * overlap_bars
     return max(configured_start, head) if head is not None else configured_start

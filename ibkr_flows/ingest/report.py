@@ -53,6 +53,8 @@ def report_markdown(report: IngestReport) -> str:
                      f"{s.rows_updated} | {s.rows_quarantined} | {s.gaps_in_words()} | {_ts(s.watermark_after)} |")
     for s in failed:
         lines += ["", f"**{s.symbol}** ({s.error_type}): {s.error}"]
+    if report.corporate_actions:
+        lines += ["", "## Splits and dividends", ""] + [f"- {a}" for a in report.corporate_actions]
     if report.quality_warnings:
         lines += ["", "## Quality warnings", ""] + [f"- {w}" for w in report.quality_warnings[:50]]
         if len(report.quality_warnings) > 50:

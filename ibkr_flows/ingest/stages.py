@@ -11,15 +11,17 @@ from datetime import UTC, date, datetime
 
 import polars as pl
 
+from ibkr_flows.ingest.adjustments import split_like_jumps
 from ibkr_flows.ingest.convert import bars_to_frame
 from ibkr_flows.ingest.errors import SymbolError
 from ibkr_flows.ingest.fetch import IBSession, fetch_chunk
 from ibkr_flows.ingest.pacing import PacingBudget
 from ibkr_flows.ingest.plan import Chunk
 from ibkr_flows.ingest.request import IngestRequest
+from ibkr_flows.ingest.scales import ScaleCheck, check_scale, record_replaced, rescale_before_merge
 from ibkr_flows.ingest.series import ResolvedSeries
 from ibkr_flows.quality.validate import validate_bars
-from storage.bars_table import merge_bars, replace_series
+from storage.bars_table import merge_bars, replace_series, table_version
 from storage.location import TableLocation
 from storage.quarantine_table import append_quarantine
 
@@ -93,6 +95,8 @@ class StoredBatch:
     rows_quarantined: int
     table_version: int | None
     last_ts: datetime | None
+    scale: ScaleCheck | None = None
+    """The batch's overlap with the stored bars: a split or dividend found there, or a difference left alone."""
 
 
 async def fetch_batch(context: FetchContext, series: ResolvedSeries, chunks: Sequence[Chunk], end: datetime
@@ -145,17 +149,29 @@ def check_batch(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
         clean=result.clean.join(lineage.unique("ts", keep="first"), on="ts", how="left"),
         quarantined=quarantined,
         gaps=tuple(SessionGap(*row) for row in result.gaps.select("session", "expected", "received").iter_rows()),
-        warnings=[f"{batch.symbol}: {w.detail}" for w in result.warnings], replaces_series=batch.replaces_series)
+        warnings=[f"{batch.symbol}: {w.detail}" for w in result.warnings]
+        + [f"{batch.symbol}: {jump.describe()}" for jump in split_like_jumps(result.clean, bar_size=request.bar_size)],
+        replaces_series=batch.replaces_series)
 
 
 def store_batch(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
     """Quarantine first, then MERGE the clean rows (or, for a whole-series snapshot, replace the series with
     them): a crash between the two re-fetches the batch next run, and both writes are idempotent. A snapshot with
-    no clean rows replaces nothing: an empty answer never wipes a stored series."""
+    no clean rows replaces nothing: an empty answer never wipes a stored series.
+
+    Before the write, the batch's overlap with the stored bars is checked for a split or dividend (`scales`): a
+    split re-scales the stored history first (its own idempotent commit), so the batch merges onto one scale."""
     if checked.quarantined.height:
         append_quarantine(location, checked.quarantined)
-    replace = checked.replaces_series and checked.clean.height
+    replace = bool(checked.replaces_series and checked.clean.height)
+    scale = check_scale(location, checked.clean, dividend_adjusted=checked.replaces_series)
+    event = scale.event if scale is not None else None
+    if event is not None and not replace:
+        rescale_before_merge(location, scale)  # type: ignore[arg-type]
+    version_before = table_version(location)
     merged = replace_series(location, checked.clean) if replace else merge_bars(location, checked.clean)
+    if event is not None and replace:
+        record_replaced(location, scale, version_before, merged.version)  # type: ignore[arg-type]
     last = checked.clean["ts"].max() if checked.clean.height else None
     return StoredBatch(merged.rows_inserted, merged.rows_updated, checked.quarantined.height, merged.version,
-                       last)  # type: ignore[arg-type]
+                       last, scale)  # type: ignore[arg-type]
