@@ -69,7 +69,7 @@ def publish_grid(report: GridReport, request: GridRequest, *, table_version: int
     create_markdown_artifact(
         key="grid-summary",
         description=f"{report.combinations_tried} combinations of {report.strategy} on {request.symbol}",
-        markdown=grid_markdown(report, symbol=request.symbol, table_version=table_version,
+        markdown=grid_markdown(report, symbol=request.symbol, table_version=table_version, adjust=request.adjust,
                                code_version=code_version(), run_id=run_id, heatmap=heatmap,
                                heatmap_axes=(x, y)))
     top = report.top(request.top_n)

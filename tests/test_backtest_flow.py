@@ -126,7 +126,8 @@ def test_backtest_flow_publishes_artifacts_and_stores_a_reproducible_result(stor
     run = state.result()
     summary = Artifact.get("backtest-summary")
     assert summary is not None and "data:image/png;base64," in summary.data
-    assert f"bars table version {run.table_version}" in summary.data and "rsi_reversion" in summary.data
+    assert f"bars table version {run.table_version}, prices: splits (split-adjusted)" in summary.data
+    assert "rsi_reversion" in summary.data
     trades = Artifact.get("backtest-trades")
     assert trades is not None and "entry_price" in trades.data
     again = backtest_flow(**kwargs)

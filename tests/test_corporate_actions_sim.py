@@ -3,6 +3,7 @@ the real ib_async client; and the pure detection of an adjustment from stored vs
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -176,16 +177,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _sim_cli(tmp_path: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "ibkr_flows.cli.app", "sim", *args], env=cli_env(tmp_path),
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+
+
 def test_the_as_of_day_is_set_through_the_control_port(tmp_path: Path) -> None:
-    """`ibkr sim start` in its own process: the control channel's `as-of` command moves its day, `status`
-    reports it, an empty day returns to the clock's."""
+    """`ibkr sim start` in its own process: `ibkr sim as-of DAY` moves its day, `status` reports it, `--clear`
+    returns to the clock's; a malformed day is refused before anything is sent."""
     port, control = _free_port(), _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ibkr_flows.cli.app", "sim", "start", "--port", str(port),
                              "--control-port", str(control)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(tmp_path))
     try:
         wait_listening(control, proc)
-        assert send_command("127.0.0.1", control, {"cmd": "as-of", "day": "2020-08-28"}) == {"as_of": "2020-08-28"}
+        assert json.loads(_sim_cli(tmp_path, "as-of", "2020-08-28", "--control-port", str(control))) == {
+            "as_of": "2020-08-28"}
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            _sim_cli(tmp_path, "as-of", "28/08/2020", "--control-port", str(control))
+        assert "DAY must be YYYY-MM-DD" in refused.value.stderr
         assert send_command("127.0.0.1", control, {"cmd": "status"})["as_of"] == "2020-08-28"
         ib = IB()
         ib.connect("127.0.0.1", port, clientId=62, timeout=10)
@@ -194,7 +204,7 @@ def test_the_as_of_day_is_set_through_the_control_port(tmp_path: Path) -> None:
             assert ib.reqHistoricalData(aapl, "", "5 D", "1 day", "TRADES", True)[-1].date == BEFORE_AAPL_SPLIT
         finally:
             ib.disconnect()
-        send_command("127.0.0.1", control, {"cmd": "as-of", "day": ""})
+        _sim_cli(tmp_path, "as-of", "--clear", "--control-port", str(control))
         assert send_command("127.0.0.1", control, {"cmd": "status"})["as_of"] is None
     finally:
         proc.terminate()

@@ -35,6 +35,7 @@ def test_grid_flow_chunks_reports_and_stores_every_combination(stored: TableLoca
     assert report.combinations_tried == 9
     summary = Artifact.get("grid-summary")
     assert summary is not None and "Deflated Sharpe ratio" in summary.data and "data:image/png;base64," in summary.data
+    assert "prices: splits (split-adjusted)" in summary.data
     top = Artifact.get("grid-top")
     assert top is not None and "fast_period" in top.data
     rows = read_grid_results(stored).filter(symbol="MSFT")

@@ -46,6 +46,9 @@ EntryOption = Annotated[str, typer.Option(help="state (a position whenever the c
                                                "cross (only on the bar it starts to hold; crossovers, rsi_reversion)")]
 FinalizeOption = Annotated[str, typer.Option(help="close (a position open at the end closes at the last open) or "
                                                   "open (left open, marked at the last close, not counted as a trade)")]
+AdjustOption = Annotated[str, typer.Option(help="Prices as traded (none), split-adjusted (splits) or also "
+                                                "dividend-adjusted (total, TRADES only), from recorded corporate "
+                                                "actions.")]
 
 
 @backtest_app.command("run")
@@ -85,9 +88,7 @@ def run(
     borrow_fee: Annotated[float, typer.Option(help="Annual short-borrow fee, percent, charged daily on the short's "
                                                    "value.")] = 0.0,
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version (time travel).")] = None,
-    adjust: Annotated[str, typer.Option(help="Prices as traded (none), split-adjusted (splits) or also "
-                                             "dividend-adjusted (total, TRADES only), from recorded corporate "
-                                             "actions.")] = "splits",
+    adjust: AdjustOption = "splits",
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write the equity/drawdown chart(s) as PNG here.")] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Append to the backtest_results table.")
@@ -239,6 +240,7 @@ def grid(
     mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
     entry: EntryOption = "state",
     finalize: FinalizeOption = "close",
+    adjust: AdjustOption = "splits",
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     heatmap: Annotated[Path | None, typer.Option(help="Write the heatmap of the first two parameters here (PNG).")
@@ -281,7 +283,7 @@ def grid(
                               grid=dict(_axis(r) for r in ranges) or DEFAULT_GRID, rank_by=rank_by,
                               holdout=holdout or None, folds=folds or None, use_rth=rth,
                               cash=cash, commission=commission, mode=mode, entry=entry, finalize=finalize,
-                              table_version=table_version,
+                              adjust=adjust, table_version=table_version,
                               **({} if choice.bar_size is None else {"bar_size": choice.bar_size}))
         if choice.source == "stored" and choice.bar_size is not None:
             console.print(choice.describe(series_text([request.symbol], request.what_to_show, request.use_rth)))
@@ -309,10 +311,10 @@ def grid(
         x, y = list(spec.axes)[:2]
         heatmap.write_bytes(heatmap_png(report.results, x, y, rank_by))
         console.print(f"heatmap: {heatmap}")
-    _print_grid(report, console, top, run_id, version)
+    _print_grid(report, console, top, run_id, f"{version}, prices {request.adjust}")
 
 
-def _print_grid(report, console: Console, top: int, run_id: str, version: int) -> None:  # type: ignore[no-untyped-def]
+def _print_grid(report, console: Console, top: int, run_id: str, version: str) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     from ibkr_flows.backtest.report import format_value

@@ -177,3 +177,25 @@ def lose_connectivity(
 def restore_connectivity(port: PortOption = 7497, control_port: ControlOption = None) -> None:
     """Send 1102 (connectivity restored, data maintained) after `lose-connectivity`."""
     _command({"cmd": "restore-connectivity"}, port, control_port)
+
+
+@sim_app.command("as-of")
+def as_of(
+    day: Annotated[str | None, typer.Argument(help="A day (YYYY-MM-DD) to live on for historical data.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Back to the simulator's clock.")] = False,
+    port: PortOption = 7497,
+    control_port: ControlOption = None,
+) -> None:
+    """Serve history as IB did on DAY: no bars after it, and splits and dividends after it not yet applied.
+    Ingest, move the day past a split (AAPL's 4:1 took effect 2020-08-31), ingest again, and watch the stored
+    history get re-scaled."""
+    from datetime import date
+
+    if clear == (day is not None):
+        raise typer.BadParameter("give a DAY or --clear (not both)")
+    if day is not None:
+        try:
+            date.fromisoformat(day)
+        except ValueError as exc:
+            raise typer.BadParameter(f"DAY must be YYYY-MM-DD, got {day!r}") from exc
+    _command({"cmd": "as-of", "day": day}, port, control_port)

@@ -10,7 +10,7 @@ import polars as pl
 
 from ibkr_flows.backtest.grid.report import GridReport
 from ibkr_flows.backtest.metrics import Metrics
-from ibkr_flows.backtest.report import format_value
+from ibkr_flows.backtest.report import ADJUST_WORDS, format_value
 
 
 def heatmap_png(results: pl.DataFrame, x: str, y: str, metric: str) -> bytes:
@@ -53,7 +53,7 @@ def _metric_line(label: str, metrics: Metrics | None) -> str:
             f"| {metrics.trades} | {metrics.bars} |")
 
 
-def grid_markdown(report: GridReport, *, symbol: str, table_version: int, code_version: str, run_id: str,
+def grid_markdown(report: GridReport, *, symbol: str, table_version: int, adjust: str, code_version: str, run_id: str,
                   heatmap: bytes | None = None, heatmap_axes: tuple[str, str] = ("", "")) -> str:
     """`heatmap_axes` (x, y) name the heatmap in its alt text, which is what a screen reader or a broken image
     shows."""
@@ -68,7 +68,8 @@ def grid_markdown(report: GridReport, *, symbol: str, table_version: int, code_v
         f"beats the luck of {report.combinations_tried} trials; Bailey & López de Prado 2014)",
         f"- **Plateau score**: {format_value('sharpe', report.plateau_score)} (neighbours' {report.rank_by} over the "
         "best cell's; near 1 = a plateau, near 0 or negative = an isolated peak)",
-        f"- **Data**: bars table version {table_version} · **code**: {code_version} · run `{run_id}`",
+        f"- **Data**: bars table version {table_version}, prices: {adjust} ({ADJUST_WORDS[adjust]}) · **code**: "
+        f"{code_version} · run `{run_id}`",
         "",
         "| sample | return | sharpe | max drawdown | trades | bars |",
         "|---|---|---|---|---|---|",
