@@ -43,7 +43,7 @@ postgres:
 lint: .venv/.synced
 	.venv/bin/ruff check .
 
-bench: .venv/.synced
+bench: .venv/.synced postgres
 	$(UV) sync --frozen --group bench --python $(PYTHON)
 	.venv/bin/python bench/doctor_verdicts.py
 	.venv/bin/python bench/pacing_backfill.py
@@ -56,6 +56,7 @@ bench: .venv/.synced
 	.venv/bin/python bench/nightly_pacing.py
 	.venv/bin/python bench/sim_latency.py
 	.venv/bin/python bench/prefect_database.py
+	.venv/bin/python bench/pacing_shared.py
 
 $(UV):
 	$(PYTHON) -m venv .tools

@@ -5,56 +5,21 @@ The control run, the same two processes with a ledger file each, shows the viola
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import date
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from ibkr_flows.ingest.pacing_ledgers import DIR_ENV, LEDGER_ENV, PacingLedgerError, PostgresLedger
+from ibkr_flows.ingest.pacing_ledgers import LEDGER_ENV, PacingLedgerError, PostgresLedger
 from ibkr_flows.sim.embedded import EmbeddedSimulator
+from tests.pacing_processes import pacing_simulator, two_processes
 from tests.postgres_server import PostgresServer, postgres_server
 
-ROOT = Path(__file__).resolve().parents[1]
-NOW = datetime(2024, 7, 12, 22, 0, tzinfo=UTC)
 TIME_SCALE = 0.01
 """IB's 10-minute window becomes 6 s on both sides (simulator and budgets)."""
-PROCESSES = {"first": ("AAPL", "MSFT", "SPY"), "second": ("QQQ", "IBM", "NVDA")}
-INGEST = """
-import asyncio, json, sys
-from datetime import UTC, datetime
-from pathlib import Path
-from ibkr_flows.ingest.engine import ingest_async
-from ibkr_flows.ingest.fetch import RetryPolicy
-from ibkr_flows.ingest.pacing import PacingBudget
-from ibkr_flows.ingest.pacing_ledgers import default_ledger
-from ibkr_flows.ingest.request import IngestRequest
-from ibkr_flows.settings import IBKRSettings
-from storage.location import TableLocation
-
-port, client_id, data_dir, scale, *symbols = sys.argv[1:]
-settings = IBKRSettings(host="127.0.0.1", port=int(port), client_id=int(client_id), connect_timeout=5.0)
-request = IngestRequest(symbols=symbols, bar_size="30 secs", start=datetime(2024, 6, 17, tzinfo=UTC),
-                        end=datetime(2024, 7, 12, 22, tzinfo=UTC), quality_engine="polars",
-                        symbol_concurrency=len(symbols))
-budget = PacingBudget(default_ledger(settings.host, settings.port), time_scale=float(scale))
-policy = RetryPolicy(max_attempts=6, base_delay_s=0.05, max_delay_s=0.5, pacing_delay_s=0.2, reconnect_deadline_s=10)
-
-async def main():
-    try:
-        return await ingest_async(request, TableLocation(Path(data_dir)), settings, budget=budget, policy=policy)
-    finally:
-        await budget.aclose()
-
-report = asyncio.run(main())
-print(json.dumps({"failed": [s.symbol for s in report.failed], "rows": sum(s.rows_inserted for s in report.symbols),
-                  "waited_s": report.pacing_wait_s, "elapsed_s": report.elapsed_s}))
-"""
+START = date(2024, 6, 17)
 
 
 @pytest.fixture(scope="module")
@@ -64,33 +29,12 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 
 def _two_processes(tmp_path: Path, sim: EmbeddedSimulator, ledger_url: str | None) -> list[dict]:
-    """Start both ingestions at once, each with its own home, pacing directory and data directory."""
-    running = []
-    for client_id, (name, symbols) in enumerate(PROCESSES.items(), start=31):
-        home = tmp_path / name
-        home.mkdir()
-        env = {**os.environ, DIR_ENV: str(home / "pacing"), "HOME": str(home)}
-        env.pop(LEDGER_ENV, None)
-        if ledger_url:
-            env[LEDGER_ENV] = ledger_url
-        running.append(subprocess.Popen(
-            [sys.executable, "-c", INGEST, str(sim.port), str(client_id), str(home / "data"), str(TIME_SCALE),
-             *symbols], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for process in running:
-        out, err = process.communicate(timeout=240)
-        assert process.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
-def _pacing_simulator() -> EmbeddedSimulator:
-    return EmbeddedSimulator(clock=lambda: NOW)
+    return two_processes(tmp_path, sim, ledger_url, time_scale=TIME_SCALE, start=START)
 
 
 def test_two_processes_sharing_a_postgres_ledger_make_no_pacing_violation(tmp_path: Path,
                                                                           postgres: PostgresServer) -> None:
-    with _pacing_simulator() as sim:
+    with pacing_simulator() as sim:
         sim.update_faults(enforce_pacing=True, time_scale=TIME_SCALE)
         results = _two_processes(tmp_path, sim, postgres.url(driver="postgresql"))
         snapshot = sim.snapshot()
@@ -103,7 +47,7 @@ def test_two_processes_sharing_a_postgres_ledger_make_no_pacing_violation(tmp_pa
 
 def test_separate_ledgers_on_one_gateway_violate_the_pacing_rules(tmp_path: Path) -> None:
     """The control: what two machines do today without a shared ledger (IB counts both against one session)."""
-    with _pacing_simulator() as sim:
+    with pacing_simulator() as sim:
         sim.update_faults(enforce_pacing=True, time_scale=TIME_SCALE)
         _two_processes(tmp_path, sim, None)
         assert sim.snapshot()["pacing_violations"] > 0
