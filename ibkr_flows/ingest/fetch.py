@@ -20,6 +20,7 @@ from ibkr_flows.ib.instruments import InstrumentId
 from ibkr_flows.ib.pacing_rules import hard_limits_apply
 from ibkr_flows.ib.refusals import Refusal, answer_or_refusal
 from ibkr_flows.ib.resolve import AmbiguousInstrumentError, UnknownInstrumentError, resolve
+from ibkr_flows.ingest.client_leases import ClientIdLease, lease_client_id
 from ibkr_flows.ingest.errors import (
     AmbiguousSymbolError,
     DisconnectedError,
@@ -59,7 +60,9 @@ class RetryPolicy:
 
 
 class IBSession:
-    """A read-only ib_async connection that reconnects (with the next client id if TWS still holds ours)."""
+    """A read-only ib_async connection that reconnects (with the next client id if TWS still holds ours). The
+    client id is leased for the session's life (`client_leases`): processes sharing the gateway take different
+    ones, and the one TWS refuses (a client outside the lease, e.g. TWS's own) is given back for the next."""
 
     def __init__(self, settings: IBKRSettings, policy: RetryPolicy) -> None:
         self.settings = settings
@@ -76,6 +79,16 @@ class IBSession:
         self._recent_errors: list[int] = []
         self.ib.errorEvent += self._on_error
         self._connect_lock = asyncio.Lock()
+        self._lease: ClientIdLease | None = None
+
+    async def _lease_from(self, preferred: int) -> None:
+        if self._lease is not None:
+            self._lease.release()
+        self._lease = await lease_client_id(self.settings.host, self.settings.port, preferred)
+        self.client_id = self._lease.client_id
+        if self.client_id != preferred:
+            log.info("client id %d is leased by another process on %s:%d; using %d", preferred,
+                     self.settings.host, self.settings.port, self.client_id)
 
     def _on_error(self, req_id: int, code: int, text: str, _contract: Contract | None) -> None:
         self._recent_errors.append(code)
@@ -93,6 +106,8 @@ class IBSession:
     async def _connect_unlocked(self) -> None:
         if self.ib.isConnected():
             return
+        if self._lease is None:
+            await self._lease_from(self.client_id)
         deadline = asyncio.get_running_loop().time() + self.policy.reconnect_deadline_s
         attempt = 0
         while True:
@@ -109,8 +124,9 @@ class IBSession:
             except (OSError, TimeoutError) as exc:
                 self._drop()
                 if ErrorCode.CLIENT_ID_IN_USE in self._recent_errors:
-                    self.client_id += 1
-                    log.warning("client id in use; retrying as %d", self.client_id)
+                    refused = self.client_id
+                    await self._lease_from(refused + 1)
+                    log.warning("client id %d in use; retrying as %d", refused, self.client_id)
                     continue
                 if asyncio.get_running_loop().time() >= deadline:
                     raise DisconnectedError(f"could not reconnect to TWS within "
@@ -136,6 +152,9 @@ class IBSession:
 
     def close(self) -> None:
         self._drop()
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
 
 def classify(symbol: str, exc: RequestError) -> IngestError | None:

@@ -50,8 +50,21 @@ def default_ledger(host: str, port: int) -> PacingLedger:
     """The ledger for the gateway at host:port: IBKR_PACING_LEDGER's Postgres if set, else this machine's file."""
     if url := os.environ.get(LEDGER_ENV, "").strip():
         return PostgresLedger(url, gateway=f"{host}:{port}")
-    base = Path(os.environ.get(DIR_ENV, Path.home() / ".cache" / "ibkr-flows" / "pacing"))
-    return FileLedger(base / f"{host.replace(':', '_')}_{port}.json")
+    return FileLedger(ledger_directory() / f"{host.replace(':', '_')}_{port}.json")
+
+
+def ledger_directory() -> Path:
+    """Where this machine's ledger files (and client-id lock files: `client_leases`) live."""
+    return Path(os.environ.get(DIR_ENV, Path.home() / ".cache" / "ibkr-flows" / "pacing"))
+
+
+def postgres_location(url: str, gateway: str) -> tuple[str, str]:
+    """The URL asyncpg takes, and how to name it in messages: without its password (it reaches logs)."""
+    url = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return url, f"{scheme}://{user}{'@' if at else ''}{host} (gateway {gateway})"
 
 
 @dataclass
@@ -108,15 +121,11 @@ class PostgresLedger:
     _in_use: asyncio.Lock | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.url = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.url = postgres_location(self.url, self.gateway)[0]
 
     @property
     def where(self) -> str:
-        """The URL without its password (it reaches logs)."""
-        scheme, _, rest = self.url.partition("://")
-        credentials, at, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}{'@' if at else ''}{host} (gateway {self.gateway})"
+        return postgres_location(self.url, self.gateway)[1]
 
     async def update(self, change: Change[T], window_s: float) -> T:
         loop = asyncio.get_running_loop()
