@@ -26,7 +26,8 @@ def ingest_flow(
     fetched, quality-checked and merged as its own step. Symbols that fail (unknown, no permissions, retries
     exhausted) do not stop the others; the flow then ends Failed, listing them. Empty `data_dir` = IBKR_DATA_DIR.
     """
-    tws_preflight(tws.host, tws.port, tws.client_id, check_data=False, patient=True)
+    # another process on this gateway may hold the configured id (ingestion leases one: ingest.client_leases)
+    tws_preflight(tws.host, tws.port, tws.client_id, retry_client_id=True, check_data=False, patient=True)
     report = run_ingest(request, TableLocation.at(data_dir), tws)
     publish_ingest_report(report)
     if report.failed:

@@ -5,6 +5,7 @@ expiry; two ingestions both configured with id 10 run side by side without TWS r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -136,3 +137,22 @@ def test_two_ingestions_configured_with_one_id_never_collide(lock_dir: Path, tmp
     assert "326" not in errors, errors
     assert any("client id 10 is leased by another process" in r.getMessage() and r.getMessage().endswith(
         "using 11") for r in caplog.records)
+
+
+def test_an_ingestion_whose_id_tws_holds_goes_on_with_a_free_one(lock_dir: Path, tmp_path: Path) -> None:
+    """Client id 10 held by a client outside the leases (TWS refuses it: 326): the preflight and the ingestion
+    both continue with 11, and the run stores its bars."""
+    from typer.testing import CliRunner
+
+    from ibkr_flows.cli.app import app
+
+    now = datetime(2024, 7, 12, 22, tzinfo=UTC)
+    with EmbeddedSimulator(clock=lambda: now) as sim:
+        sim.update_faults(busy_client_ids={10})
+        result = CliRunner().invoke(app, [
+            "data", "ingest", "AAPL", "--bar-size", "1 hour", "--start", "2024-07-08", "--end", "2024-07-12",
+            "--host", sim.host, "--port", str(sim.port), "--client-id", "10", "--no-prefect", "--json"],
+            env={"IBKR_DATA_DIR": str(tmp_path / "data"), DIR_ENV: str(lock_dir)})
+    report = json.loads(result.output)
+    assert result.exit_code == 0, result.output
+    assert report["symbols"][0]["status"] == "ok" and report["symbols"][0]["rows_inserted"] > 0

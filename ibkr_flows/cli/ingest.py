@@ -129,7 +129,9 @@ def _run_plain(request: IngestRequest, tws: TWSEndpoint, data_dir: str | None, o
     from storage.location import TableLocation
 
     settings = tws.settings()
-    diagnosis = diagnose(settings, check_data=False, patient=True)  # a slow TWS is no reason to skip a run
+    # a slow TWS is no reason to skip a run, nor is the configured client id held by another process (ingestion
+    # leases a free one: ingest.client_leases)
+    diagnosis = diagnose(settings, retry_client_id=True, check_data=False, patient=True)
     if not diagnosis.ok:
         return diagnosis
     return asyncio.run(ingest_async(request, TableLocation.at(data_dir), settings, progress=on_progress))
