@@ -13,6 +13,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from ibkr_flows.backtest.grid import GridReport, run_grid
 from ibkr_flows.backtest.request import GridRequest
+from ibkr_flows.backtest.runner import grid_config
 from storage.location import TableLocation
 from tasks.grid import load_grid_bars, publish_grid, store_grid_results, submit_chunks
 
@@ -44,7 +45,7 @@ def backtest_grid(
     live progress bar; every combination goes to the grid_results table. Empty `data_dir` = IBKR_DATA_DIR.
     """
     location = TableLocation.at(data_dir)
-    spec, base = request.spec(), request.config()
+    spec, base = request.spec(), grid_config(location, request)
     bars, version = load_grid_bars(request, location)
     batches = spec.chunks(request.chunks)
     evaluations = 1 + (request.folds or 0)

@@ -44,12 +44,16 @@ IDENTITY_COLUMNS: dict[str, pl.DataType] = {
     "mode": pl.String(),
     "request": pl.String(),
     "adjust": pl.String(),
+    "currency": pl.String(),
 }
 """`request` is the whole request as JSON with the bars-table version pinned: what `ibkr backtest rerun` runs
 again. Rows stored before it existed have it null (and cannot be re-run). `adjust` is the price adjustment the run
-read (none, splits, total); rows stored before it existed have it null (they read the stored bars: splits). Both
-were added by schema evolution: the first append after a column was added merges it into the table's schema, so
-older tables stay readable and keep their rows."""
+read (none, splits, total); rows stored before it existed have it null (they read the stored bars: splits).
+`currency` is what the run's money (cash, PnL, final equity, commissions) is in: the instrument's currency, a
+currency pair's quote currency; rows stored before it existed have it null (they could only be US stocks: USD).
+All three were added by schema evolution: the first append after a column was added merges it into the table's
+schema, so older tables stay readable and keep their rows. `commission` is the model charged (`auto` resolved per
+symbol, e.g. ibkr_futures)."""
 
 
 RUN_METRIC_COLUMNS: dict[str, pl.DataType] = {

@@ -62,6 +62,29 @@ def test_grid_cli_prints_the_ranking_and_the_overfitting_checks(stored: TableLoc
     assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_grid_cli_takes_the_realism_options_and_equals_the_single_run(stored: TableLocation,  # noqa: F811
+                                                                      tmp_path: Path) -> None:
+    """Stops, flatten-at-close and the borrow fee reach the grid from the CLI; the one combination's stored row
+    equals `ibkr backtest run` with the same options."""
+    realism = ["--stop-loss", "0.3", "--take-profit", "0.8", "--trailing-stop", "0.5", "--flatten-at-close",
+               "--borrow-fee", "3", "--mode", "long_short"]
+    window = ["--symbol", "AAPL", "--start", "2024-07-10", "--end", "2024-07-13"]
+    env = {"IBKR_DATA_DIR": str(stored.root), "COLUMNS": "200"}
+    grid = CliRunner().invoke(app, ["backtest", "grid", *window, "--range", "fast_period=4", "--range",
+                                    "slow_period=12", "--holdout", "0", *realism], env=env)
+    assert grid.exit_code == 0, grid.output
+    single = CliRunner().invoke(app, ["backtest", "run", *window, "--fast-period", "4", "--slow-period", "12",
+                                      "--no-store", "--json", *realism], env=env)
+    assert single.exit_code == 0, single.output
+    run_id = grid.output.rsplit("run ", 1)[1].split()[0]
+    row = read_grid_results(stored).filter(run_id=run_id).row(0, named=True)
+    request = json.loads(row["request"])
+    assert (request["stop_loss_pct"], request["flatten_at_close"], request["borrow_fee_pct"]) == (0.3, True, 3.0)
+    metrics = json.loads(single.output)["results"]["AAPL"]
+    assert row["total_return_pct"] == pytest.approx(metrics["total_return_pct"], rel=1e-9)
+    assert row["trades"] == metrics["trades"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--range", "fast_period=30:40:5", "--range", "slow_period=10:20:5"], "empty"),
     (["--range", "window=1,2"], "window"),

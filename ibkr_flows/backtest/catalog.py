@@ -192,11 +192,11 @@ def _rerun_grid(location: TableLocation, stored: StoredRun, request_json: str
                 ) -> tuple[int, list[Difference], None]:
     from ibkr_flows.backtest.grid import run_grid
     from ibkr_flows.backtest.request import GridRequest
-    from ibkr_flows.backtest.runner import load_bars
+    from ibkr_flows.backtest.runner import grid_config, load_bars
 
     request = GridRequest.model_validate_json(request_json)
     bars, _ = load_bars(location, request, request.symbol, request.table_version)
-    report = run_grid(bars, request.bar_size, request.spec(), request.config(), holdout=request.holdout,
+    report = run_grid(bars, request.bar_size, request.spec(), grid_config(location, request), holdout=request.holdout,
                       folds=request.folds)
     axes = list(request.grid)
     fresh = {json.dumps({a: row[a] for a in axes}, sort_keys=True): row

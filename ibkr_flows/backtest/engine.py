@@ -22,10 +22,17 @@ finalize_trades=True`, so its results can be reproduced):
   the slipped fill. Sizing happens at entry only; a position keeps its share count until it is closed. An entry
   the cash cannot pay for is skipped, not retried. There are no margin calls: a losing short can take equity
   below zero.
+- Instruments (`ContractTerms`, `BacktestConfig.terms`): money is quantity x price x multiplier (ES: 50 per point),
+  fills are put on the tick grid against the trader, sizing buys whole contracts (or a pair's base units) from one
+  unit's value, and cash, PnL and metrics are in the instrument's currency (a pair's quote currency).
+- Futures rolls: bars may carry a `contract` column (the conId each bar of a continuous series was taken from).
+  Where it changes while a position is held through that bar's open, the position is rolled at that open: both
+  orders' commissions and slippage are paid, booked on the open trade, which goes on (`Account.roll`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -34,6 +41,7 @@ import numpy as np
 import polars as pl
 
 from ibkr_flows.backtest.account import Account, Simulation
+from ibkr_flows.backtest.contract_terms import US_STOCK, ContractTerms
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed
 from ibkr_flows.backtest.errors import BacktestError, NoBarsError
 from ibkr_flows.backtest.exits import ExitRules, simulate_with_exits
@@ -46,6 +54,7 @@ Mode = Literal["long_only", "long_short"]
 Finalize = Literal["close", "open"]
 PRICE_COLUMNS = ("open", "high", "low", "close")
 REQUIRED_COLUMNS = ("ts", *PRICE_COLUMNS, "volume")
+CONTRACT_COLUMN = "contract"
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,8 @@ class BacktestConfig:
     """Everything about a run except the data. Defaults: USD 100,000, IBKR Pro Fixed commissions, no slippage,
     all-in sizing, long only, positions taken on the strategy's state and closed at the end (`entry`, `finalize`:
     the module's conventions), no realism options (`exits`). `bars_per_session` overrides the RTH session length
-    used for annualizing intraday bars (pass it for extended-hours data)."""
+    used for annualizing intraday bars (pass it for extended-hours data); `terms` the instrument's (default: a US
+    stock), and `cash` is in its currency."""
 
     strategy: str
     params: Mapping[str, object] = field(default_factory=dict)
@@ -66,6 +76,7 @@ class BacktestConfig:
     entry: Entry = "state"
     finalize: Finalize = "close"
     exits: ExitRules = field(default_factory=ExitRules)
+    terms: ContractTerms = US_STOCK
 
     def __post_init__(self) -> None:
         if not self.cash > 0:
@@ -92,6 +103,8 @@ class BacktestResult:
     equity: pl.DataFrame
     """ts, equity, drawdown_pct, position (signed shares at the close)."""
     metrics: Metrics
+    currency: str = "USD"
+    """What every amount (trades' PnL and commissions, equity, metrics' money) is in: the instrument's currency."""
 
 
 def run_backtest(bars: pl.DataFrame, bar_size: str, config: BacktestConfig) -> BacktestResult:
@@ -107,19 +120,29 @@ def run_backtest(bars: pl.DataFrame, bar_size: str, config: BacktestConfig) -> B
     if signals.len() != bars.height or signals.null_count() or not signals.is_in([-1, 0, 1]).all():
         raise BacktestError(f"{strategy} must return one signal in {{-1, 0, 1}} per bar")
     held = held_positions(signals.to_numpy().astype(np.int8), config.mode, config.finalize)
-    account = Account(config.cash, config.commission, config.slippage_bps, config.sizing)
+    account = Account(config.cash, config.commission, config.slippage_bps, config.sizing, config.terms)
+    rolls = roll_bars(bars)
+    multiplier = config.terms.multiplier
     if config.exits.active:
+        if rolls.size:
+            raise BacktestError(
+                f"the bars roll futures contracts {rolls.size} time(s) and realism options (stops, flatten at "
+                "close, borrow fee) cannot charge rolls yet: run without them, or on one dated contract")
         sim = simulate_with_exits(*(bars[c].to_numpy() for c in PRICE_COLUMNS), bars["ts"], held, account,
                                   config.exits)
+        if multiplier != 1.0:  # the exit loop marks shares x close; the account's cash already used the multiplier
+            sim = dataclasses.replace(
+                sim, equity=sim.equity + sim.position * (bars["close"].to_numpy() * (multiplier - 1.0)))
     else:
-        sim = simulate(bars["open"].to_numpy(), bars["close"].to_numpy(), held, account)
-    trades = _trades_frame(bars["ts"], sim)
+        sim = simulate(bars["open"].to_numpy(), bars["close"].to_numpy(), held, account, rolls, multiplier)
+    trades = _trades_frame(bars["ts"], sim, multiplier)
     equity = pl.DataFrame({
         "ts": bars["ts"], "equity": sim.equity, "drawdown_pct": drawdown_pct(sim.equity), "position": sim.position})
     metrics = compute_metrics(
         bars["ts"].to_numpy(), bars["close"].to_numpy(), sim.equity, sim.position, trades["pnl"].to_numpy(),
         trades["return_pct"].to_numpy(), float(sim.commission.sum()), annual)
-    return BacktestResult(strategy=strategy, trades=trades, equity=equity, metrics=metrics)
+    return BacktestResult(strategy=strategy, trades=trades, equity=equity, metrics=metrics,
+                          currency=config.terms.currency)
 
 
 def held_positions(signals: np.ndarray, mode: Mode, finalize: Finalize = "close") -> np.ndarray:
@@ -133,26 +156,45 @@ def held_positions(signals: np.ndarray, mode: Mode, finalize: Finalize = "close"
     return np.maximum(held, 0) if mode == "long_only" else held
 
 
-def simulate(open_: np.ndarray, close: np.ndarray, held: np.ndarray, account: Account) -> Simulation:
-    """Fill `held` (target per bar, acted on at that bar's open) and mark the account at every close.
+def roll_bars(bars: pl.DataFrame) -> np.ndarray:
+    """Bars whose `contract` differs from the previous bar's (none without the column)."""
+    if CONTRACT_COLUMN not in bars.columns:
+        return np.empty(0, dtype=np.int64)
+    contract = bars[CONTRACT_COLUMN]
+    if contract.null_count() or not contract.dtype.is_integer():
+        raise BacktestError(f"the {CONTRACT_COLUMN!r} column must hold each bar's conId (integers, no nulls), got "
+                            f"{contract.dtype} with {contract.null_count()} null(s)")
+    return np.flatnonzero(np.diff(contract.to_numpy())) + 1
 
-    Loops over target changes only; between changes the cash and shares are constant, so the equity curve is
-    cash + shares * close, broadcast per segment.
+
+def simulate(open_: np.ndarray, close: np.ndarray, held: np.ndarray, account: Account,
+             rolls: np.ndarray | None = None, multiplier: float = 1.0) -> Simulation:
+    """Fill `held` (target per bar, acted on at that bar's open), roll at `rolls` (bars whose open starts a new
+    futures contract), and mark the account at every close.
+
+    Loops over target changes and rolls only; between them the cash and position are constant, so the equity
+    curve is cash + position * close * multiplier, broadcast per segment.
     """
     initial_cash = account.cash
-    changes = np.flatnonzero(np.diff(held, prepend=np.int8(0)))
+    changed = np.diff(held, prepend=np.int8(0)) != 0
+    events = np.flatnonzero(changed)
+    if rolls is not None and rolls.size:
+        events = np.union1d(events, rolls)
     cash_after: list[float] = []
     shares_after: list[int] = []
-    for bar, price, target in zip(changes.tolist(), open_[changes].tolist(), held[changes].tolist(), strict=True):
-        if account.shares:
-            account.close(bar, price)
-        if target:
-            account.open(bar, price, target)
+    for bar, price, target in zip(events.tolist(), open_[events].tolist(), held[events].tolist(), strict=True):
+        if changed[bar]:
+            if account.shares:
+                account.close(bar, price)
+            if target:
+                account.open(bar, price, target)
+        elif account.shares:  # held through a contract change: roll it (a new position opens in the new contract)
+            account.roll(price)
         cash_after.append(account.cash)
         shares_after.append(account.shares)
-    segment = np.searchsorted(changes, np.arange(len(held)), side="right")  # 0 before the first change
+    segment = np.searchsorted(events, np.arange(len(held)), side="right")  # 0 before the first event
     position = np.array([0, *shares_after], dtype=np.int64)[segment]
-    equity = np.array([initial_cash, *cash_after])[segment] + position * close
+    equity = np.array([initial_cash, *cash_after])[segment] + position * (close * multiplier)
     return account.simulation(equity, position)
 
 
@@ -179,9 +221,10 @@ def _check_bars(bars: pl.DataFrame, bar_size: str) -> None:
         raise BacktestError("bars have null, NaN or non-positive prices")
 
 
-def _trades_frame(ts: pl.Series, sim: Simulation) -> pl.DataFrame:
-    entry_value = sim.size * sim.entry_price
-    pnl = sim.side * sim.size * (sim.exit_price - sim.entry_price) - sim.commission - sim.borrow_fee
+def _trades_frame(ts: pl.Series, sim: Simulation, multiplier: float = 1.0) -> pl.DataFrame:
+    entry_value = sim.size * sim.entry_price * multiplier
+    pnl = (sim.side * sim.size * (sim.exit_price - sim.entry_price) * multiplier - sim.commission - sim.borrow_fee
+           - sim.roll_cost)
     trades = pl.DataFrame({
         "entry_time": ts.gather(sim.entry_bar),
         "exit_time": ts.gather(sim.exit_bar),

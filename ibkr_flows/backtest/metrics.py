@@ -126,9 +126,9 @@ class TradeStats:
     avg_trade_pct: float | None
     """Arithmetic mean of trade returns."""
     profit_factor: float | None
-    """Gross profit over gross loss, in USD."""
+    """Gross profit over gross loss."""
     expectancy: float | None
-    """Mean PnL per trade, in USD after commissions."""
+    """Mean PnL per trade after commissions, in the instrument's currency."""
 
 
 def trade_stats(pnl: np.ndarray, return_pct: np.ndarray) -> TradeStats:
@@ -147,7 +147,8 @@ def trade_stats(pnl: np.ndarray, return_pct: np.ndarray) -> TradeStats:
 
 @dataclass(frozen=True)
 class Metrics:
-    """One backtest's summary; percentages are in percent (12.5 means 12.5%), money in the account currency."""
+    """One backtest's summary; percentages are in percent (12.5 means 12.5%), money in the instrument's currency
+    (`BacktestResult.currency`: a currency pair's quote currency)."""
 
     start: datetime
     end: datetime

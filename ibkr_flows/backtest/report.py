@@ -38,10 +38,17 @@ def _duration(seconds: float) -> str:
 
 
 def metric_rows(run: BacktestRun) -> list[dict[str, str]]:
-    """One row per metric, one column per symbol (what both the CLI table and the artifact show)."""
+    """One row per metric, one column per symbol (what both the CLI table and the artifact show), then the
+    currency the money metrics are in: an ES run's final equity is USD, a SAP run's EUR."""
     values = {s.symbol: metric_values(s.result.metrics) for s in run.results}
-    return [{"metric": name, **{symbol: format_value(name, v[name]) for symbol, v in values.items()}}
+    rows = [{"metric": name, **{symbol: format_value(name, v[name]) for symbol, v in values.items()}}
             for name in HEADLINE]
+    return [*rows, {"metric": "currency", **{s.symbol: s.result.currency for s in run.results}}]
+
+
+def instrument_lines(run: BacktestRun) -> list[str]:
+    """Per symbol: the terms its money was computed with and the commission model charged."""
+    return [f"- **{s.symbol}**: {s.terms.describe()}; commission {s.commission}" for s in run.results]
 
 
 def trade_rows(run: BacktestRun, limit: int = 500) -> list[dict[str, Any]]:
@@ -76,6 +83,7 @@ def run_markdown(run: BacktestRun, charts: dict[str, bytes] | None = None) -> st
         f"- **Fills**: signal on bar close, fill at the next bar's open; entry on the {r.entry}; a position open at "
         f"the end is {'closed at the last open' if r.finalize == 'close' else 'left open, marked at the last close'}"
         f"; {first.annualization}",
+        *instrument_lines(run),
         "",
     ]
     rows = metric_rows(run)

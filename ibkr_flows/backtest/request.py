@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
+from ibkr_flows.backtest.contract_terms import US_STOCK, ContractTerms
+from ibkr_flows.backtest.costs import (
+    CommissionModel,
+    IBKRFixed,
+    IBKRTiered,
+    NoCommission,
+    PercentCommission,
+    default_commission,
+)
 from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
 from ibkr_flows.backtest.exits import ExitRules
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
@@ -21,7 +29,8 @@ from ibkr_flows.ib.historical import BarSize, WhatToShow
 if TYPE_CHECKING:
     from ibkr_flows.backtest.grid.spec import GridSpec
 
-CommissionName = Literal["ibkr_fixed", "ibkr_tiered", "percent", "none"]
+CommissionName = Literal["auto", "ibkr_fixed", "ibkr_tiered", "percent", "none"]
+"""`auto`: the IBKR Fixed schedule of each symbol's instrument class (`costs.default_commission`)."""
 SizingName = Literal["all_in", "fixed_shares", "fixed_fraction"]
 Adjust = Literal["none", "splits", "total"]
 """Which prices a backtest reads: `backtest.adjust`."""
@@ -47,8 +56,11 @@ class BacktestSettings(BaseModel):
     bar_size: BarSize = Field("1 min", description="IB bar size of the stored bars")
     what_to_show: WhatToShow = "TRADES"
     use_rth: bool = Field(True, description="Regular-hours bars (false: extended hours)")
-    cash: float = Field(100_000.0, gt=0, description="Starting cash")
-    commission: CommissionName = Field("ibkr_fixed", description="ibkr_fixed (USD 0.005/share, min 1, max 1%), "
+    cash: float = Field(100_000.0, gt=0, description="Starting cash, in the instrument's currency (a currency "
+                        "pair's quote currency)")
+    commission: CommissionName = Field("auto", description="auto (IBKR Fixed for the instrument's class: US stocks "
+                                       "USD 0.005/share, futures per contract plus exchange fees, FX 0.2 bps, non-US "
+                                       "stocks per exchange), ibkr_fixed (USD 0.005/share, min 1, max 1%), "
                                        "ibkr_tiered, percent (commission_rate), none")
     commission_rate: float = Field(0.0, ge=0, description="For commission=percent: a fraction of trade value "
                                    "(0.001 = 0.1%)")
@@ -94,7 +106,10 @@ class BacktestSettings(BaseModel):
                              f"as stored): use adjust=splits, or what_to_show=TRADES")
         return self
 
-    def commission_model(self) -> CommissionModel:
+    def commission_model(self, terms: ContractTerms = US_STOCK) -> CommissionModel:
+        """The model asked for; `auto` picks the one of `terms`' instrument class."""
+        if self.commission == "auto":
+            return default_commission(terms.sec_type, terms.symbol, terms.exchange, terms.currency)
         if self.commission == "percent":
             return PercentCommission(self.commission_rate)
         return {"ibkr_fixed": IBKRFixed, "ibkr_tiered": IBKRTiered, "none": NoCommission}[self.commission]()
@@ -106,11 +121,13 @@ class BacktestSettings(BaseModel):
             return FixedFraction(self.size)
         return AllIn()
 
-    def config(self, params: dict[str, Any] | None = None) -> BacktestConfig:
+    def config(self, params: dict[str, Any] | None = None, terms: ContractTerms = US_STOCK) -> BacktestConfig:
+        """The engine's config for an instrument with `terms` (the runner reads each symbol's; the default, a US
+        stock, is what the grid still assumes)."""
         return BacktestConfig(strategy=self.strategy, params=dict(params or {}), cash=self.cash,
-                              commission=self.commission_model(), slippage_bps=self.slippage_bps,
+                              commission=self.commission_model(terms), slippage_bps=self.slippage_bps,
                               sizing=self.sizing_model(), mode=self.mode, entry=self.entry, finalize=self.finalize,
-                              exits=self.exit_rules())
+                              exits=self.exit_rules(), terms=terms)
 
     def exit_rules(self) -> ExitRules:
         return ExitRules(stop_loss_pct=self.stop_loss_pct, take_profit_pct=self.take_profit_pct,
@@ -141,8 +158,8 @@ class BacktestRequest(BacktestSettings):
         self.config()  # strategy name, parameters, cash, mode, costs: all checked before any data is read
         return self
 
-    def config(self, params: dict[str, Any] | None = None) -> BacktestConfig:
-        return super().config(self.params if params is None else params)
+    def config(self, params: dict[str, Any] | None = None, terms: ContractTerms = US_STOCK) -> BacktestConfig:
+        return super().config(self.params if params is None else params, terms)
 
 
 class GridRequest(BacktestSettings):

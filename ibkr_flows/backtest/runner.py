@@ -17,10 +17,11 @@ from pathlib import Path
 import polars as pl
 
 from ibkr_flows.backtest.adjust import adjust_bars
-from ibkr_flows.backtest.engine import BacktestResult, run_backtest
+from ibkr_flows.backtest.contract_terms import US_STOCK, ContractTerms, read_contract_terms
+from ibkr_flows.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 from ibkr_flows.backtest.errors import NoBarsError
 from ibkr_flows.backtest.metrics import metric_values
-from ibkr_flows.backtest.request import BacktestRequest, BacktestSettings
+from ibkr_flows.backtest.request import BacktestRequest, BacktestSettings, GridRequest
 from storage.bars_table import read_bars
 from storage.corporate_actions_table import read_actions
 from storage.location import TableLocation
@@ -32,6 +33,10 @@ from storage.trades_table import append_trades
 class SymbolBacktest:
     symbol: str
     result: BacktestResult
+    terms: ContractTerms = US_STOCK
+    """The instrument's terms the run used (from the instruments table)."""
+    commission: str = "ibkr_fixed"
+    """The commission model charged (the request's `auto` resolved for this instrument)."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,8 @@ class BacktestRun:
                 "params": dataclasses.asdict(s.result.strategy), "bar_size": r.bar_size,
                 "what_to_show": r.what_to_show, "use_rth": r.use_rth, "range_start": r.start, "range_end": r.end,
                 "bars_version": self.table_version, "code_version": self.code_version, "cash": r.cash,
-                "commission": r.commission, "slippage_bps": r.slippage_bps, "sizing": r.sizing, "mode": r.mode,
-                "request": pinned, "adjust": r.adjust,
+                "commission": s.commission, "slippage_bps": r.slippage_bps, "sizing": r.sizing, "mode": r.mode,
+                "request": pinned, "adjust": r.adjust, "currency": s.result.currency,
             }, metrics=metric_values(s.result.metrics))
             for s in self.results
         ]
@@ -85,6 +90,12 @@ class MissingBarsError(NoBarsError):
         return f"{super().__str__()} (bars table version {self.version}); fetch them with:\n  {self.hint}"
 
 
+def grid_config(location: TableLocation, request: GridRequest) -> BacktestConfig:
+    """The grid's shared config with its symbol's terms from the instruments table, as a single run reads them,
+    so a grid row equals `ibkr backtest run` with the same parameters (tick rounding, commission model)."""
+    return request.config(terms=read_contract_terms(location, [request.symbol])[request.symbol])
+
+
 def load_bars(location: TableLocation, request: BacktestSettings, symbol: str, version: int | None
               ) -> tuple[pl.DataFrame, int]:
     """The symbol's bars at `version` (None: the latest), with prices as `request.adjust` asks (`adjust`)."""
@@ -100,20 +111,29 @@ def load_bars(location: TableLocation, request: BacktestSettings, symbol: str, v
 
 
 def run_request(request: BacktestRequest, location: TableLocation) -> BacktestRun:
-    """Backtest every symbol on one table version (pinned by the first read, so all symbols see the same data)."""
-    config = request.config()
+    """Backtest every symbol on one table version (pinned by the first read, so all symbols see the same data),
+    each with its instrument's terms and, for `commission="auto"`, its class's commission model."""
+    started = time.perf_counter()
+    terms = read_contract_terms(location, request.symbols)
     version = request.table_version
     results = []
-    read_s = engine_s = 0.0
+    read_s, engine_s = time.perf_counter() - started, 0.0
     for symbol in request.symbols:
         started = time.perf_counter()
         bars, version = load_bars(location, request, symbol, version)
         read = time.perf_counter()
-        results.append(SymbolBacktest(symbol, run_backtest(bars, request.bar_size, config)))
+        config = request.config(terms=terms[symbol])
+        result = run_backtest(bars, request.bar_size, config)
+        results.append(SymbolBacktest(symbol, result, terms[symbol], commission_name(config.commission)))
         read_s, engine_s = read_s + read - started, engine_s + time.perf_counter() - read
     assert version is not None
     return BacktestRun(run_id=uuid.uuid4().hex[:12], request=request, table_version=version,
                        code_version=code_version(), results=results, read_s=read_s, engine_s=engine_s)
+
+
+def commission_name(model: object) -> str:
+    """The name results rows record for a commission model: its `name`, or its class for a user's own model."""
+    return str(getattr(model, "name", type(model).__name__))
 
 
 def code_version() -> str:

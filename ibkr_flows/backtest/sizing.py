@@ -3,6 +3,10 @@ old position is closed), so the cash on hand is the whole equity.
 
 There is no leverage: every rule is capped at what the cash pays for, fill and commission included, as with
 backtesting.py at margin=1. A short is sized like a long of the same value.
+
+"Shares" are whole units of the instrument: shares, futures contracts, or a currency pair's base units. The
+`price` every rule gets is one unit's value, fill x multiplier (`Account.open`), so a futures account buys the
+contracts whose notional its cash covers: USD 300,000 buys one ES contract at 5000 (notional 250,000), not 60.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from ibkr_flows.backtest.errors import BacktestError
 
 class Sizing(Protocol):
     def shares(self, cash: float, price: float, commission: CommissionModel) -> int:
-        """Share count (>= 0) to enter with `cash` at fill `price`; 0 skips the entry."""
+        """Unit count (>= 0) to enter with `cash` when one unit is worth `price`; 0 skips the entry."""
         ...
 
 

@@ -46,6 +46,18 @@ EntryOption = Annotated[str, typer.Option(help="state (a position whenever the c
                                                "cross (only on the bar it starts to hold; crossovers, rsi_reversion)")]
 FinalizeOption = Annotated[str, typer.Option(help="close (a position open at the end closes at the last open) or "
                                                   "open (left open, marked at the last close, not counted as a trade)")]
+CommissionOption = Annotated[str, typer.Option(help="auto (IBKR Fixed for the instrument's class: US stocks per "
+                                                    "share, futures per contract + exchange fees, FX a fraction of "
+                                                    "value with a minimum, non-US stocks per their exchange), "
+                                                    "ibkr_fixed, ibkr_tiered, percent, none")]
+StopLossOption = Annotated[float | None, typer.Option(help="Stop-loss, percent below the entry fill (above, short).")]
+TakeProfitOption = Annotated[float | None, typer.Option(help="Take-profit, percent beyond the entry fill.")]
+TrailingStopOption = Annotated[float | None, typer.Option(help="Trailing stop, percent from the best price since "
+                                                                "entry.")]
+FlattenOption = Annotated[bool, typer.Option(help="Close positions at each session's last bar (US/Eastern dates): no "
+                                                  "overnight holding.")]
+BorrowFeeOption = Annotated[float, typer.Option(help="Annual short-borrow fee, percent, charged daily on the short's "
+                                                     "value.")]
 AdjustOption = Annotated[str, typer.Option(help="Prices as traded (none), split-adjusted (splits) or also "
                                                 "dividend-adjusted (total, TRADES only), from recorded corporate "
                                                 "actions.")]
@@ -69,7 +81,7 @@ def run(
     what_to_show: Annotated[str, typer.Option(help="TRADES, MIDPOINT, BID_ASK, ...")] = "TRADES",
     rth: Annotated[bool, typer.Option("--rth/--eth", help="Regular-hours or extended-hours bars.")] = True,
     cash: Annotated[float, typer.Option(help="Starting cash.")] = 100_000.0,
-    commission: Annotated[str, typer.Option(help="ibkr_fixed, ibkr_tiered, percent, none")] = "ibkr_fixed",
+    commission: CommissionOption = "auto",
     commission_rate: Annotated[float, typer.Option(help="For --commission percent: fraction of value.")] = 0.0,
     slippage_bps: Annotated[float, typer.Option(help="Slippage against the trader, basis points.")] = 0.0,
     sizing: Annotated[str, typer.Option(help="all_in, fixed_shares, fixed_fraction")] = "all_in",
@@ -78,15 +90,11 @@ def run(
     mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
     entry: EntryOption = "state",
     finalize: FinalizeOption = "close",
-    stop_loss: Annotated[float | None, typer.Option(help="Stop-loss, percent below the entry fill (above, short).")
-                         ] = None,
-    take_profit: Annotated[float | None, typer.Option(help="Take-profit, percent beyond the entry fill.")] = None,
-    trailing_stop: Annotated[float | None, typer.Option(help="Trailing stop, percent from the best price since "
-                                                             "entry.")] = None,
-    flatten_at_close: Annotated[bool, typer.Option(help="Close positions at each session's last bar (US/Eastern "
-                                                        "dates): no overnight holding.")] = False,
-    borrow_fee: Annotated[float, typer.Option(help="Annual short-borrow fee, percent, charged daily on the short's "
-                                                   "value.")] = 0.0,
+    stop_loss: StopLossOption = None,
+    take_profit: TakeProfitOption = None,
+    trailing_stop: TrailingStopOption = None,
+    flatten_at_close: FlattenOption = False,
+    borrow_fee: BorrowFeeOption = 0.0,
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version (time travel).")] = None,
     adjust: AdjustOption = "splits",
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
@@ -236,10 +244,15 @@ def grid(
                         ] = None,
     rth: Annotated[bool, typer.Option("--rth/--eth")] = True,
     cash: Annotated[float, typer.Option(help="Starting cash.")] = 100_000.0,
-    commission: Annotated[str, typer.Option(help="ibkr_fixed, ibkr_tiered, percent, none")] = "ibkr_fixed",
+    commission: CommissionOption = "auto",
     mode: Annotated[str, typer.Option(help="long_only or long_short")] = "long_only",
     entry: EntryOption = "state",
     finalize: FinalizeOption = "close",
+    stop_loss: StopLossOption = None,
+    take_profit: TakeProfitOption = None,
+    trailing_stop: TrailingStopOption = None,
+    flatten_at_close: FlattenOption = False,
+    borrow_fee: BorrowFeeOption = 0.0,
     adjust: AdjustOption = "splits",
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
@@ -270,7 +283,7 @@ def grid(
     from ibkr_flows.backtest.grid.publish import heatmap_png
     from ibkr_flows.backtest.grid.store import store_grid_report
     from ibkr_flows.backtest.request import DEFAULT_GRID, GridRequest
-    from ibkr_flows.backtest.runner import load_bars
+    from ibkr_flows.backtest.runner import grid_config, load_bars
     from ibkr_flows.backtest.stored_bar_size import choose_bar_size, series_text
     from ibkr_flows.cli.errors import exit_on_error
     from storage.location import TableLocation
@@ -283,11 +296,13 @@ def grid(
                               grid=dict(_axis(r) for r in ranges) or DEFAULT_GRID, rank_by=rank_by,
                               holdout=holdout or None, folds=folds or None, use_rth=rth,
                               cash=cash, commission=commission, mode=mode, entry=entry, finalize=finalize,
-                              adjust=adjust, table_version=table_version,
+                              stop_loss_pct=stop_loss, take_profit_pct=take_profit, trailing_stop_pct=trailing_stop,
+                              flatten_at_close=flatten_at_close, borrow_fee_pct=borrow_fee, adjust=adjust,
+                              table_version=table_version,
                               **({} if choice.bar_size is None else {"bar_size": choice.bar_size}))
         if choice.source == "stored" and choice.bar_size is not None:
             console.print(choice.describe(series_text([request.symbol], request.what_to_show, request.use_rth)))
-        spec, base = request.spec(), request.config()
+        spec, base = request.spec(), grid_config(location, request)
         bars, version = load_bars(location, request, request.symbol, table_version)
         batches = spec.chunks(chunk_size=max(1, spec.size // 20))
         with Progress(TextColumn("[bold]grid"), BarColumn(), MofNCompleteColumn(), TextColumn("combinations"),

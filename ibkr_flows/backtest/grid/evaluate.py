@@ -90,7 +90,8 @@ def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: Backt
     if longest is not None and bars.height < longest.warmup_bars + 3:
         raise BacktestError(f"{longest} cannot trade on {bars.height} bars: it needs {longest.warmup_bars + 3} "
                             "(warm-up, a bar to decide on, one to fill on and one to exit on)")
-    rules = _kernel_rules(base.commission, base.sizing)
+    # the kernel counts money as quantity x price: an instrument with a multiplier (a future) runs in the engine
+    rules = _kernel_rules(base.commission, base.sizing) if base.terms.multiplier == 1.0 else None
     if rules is not None and strategies and all(_is_plain_crossover(s) for s in strategies) and not base.exits.active:
         metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, *rules, annual)
     elif rules is not None and strategies:
@@ -224,7 +225,8 @@ def _prices(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, str
 def _settings(base: BacktestConfig) -> kernel.Settings:
     return kernel.Settings(long_only=base.mode == "long_only", cash=float(base.cash),
                            slippage_bps=float(base.slippage_bps), finalize_close=base.finalize == "close",
-                           cross_entry=base.entry == "cross")
+                           cross_entry=base.entry == "cross", tick=float(base.terms.min_tick or 0.0),
+                           ticks_per_unit=base.terms.ticks_per_unit)
 
 
 def _threaded(run: Callable[[slice], tuple[np.ndarray, np.ndarray]], count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ibkr_flows.backtest.contract_terms import ON_TICK_TOLERANCE
 from ibkr_flows.backtest.grid.charges import CommissionRule, SizingRule, commission_of, entry_size
 from ibkr_flows.backtest.grid.compiled import jit as _jit
 
@@ -45,6 +46,9 @@ class Settings(NamedTuple):
     slippage_bps: float
     finalize_close: bool
     cross_entry: bool
+    tick: float
+    """The instrument's price grid fills are rounded to (0: none), and `ticks_per_unit` as in `ContractTerms`."""
+    ticks_per_unit: int
 
 
 @_jit
@@ -201,14 +205,14 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
         if target != held:
             price = opens[j]
             if shares != 0:
-                fill = price * (1 + (-side) * settings.slippage_bps / 10_000)
+                fill = on_tick(price * (1 + (-side) * settings.slippage_bps / 10_000), -side, settings)
                 fee = commission_of(commission, abs(shares), fill)
                 cash += shares * fill - fee
                 record_trade(sf, si, side * abs(shares) * (fill - entry_price) - (entry_fee + fee),
                               abs(shares) * entry_price, entry_fee + fee)
                 shares = 0
             if target != 0:
-                fill = price * (1 + target * settings.slippage_bps / 10_000)
+                fill = on_tick(price * (1 + target * settings.slippage_bps / 10_000), target, settings)
                 size = entry_size(cash, fill, sizing, commission)
                 if size:
                     entry_fee = commission_of(commission, size, fill)
@@ -257,6 +261,18 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
 
 
 @_jit(error_model="numpy", fastmath={"reassoc", "nsz"})
+def on_tick(price: float, side: int, settings: Settings) -> float:
+    """`ContractTerms.on_tick`, operation for operation: a fill between two ticks at the worse one."""
+    if settings.tick <= 0.0:
+        return price
+    steps = price / settings.tick
+    if abs(steps - np.round(steps)) <= ON_TICK_TOLERANCE * max(1.0, abs(steps)):
+        return price
+    whole = np.ceil(steps) if side > 0 else np.floor(steps)
+    return whole / settings.ticks_per_unit if settings.ticks_per_unit else whole * settings.tick
+
+
+@_jit
 def held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
               ) -> tuple[float, float, float, bool]:
     """Bars lo..hi - 1 of a held run (same shares, same cash): the sums of their returns, squared returns and

@@ -114,10 +114,11 @@ def _advance(start: int, stop: int, n: int, open_: np.ndarray, high: np.ndarray,
             if np.sign(shares) != wanted:
                 price = open_[t]
                 if shares != 0:
-                    cash = _close(sf, si, shares, side, entry_price, entry_fee, borrow, price, slip, cash, commission)
+                    cash = _close(sf, si, shares, side, entry_price, entry_fee, borrow, price, slip, cash, commission,
+                                  settings)
                     shares = 0
                 if wanted != 0:
-                    fill = price * (1 + wanted * slip)
+                    fill = kernel.on_tick(price * (1 + wanted * slip), wanted, settings)
                     size = entry_size(cash, fill, sizing, commission)
                     if size:
                         entry_fee = commission_of(commission, size, fill)
@@ -128,13 +129,15 @@ def _advance(start: int, stop: int, n: int, open_: np.ndarray, high: np.ndarray,
             if shares != 0 and has_stops:
                 price = _protective_exit(exits, side, entry_price, best, open_[t], high[t], low[t])
                 if not np.isnan(price):
-                    cash = _close(sf, si, shares, side, entry_price, entry_fee, borrow, price, slip, cash, commission)
+                    cash = _close(sf, si, shares, side, entry_price, entry_fee, borrow, price, slip, cash, commission,
+                                  settings)
                     shares = 0
                     stopped = 1
                 else:
                     best = max(best, high[t]) if side > 0 else min(best, low[t])
             if session_end[t] and shares != 0 and exits.flatten_at_close:
-                cash = _close(sf, si, shares, side, entry_price, entry_fee, borrow, close[t], slip, cash, commission)
+                cash = _close(sf, si, shares, side, entry_price, entry_fee, borrow, close[t], slip, cash, commission,
+                              settings)
                 shares = 0
             if session_end[t] and shares < 0 and charges_borrow:
                 fee = -shares * close[t] * exits.borrow_fee_pct / 100 / BORROW_DAYS_PER_YEAR * days[t]
@@ -203,9 +206,11 @@ def _quiet_end(t: int, stop: int, n: int, signals: np.ndarray, words: np.ndarray
 
 @jit
 def _close(sf: np.ndarray, si: np.ndarray, shares: int, side: int, entry_price: float, entry_fee: float,
-           borrow: float, price: float, slip: float, cash: float, commission: CommissionRule) -> float:
-    """`Account.close` at `price` (slipped against the trader): the trade recorded, the cash after it returned."""
-    fill = price * (1 + (-side) * slip)
+           borrow: float, price: float, slip: float, cash: float, commission: CommissionRule,
+           settings: kernel.Settings) -> float:
+    """`Account.close` at `price` (slipped against the trader, then on the tick grid): the trade recorded, the
+    cash after it returned."""
+    fill = kernel.on_tick(price * (1 + (-side) * slip), -side, settings)
     fee = commission_of(commission, abs(shares), fill)
     _record(sf, si, side, shares, entry_price, fill, entry_fee + fee, borrow)
     return cash + (shares * fill - fee)
