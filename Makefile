@@ -57,6 +57,7 @@ bench: .venv/.synced postgres
 	.venv/bin/python bench/sim_latency.py
 	.venv/bin/python bench/prefect_database.py
 	.venv/bin/python bench/pacing_shared.py
+	.venv/bin/python bench/rolled_es.py
 
 $(UV):
 	$(PYTHON) -m venv .tools

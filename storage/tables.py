@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from storage.commits import with_commit_retries
 from storage.errors import BarsSchemaError, NotADeltaTableError
@@ -186,3 +186,29 @@ def append_once(path: str, rows: pl.DataFrame, app_id: str, *, what: str,
 
     appended, _ = with_commit_retries(append, what=what)
     return appended
+
+
+CREATE_ONCE = CommitProperties(max_commit_retries=0)
+"""Creating a table allows no commit retry: delta-rs would commit the loser of two creations as a second copy
+(see storage.bars_table); the loser fails, and its retry writes into the winner's table instead."""
+
+
+def replace_where(path: str, rows: pl.DataFrame, predicate: str, *, what: str) -> int:
+    """Make the rows matching `predicate` exactly `rows`, in one commit (creating the table when there is none);
+    returns the table version written. Readers see the old rows or the new ones, never a mix."""
+
+    def replace() -> int:
+        if try_open(path) is None:
+            try:
+                write(path, rows, mode="error", commit_properties=CREATE_ONCE)
+                return 0
+            except DeltaError as exc:  # created meanwhile: replace the rows in the winner's table instead
+                if "already exists" not in str(exc):
+                    raise
+        write(path, rows, mode="overwrite", predicate=predicate)
+        version = current_version(path)
+        assert version is not None
+        return version
+
+    version, _ = with_commit_retries(replace, what=what)
+    return version

@@ -170,7 +170,7 @@ def test_an_ambiguous_id_fails_listing_its_candidates_and_writes_nothing(tws: Em
     (["STK:SAP@IBIS:EURO"], "the currency must be three letters"),
     (["FUT:ES@CME"], "needs its contract month"),
     (["CASH:EUR.USD@IDEALPRO", "--what-to-show", "TRADES"], "use --what-to-show MIDPOINT, BID, ASK or BID_ASK"),
-    (["CONTFUT:ES@CME"], "ingest the dated contracts instead"),
+    (["CONTFUT:ES@CME", "--end", "2025-01-10"], "served only up to now"),
 ])
 def test_ids_and_requests_ib_would_refuse_are_rejected_before_connecting(tmp_path: Path, args: list[str],
                                                                         message: str) -> None:

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"storage"},
     {"ibkr_flows.ib", "ibkr_flows.settings"},
     {"ibkr_flows.sim", "ibkr_flows.doctor", "ibkr_flows.quality", "ibkr_flows.backtest", "ibkr_flows.ingest",
-     "ibkr_flows.alerts", "ibkr_flows.stack"},
+     "ibkr_flows.alerts", "ibkr_flows.stack", "ibkr_flows.continuous"},
     {"tasks"},
     {"flows"},
     {"ibkr_flows.cli", "ibkr_flows.api"},

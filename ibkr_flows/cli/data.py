@@ -17,6 +17,7 @@ from ibkr_flows.cli.data_catalog import (
     quarantine_command,
     show_command,
 )
+from ibkr_flows.cli.data_roll import roll_command
 from ibkr_flows.cli.ingest import ingest_command
 from ibkr_flows.cli.json_output import strict_json
 
@@ -74,3 +75,4 @@ data_app.command("show")(show_command)
 data_app.command("export")(export_command)
 data_app.command("quarantine")(quarantine_command)
 data_app.command("history")(history_command)
+data_app.command("roll")(roll_command)

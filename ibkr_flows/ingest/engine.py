@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from ibkr_flows.continuous.ib_series import store_ib_contfut
 from ibkr_flows.ib.historical import MAX_DURATION, duration_exceeds_max
 from ibkr_flows.ib.instruments import InstrumentId
 from ibkr_flows.ingest.errors import NothingStoredError, RequestRejectedError, SymbolError
@@ -22,7 +23,7 @@ from ibkr_flows.ingest.fetch import IBSession, RetryPolicy, head_timestamp, qual
 from ibkr_flows.ingest.instrument_rows import instrument_rows
 from ibkr_flows.ingest.pacing import PacingBudget
 from ibkr_flows.ingest.pacing_ledgers import default_ledger
-from ibkr_flows.ingest.plan import WHOLE_SERIES, Chunk, plan_chunks, plan_up_to_now, resume_start
+from ibkr_flows.ingest.plan import Chunk, fetched_whole, plan_chunks, plan_up_to_now, resume_start
 from ibkr_flows.ingest.request import IngestRequest
 from ibkr_flows.ingest.series import ResolvedSeries
 from ibkr_flows.ingest.stages import (
@@ -40,6 +41,7 @@ from ibkr_flows.settings import IBKRSettings
 from storage.bars_table import watermarks
 from storage.instruments_table import upsert_instruments
 from storage.location import TableLocation
+from storage.quarantine_table import append_quarantine
 
 log = logging.getLogger("ibkr.ingest")
 
@@ -159,7 +161,8 @@ class _Run:
 
             every = await asyncio.gather(*(resolved(i) for i in r.instruments()))
             series = [s for s in every if isinstance(s, ResolvedSeries)]
-            await asyncio.to_thread(upsert_instruments, self.location, instrument_rows(series, datetime.now(UTC)))
+            dated = [s for s in series if not s.is_ib_continuous]  # a CONTFUT is its front contract's conId
+            await asyncio.to_thread(upsert_instruments, self.location, instrument_rows(dated, datetime.now(UTC)))
             self.report.quality_warnings += filter(None, (s.sessions_note(r.use_rth) for s in series))
 
             async def one(outcome: ResolvedSeries | SymbolReport) -> SymbolReport:
@@ -207,7 +210,7 @@ class _Run:
         report = SymbolReport(series.symbol, series.what_to_show, watermark_before=watermark,
                               watermark_after=watermark)
         try:
-            if series.what_to_show in WHOLE_SERIES:
+            if fetched_whole(series.what_to_show, series.sec_type):
                 chunks, end = await self._plan_whole_series(series)
             else:
                 chunks, end = await self._plan_from_watermark(series, watermark), self.end
@@ -242,9 +245,10 @@ class _Run:
         return plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth)
 
     async def _plan_whole_series(self, series: ResolvedSeries) -> tuple[list[Chunk], datetime]:
-        """A series IB re-adjusts as a whole (ADJUSTED_LAST) has no watermark to resume from: every adjustment
-        rewrites its past. Each run fetches the requested range in one request up to TWS's now, and the store
-        replaces the stored series with it. IB's first trade bounds the start (the head timestamp is asked for
+        """A series IB re-adjusts as a whole (ADJUSTED_LAST) or serves only up to now (CONTFUT, whose contracts
+        IB picks) has no watermark to resume from: every adjustment or roll rewrites its past.
+        Each run fetches the requested range in one request up to TWS's now, and the store replaces the stored
+        series with it. IB's first trade bounds the start (the head timestamp is asked for
         TRADES, the bars ADJUSTED_LAST adjusts)."""
         r = self.request
         now = await tws_time(self.session, series.symbol, r.request_timeout_s)
@@ -266,7 +270,10 @@ class _Run:
         """One store at a time per process: Delta commits to the same partition would only conflict and retry."""
         async with self.store_lock:
             checked = await self.stages.check(batch, self.request)
-            stored = await self.stages.store(self.location, checked)
+            if batch.sec_type == "CONTFUT":
+                stored = await asyncio.to_thread(store_contfut_batch, self.location, checked)
+            else:
+                stored = await self.stages.store(self.location, checked)
         self.report.quality_warnings += checked.warnings
         if stored.scale is not None and (note := stored.scale.describe()):
             (self.report.corporate_actions if stored.scale.event else self.report.quality_warnings).append(note)
@@ -284,6 +291,18 @@ class _Run:
         report.status, report.error, report.error_type = "failed", exc.reason, type(exc).__name__
         log.error("%s failed: %s", report.symbol, exc.reason)
         return report
+
+
+def store_contfut_batch(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
+    """IB's continuous future: quarantine first, then the clean bars replace the stored snapshot in the continuous
+    table (`continuous.ib_series`), not the bars table, where they would carry the front contract's conId.
+    `table_version` is then the continuous table's."""
+    if checked.quarantined.height:
+        append_quarantine(location, checked.quarantined)
+    version = store_ib_contfut(location, checked.clean)
+    last = checked.clean["ts"].max() if checked.clean.height else None
+    return StoredBatch(checked.clean.height, 0, checked.quarantined.height, version if version >= 0 else None,
+                       last)  # type: ignore[arg-type]
 
 
 def _nothing_stored(report: SymbolReport, request: IngestRequest) -> str | None:

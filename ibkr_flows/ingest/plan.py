@@ -24,6 +24,14 @@ from ibkr_flows.ib.sessions import session_bounds, sessions_between
 WHOLE_SERIES = frozenset(EMPTY_END_REQUIRED)
 """What-to-show values IB serves only up to now (an empty end date; ADJUSTED_LAST) and re-adjusts as a whole on
 every dividend or split: fetched in one request per run and stored in place of the series."""
+WHOLE_SERIES_CLASSES = frozenset({"CONTFUT"})
+"""Security types IB serves only up to now, whatever the data type: a continuous future (its contracts and roll
+dates are IB's, and an end date is refused), fetched and stored as a whole-series snapshot like ADJUSTED_LAST."""
+
+
+def fetched_whole(what_to_show: str, sec_type: str) -> bool:
+    """Whether a series is fetched in one up-to-now request and replaced as a whole (no watermark)."""
+    return what_to_show in WHOLE_SERIES or sec_type.upper() in WHOLE_SERIES_CLASSES
 
 
 @dataclass(frozen=True)

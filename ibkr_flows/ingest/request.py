@@ -9,8 +9,8 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ibkr_flows.ib.historical import BarSize, WhatToShow
-from ibkr_flows.ib.instruments import InstrumentClass, InstrumentId, InvalidInstrumentId
-from ibkr_flows.ingest.plan import WHOLE_SERIES
+from ibkr_flows.ib.instruments import InstrumentId, InvalidInstrumentId
+from ibkr_flows.ingest.plan import WHOLE_SERIES, WHOLE_SERIES_CLASSES
 
 QualityEngine = Literal["great_expectations", "polars"]
 
@@ -66,11 +66,13 @@ class IngestRequest(BaseModel):
     @model_validator(mode="after")
     def _served(self) -> Self:
         """A data type IB never serves for a class (TRADES of a currency pair) is refused here, not by TWS; so is
-        a continuous future, whose bars would share the front contract's conId (and so its stored series)."""
-        continuous = [str(i) for i in self.instruments() if i.cls is InstrumentClass.CONTFUT]
-        if continuous:
-            raise ValueError(f"continuous futures ({', '.join(continuous)}) cannot be ingested yet: ingest the dated "
-                             "contracts instead, e.g. FUT:ES@CME:202503")
+        an end date for a continuous future, which IB serves only up to now (its bars go to the continuous table,
+        not the bars table, where they would share the front contract's conId)."""
+        continuous = [str(i) for i in self.instruments() if i.cls.value in WHOLE_SERIES_CLASSES]
+        if continuous and self.end:
+            raise ValueError(f"continuous futures ({', '.join(continuous)}) are served only up to now (IB refuses an "
+                             "end date for them): leave end empty, or ingest the dated contracts, e.g. "
+                             "FUT:ES@CME:202503")
         refused = [str(i) for i in self.instruments() if self.what_to_show and i.refuses(self.what_to_show)]
         if refused:
             raise ValueError(f"IB serves no {self.what_to_show} bars for currency pairs ({', '.join(refused)}): "

@@ -37,6 +37,12 @@ class ResolvedSeries:
         return self.contract.secType
 
     @property
+    def is_ib_continuous(self) -> bool:
+        """IB's continuous future (CONTFUT): described as its front contract (that conId), so its bars are stored
+        in the continuous table and it gets no row of its own in the instruments table."""
+        return self.sec_type == "CONTFUT"
+
+    @property
     def follows_nyse_sessions(self) -> bool:
         return self.sec_type in NYSE_SESSION_CLASSES and self.contract.currency == "USD"
 

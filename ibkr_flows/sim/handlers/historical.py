@@ -57,6 +57,9 @@ log = logging.getLogger("ibkr.sim")
 LIVE_UPDATE_SECONDS = 5.0
 """How often a keepUpToDate subscription gets the bar being built (IB does not document the period; updates are
 seen every few seconds). `Faults.time_scale` shrinks it for tests."""
+CONTFUT_END_CAUSE = "End date not supported with continuous futures"
+"""IB serves a continuous future (CONTFUT) for historical data only and only up to now: an endDateTime is refused
+(321). IB documents the restriction, not its wording: this cause is the simulator's."""
 DATED_LOOKBACK = timedelta(days=40)
 """How far back the current daily, weekly or monthly bar can start."""
 
@@ -167,6 +170,8 @@ async def _answer_historical(session: Session, req: HistoricalRequest, expired: 
     if inst is None or _refuse_data(session, req.req_id, inst, req.what_to_show, req.bar_size):
         return
     conflict = request_conflict(req.what_to_show, req.end, req.keep_up_to_date)
+    if conflict is None and req.end.strip() and req.contract.sec_type.upper() == "CONTFUT":
+        conflict = CONTFUT_END_CAUSE
     if conflict is not None:
         session.send(msg.error(req.req_id, msg.invalid_request(conflict)))
         return
