@@ -54,14 +54,29 @@ class Stack:
 
 
 class Api:
-    """The REST calls the UI makes, retrying SQLite's 503s as every REST caller of a Prefect server must."""
+    """The REST calls the UI makes, retrying SQLite's 503s as every REST caller of a Prefect server must, and a
+    few timeouts: on a busy 2-core machine one GET once took over 30 s."""
+
+    TIMEOUT_RETRIES = 3
 
     def __init__(self, api_url: str) -> None:
         self.client = httpx.Client(base_url=api_url, timeout=30)
 
+    def _request(self, method: str, path: str, body: Any) -> httpx.Response:
+        """Reads are retried after a timeout; writes are not: the server may have done one (a second flow run)."""
+        retries = self.TIMEOUT_RETRIES if method == "GET" or path.endswith("/filter") else 0
+        attempt = 0
+        while True:
+            try:
+                return self.client.request(method, path, json=body)
+            except httpx.TimeoutException:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+
     def __call__(self, method: str, path: str, body: Any = None) -> Any:
         for attempt in range(10):
-            response = self.client.request(method, path, json=body)
+            response = self._request(method, path, body)
             if response.status_code != 503:
                 break
             time.sleep(0.5 * (attempt + 1))

@@ -31,18 +31,11 @@ from ibkr_flows.stack.access import SERVER_AUTH_VARIABLE, ServerAccess, is_loopb
 from ibkr_flows.stack.database import DATABASE_URL_VARIABLES, DatabaseError, ServerDatabase, check_reachable
 from ibkr_flows.stack.processes import StackError, group_alive, run_step, spawn, stop_group
 from ibkr_flows.stack.state import StackState, load_state, remove_state, save_state
+from ibkr_flows.stack.workdir import CHECKOUT_DIR, WORKDIR_ENV
+from ibkr_flows.stack.workdir import checkout_dir as checkout_dir  # re-exported: callers find it here
 
 PACKAGED_PREFECT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
 """The copy of the top-level prefect.yaml an installed wheel carries (hatch force-include, see pyproject.toml)."""
-
-
-def checkout_dir(module_file: Path = Path(__file__)) -> Path | None:
-    """The source checkout this module runs from, or None when it runs from an installed wheel."""
-    root = module_file.resolve().parents[2]
-    return root if (root / "prefect.yaml").is_file() and (root / "pyproject.toml").is_file() else None
-
-
-CHECKOUT_DIR = checkout_dir()
 
 
 def default_prefect_file() -> Path:
@@ -51,9 +44,13 @@ def default_prefect_file() -> Path:
 
 
 def default_project_dir() -> Path:
-    """Where `prefect deploy` and the worker run; with `pull: null` it becomes the runs' working directory (a
-    relative IBKR_DATA_DIR, `.env`). The checkout, else the directory `ibkr up` runs in: the entrypoints are
-    module paths (`flows.ingest:ingest_flow`), importable from the installed packages wherever the runs start."""
+    """Where `prefect deploy` and the worker run, and (as the worker's IBKR_WORKDIR, see `workdir`) the runs'
+    working directory: a relative IBKR_DATA_DIR, `.env`. IBKR_WORKDIR when set, else the checkout, else the
+    directory `ibkr up` runs in: the entrypoints are module paths (`flows.ingest:ingest_flow`), importable from the
+    installed packages wherever the runs start."""
+    configured = os.environ.get(WORKDIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser().resolve()
     return CHECKOUT_DIR if CHECKOUT_DIR is not None else Path.cwd()
 
 
@@ -203,6 +200,9 @@ def up(options: UpOptions, echo: Echo) -> StackState:
     previous = load_state(home)
     if previous is not None and any(group_alive(pid) for pid in previous.pids):
         raise StackError(f"already up ({previous.api_url}, pids {previous.pids}); run `ibkr down` first")
+    if not options.project_dir.is_dir():
+        raise StackError(f"the flow runs' working directory {options.project_dir} is not a directory; create it or "
+                         f"set {WORKDIR_ENV} to the directory that holds your .env and data/")
     logs = home / "logs"
     access, database = options.access, options.database
     if options.api_url is None:
@@ -235,14 +235,14 @@ def up(options: UpOptions, echo: Echo) -> StackState:
             _check_api(api_url, access)
         created = _ensure_pool(api_url, access, options.pool)
         echo(f"work pool {options.pool}: {'created' if created else 'exists'}")
-        echo(f"deploying {options.prefect_file} (working directory {options.project_dir})")
+        echo(f"deploying {options.prefect_file}")
         run_step([*PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(options.prefect_file)], env,
                  options.project_dir, 300, "prefect deploy --all")
         if options.alert_blocks:
             for name, outcome in _sync_alerts(api_url, access, options.alert_blocks, options.alert_window).items():
                 echo(f"automation {name}: {outcome}")
         if options.start_worker:
-            _start_worker(options, state, env, logs)
+            _start_worker(options, state, env, logs, echo)
     except BaseException:
         echo("start-up failed; stopping what was started")
         _stop(state, timeout=10.0, echo=echo)
@@ -251,11 +251,14 @@ def up(options: UpOptions, echo: Echo) -> StackState:
     return state
 
 
-def _start_worker(options: UpOptions, state: StackState, env: dict[str, str], logs: Path) -> None:
+def _start_worker(options: UpOptions, state: StackState, env: dict[str, str], logs: Path, echo: Echo) -> None:
     # The server's automations alert; an explicit empty IBKR_ALERT_BLOCKS (it beats a .env file) keeps the flow
     # hooks from sending the same alert a second time.
     worker_env = {**env, "IBKR_ALERT_BLOCKS": ""} if options.alert_blocks else env
+    # prefect.yaml's pull step starts every run there, whichever directory or machine deployed them.
+    worker_env = {**worker_env, WORKDIR_ENV: str(options.project_dir)}
     state.worker_name = f"ibkr-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    echo(f"worker {state.worker_name}: flow runs start in {options.project_dir} ({WORKDIR_ENV})")
     state.logs["worker"] = str(logs / "worker.log")
     state.worker_pid = spawn([*PREFECT, "worker", "start", "--pool", options.pool, "--name", state.worker_name],
                              worker_env, Path(state.logs["worker"]), cwd=options.project_dir)
