@@ -84,7 +84,7 @@ def test_the_as_of_clock_through_ib_async(sim: EmbeddedSimulator) -> None:
     """Set before the split: the simulator serves nothing after the as-of day and the old scale; ADJUSTED_LAST
     (empty end only) ends on the as-of day too. Moved past it: the new scale."""
     ib = IB()
-    ib.connect(sim.host, sim.port, clientId=61, timeout=5)
+    ib.connect(sim.host, sim.port, clientId=61, timeout=5, readonly=True)
     try:
         aapl = ib.qualifyContracts(Stock("AAPL", "SMART", "USD"))[0]
         sim.set_as_of(BEFORE_AAPL_SPLIT)
@@ -198,7 +198,7 @@ def test_the_as_of_day_is_set_through_the_control_port(tmp_path: Path) -> None:
         assert "DAY must be YYYY-MM-DD" in refused.value.stderr
         assert send_command("127.0.0.1", control, {"cmd": "status"})["as_of"] == "2020-08-28"
         ib = IB()
-        ib.connect("127.0.0.1", port, clientId=62, timeout=10)
+        ib.connect("127.0.0.1", port, clientId=62, timeout=10, readonly=True)
         try:
             aapl = ib.qualifyContracts(Stock("AAPL", "SMART", "USD"))[0]
             assert ib.reqHistoricalData(aapl, "", "5 D", "1 day", "TRADES", True)[-1].date == BEFORE_AAPL_SPLIT
