@@ -101,6 +101,19 @@ def list_series(location: TableLocation, *, session_day: pl.Expr | None = None) 
     return SeriesListing(listed, version)
 
 
+def stored_bar_sizes(location: TableLocation, symbols: list[str], what_to_show: str, use_rth: bool) -> list[str]:
+    """The bar sizes with stored rows for any of `symbols` with this data type and session, sorted: one filtered
+    read of two columns, not the whole catalog (`list_series` also counts, ranges and joins the quarantine)."""
+    table = try_open(location.bars)
+    if table is None:
+        return []
+    lazy = (scan_table(table)
+            .filter(pl.col("symbol").is_in(symbols), pl.col("what_to_show") == what_to_show,
+                    pl.col("use_rth") == use_rth)
+            .select("bar_size").unique())
+    return sorted(_collect(lazy, location)["bar_size"].to_list())
+
+
 def scan_series(location: TableLocation, selection: SeriesSelection, version: int | None = None
                 ) -> tuple[pl.LazyFrame, int]:
     """The series' bars, oldest first, at `version` (default: the latest), and the version read."""

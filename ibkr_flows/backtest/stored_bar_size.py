@@ -1,9 +1,9 @@
 """Which bar size a backtest reads when the user names none: the one that is stored.
 
-A default of "1 min" found nothing for a user who had ingested daily bars and ended with "no bars"; the catalog of
-stored series (`storage.bars_catalog.list_series`, what `ibkr data ls` shows) knows what there is, so the choice
-is made from it: one stored size is used (and said), several are an error listing them, none leaves the request's
-default so the missing-bars error can say how to ingest.
+A default of "1 min" found nothing for a user who had ingested daily bars and ended with "no bars"; the stored bars
+know what there is (`storage.bars_catalog.stored_bar_sizes`), so the choice is made from them: one stored size is
+used (and said), several are an error listing them, none leaves the request's default so the missing-bars error can
+say how to ingest.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import polars as pl
-
 from ibkr_flows.backtest.errors import BacktestError
-from storage.bars_catalog import list_series
+from storage.bars_catalog import stored_bar_sizes
 from storage.location import TableLocation
 
 
@@ -42,22 +40,12 @@ class BarSizeChoice:
         return f"bar size {self.bar_size}: the only one stored for {what}"
 
 
-def stored_bar_sizes(location: TableLocation, symbols: Sequence[str], what_to_show: str, use_rth: bool
-                     ) -> list[str]:
-    """The bar sizes with stored rows for any of `symbols` with this data type and session, sorted."""
-    series = list_series(location).series
-    if series.is_empty():
-        return []
-    return sorted(series.filter(pl.col("symbol").is_in(list(symbols)), pl.col("what_to_show") == what_to_show,
-                                pl.col("use_rth") == use_rth, pl.col("rows") > 0)["bar_size"].unique().to_list())
-
-
 def choose_bar_size(location: TableLocation, given: str | None, symbols: Sequence[str], what_to_show: str,
                     use_rth: bool) -> BarSizeChoice:
     """`given` when the user named one; otherwise the single stored size, `AmbiguousBarSizeError` for several."""
     if given is not None:
         return BarSizeChoice(given, "given")
-    sizes = stored_bar_sizes(location, symbols, what_to_show, use_rth)
+    sizes = stored_bar_sizes(location, list(symbols), what_to_show, use_rth)
     if len(sizes) > 1:
         raise AmbiguousBarSizeError(series_text(symbols, what_to_show, use_rth), sizes)
     return BarSizeChoice(sizes[0] if sizes else None, "stored")
