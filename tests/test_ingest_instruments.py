@@ -34,6 +34,14 @@ WEEK = (datetime(2025, 1, 6, tzinfo=UTC), NOW)
 """2025-01-06..10: four NYSE sessions (the 9th was a national day of mourning)."""
 HOURLY_RTH_BARS = 7
 """1-hour RTH bars per NYSE session: 09:30 (a half-hour bar), 10:00, ..., 15:00."""
+XETRA_SESSIONS, XETRA_HOURLY_BARS = 5, 9
+"""Xetra traded on the 9th; 1-hour bars 09:00, ..., 17:00 Frankfurt (a half-hour bar to the 17:30 close)."""
+FX_HOURS = 4 * 24 + 22
+"""FX 24/5: every hour from Monday 00:00 UTC (inside the session opened Sunday 17:00 New York) to NOW, Friday
+17:00 New York, when the week's last session closes."""
+EXPECTED_ROWS = {"STK:SAP@IBIS:EUR": XETRA_SESSIONS * XETRA_HOURLY_BARS, "CASH:EUR.USD@IDEALPRO": FX_HOURS,
+                 "IND:SPX@CBOE": 4 * HOURLY_RTH_BARS, "AAPL": 4 * HOURLY_RTH_BARS}
+"""Each class on its own calendar: Xetra sessions, FX 24/5, NYSE sessions for the US index and stock."""
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.5, pacing_delay_s=0.2, reconnect_deadline_s=5)
 
 
@@ -69,7 +77,7 @@ def test_each_class_is_stored_under_its_id_with_its_resolved_contract(tws: Embed
     assert list(by_id) == ["STK:SAP@IBIS:EUR", "CASH:EUR.USD@IDEALPRO", "IND:SPX@CBOE", "AAPL"]
     for symbol, series in by_id.items():
         assert series.status == "ok", (symbol, series.error)
-        assert series.rows_inserted == 4 * HOURLY_RTH_BARS and series.rows_quarantined == 0, symbol
+        assert series.rows_inserted == EXPECTED_ROWS[symbol] and series.rows_quarantined == 0, symbol
     assert by_id["CASH:EUR.USD@IDEALPRO"].what_to_show == "MIDPOINT"  # IB's only data for a pair, by default
     assert {s.what_to_show for s in report.symbols if s.symbol != "CASH:EUR.USD@IDEALPRO"} == {"TRADES"}
 
@@ -89,9 +97,11 @@ def test_each_class_is_stored_under_its_id_with_its_resolved_contract(tws: Embed
     index = bars.filter(pl.col("symbol") == "IND:SPX@CBOE")
     assert (index["volume"] == 0).all() and (index["close"] > 3500).all()
     assert bars.filter(pl.col("symbol") == "STK:SAP@IBIS:EUR")["request"][0].startswith("STK:SAP@IBIS:EUR 1 hour")
-    # the classes outside NYSE sessions are fetched within them for now, and the run says so
-    noted = [w.split(":")[0] for w in report.quality_warnings if "NYSE calendar" in w]
-    assert sorted(noted) == ["CASH", "STK"]
+    # each class is planned and judged on its own calendar: no NYSE-calendar note, no false session gap
+    assert not [w for w in report.quality_warnings if "NYSE calendar" in w or "missing" in w], report.quality_warnings
+    sap = bars.filter(pl.col("symbol") == "STK:SAP@IBIS:EUR")
+    assert sap["ts"].dt.convert_time_zone("Europe/Berlin").dt.strftime("%H:%M").unique().sort().to_list() == [
+        f"{hour:02d}:00" for hour in range(9, 18)]
 
     again = ingest(tws, location, "STK:SAP@IBIS:EUR", "CASH:EUR.USD@IDEALPRO", client_id=71)
     assert [(s.status, s.rows_inserted, s.chunks_fetched) for s in again.symbols] == [("ok", 0, 1)] * 2  # resumed
@@ -146,7 +156,8 @@ def test_the_cli_ingests_ids_of_several_classes(tws: EmbeddedSimulator, tmp_path
     assert code == 0, output
     report = json.loads(output)
     assert [(s["symbol"], s["what_to_show"], s["rows_inserted"]) for s in report["symbols"]] == [
-        ("STK:SAP@IBIS:EUR", "TRADES", 4 * HOURLY_RTH_BARS), ("CASH:EUR.USD@IDEALPRO", "MIDPOINT", 4 * HOURLY_RTH_BARS)]
+        ("STK:SAP@IBIS:EUR", "TRADES", XETRA_SESSIONS * XETRA_HOURLY_BARS),
+        ("CASH:EUR.USD@IDEALPRO", "MIDPOINT", FX_HOURS)]  # the week's last FX session closed before --end
     assert report["request"]["what_to_show"] is None
     code, table = cli(tmp_path, "data", "instruments")
     assert code == 0 and "EUR.USD" in table and "IBIS" in table and "2 instrument(s)" in table

@@ -1,31 +1,42 @@
 """Exchange sessions as IB serves bars for them: regular hours from the exchange calendar (holidays, half days),
 extended hours 04:00-20:00 New York (17:00 on half days); where intraday bars are stamped; and the session texts
-TWS puts in contract details."""
+TWS puts in contract details.
+
+These are XNYS's rules; given another calendar name (XETR, XTKS, CME_GLOBEX, FX_24_5, ...), the session functions
+answer from that instrument calendar (`ib.calendars`) instead, so callers that pass a name need no other change."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals
 import pandas as pd
 
+if TYPE_CHECKING:
+    from ibkr_flows.ib.calendars import SessionCalendar
+
 NEW_YORK = ZoneInfo("America/New_York")
 EXTENDED_OPEN = time(4, 0)
 EXTENDED_CLOSE = time(20, 0)
 HALF_DAY_EXTENDED_CLOSE = time(17, 0)
+NYSE = "XNYS"
 CALENDAR_START = "1962-01-01"
 """exchange_calendars starts 20 years back by default; IB's history of old listings (IBM: 1962) goes further."""
 
 
 @lru_cache(maxsize=8)
 def exchange_calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
-    return xcals.get_calendar(name, start=CALENDAR_START)
+    try:
+        return xcals.get_calendar(name, start=CALENDAR_START)
+    except ValueError:  # a calendar defined only from a later date (XTKS: 1997) starts at its default
+        return xcals.get_calendar(name)
 
 
 @lru_cache(maxsize=8)
-def _regular_hours(calendar: str) -> dict[date, tuple[datetime, datetime]]:
+def regular_hours(calendar: str) -> dict[date, tuple[datetime, datetime]]:
     """Every session's regular open and close, converted once (per-session calendar lookups are slow)."""
     cal = exchange_calendar(calendar)
     opens = cal.opens.dt.tz_localize("UTC") if cal.opens.dt.tz is None else cal.opens.dt.tz_convert("UTC")
@@ -39,7 +50,9 @@ def _regular_hours(calendar: str) -> dict[date, tuple[datetime, datetime]]:
 def session_bounds(session: date | pd.Timestamp, use_rth: bool, calendar: str = "XNYS") -> tuple[datetime, datetime]:
     """UTC [open, close) of one session's bars: regular hours, or IB's extended hours (KeyError if no session)."""
     day = session.date() if isinstance(session, pd.Timestamp) else session
-    rth_open, rth_close = _regular_hours(calendar)[day]
+    if calendar != NYSE:
+        return _instrument_calendar(calendar).session_bounds(day, use_rth)
+    rth_open, rth_close = regular_hours(calendar)[day]
     if use_rth:
         return rth_open, rth_close
     close = HALF_DAY_EXTENDED_CLOSE if rth_close.astimezone(NEW_YORK).hour < 16 else EXTENDED_CLOSE
@@ -50,6 +63,8 @@ def session_bounds(session: date | pd.Timestamp, use_rth: bool, calendar: str = 
 
 def sessions_between(start: datetime, end: datetime, calendar: str = "XNYS") -> list[date]:
     """Sessions whose extended hours overlap [start, end), oldest first."""
+    if calendar != NYSE:
+        return _instrument_calendar(calendar).sessions_between(start, end)
     cal = exchange_calendar(calendar)
     first = max(pd.Timestamp(start.astimezone(NEW_YORK).date()) - pd.Timedelta(days=1), cal.first_session)
     last = min(pd.Timestamp(end.astimezone(NEW_YORK).date()), cal.last_session)
@@ -65,6 +80,8 @@ def sessions_between(start: datetime, end: datetime, calendar: str = "XNYS") -> 
 
 def sessions_before(end: datetime, count: int, use_rth: bool, calendar: str = "XNYS") -> list[date]:
     """The `count` most recent sessions that opened before `end`, oldest first (IB's "N D" duration)."""
+    if calendar != NYSE:
+        return _instrument_calendar(calendar).sessions_before(end, count, use_rth)
     cal = exchange_calendar(calendar)
     last = min(pd.Timestamp(end.astimezone(NEW_YORK).date()), cal.last_session)
     lookback = pd.Timedelta(days=count * 2 + 10)
@@ -94,8 +111,13 @@ def grid_origin(day: date) -> datetime:
 def bar_start(instant: datetime, step: timedelta, use_rth: bool, calendar: str = "XNYS") -> datetime:
     """The start of the `step` bar holding `instant` (which must lie in a session): the grid line at or before it,
     or the session's open for the first, partial bar."""
-    day = session_day(instant)
-    origin = grid_origin(day)
+    if calendar != NYSE:
+        other = _instrument_calendar(calendar)
+        day = other.session_day(instant)
+        origin = other.grid_origin(instant.astimezone(other.time_zone).date())
+    else:
+        day = session_day(instant)
+        origin = grid_origin(day)
     on_grid = origin + (instant - origin) // step * step
     return max(on_grid, session_bounds(day, use_rth, calendar)[0])
 
@@ -114,3 +136,11 @@ def session_hours_text(first_day: date, days: int, use_rth: bool, calendar: str 
         local_open, local_close = open_.astimezone(NEW_YORK), close.astimezone(NEW_YORK)
         parts.append(f"{local_open:%Y%m%d:%H%M}-{local_close:%Y%m%d:%H%M}")
     return ";".join(parts)
+
+
+def _instrument_calendar(calendar: str) -> SessionCalendar:
+    """Another instrument's calendar (`ib.calendars`: Xetra, Tokyo, CME Globex, FX 24/5, ...), whose hours are not
+    NYSE's extended hours; imported here, not at the top, because it builds on this module."""
+    from ibkr_flows.ib.calendars import calendar_named
+
+    return calendar_named(calendar)

@@ -242,7 +242,7 @@ class _Run:
             head = await head_timestamp(self.session, self.budget, series.contract, what_to_show=series.what_to_show,
                                         use_rth=r.use_rth, timeout=r.request_timeout_s)
         start = resume_start(watermark, r.resolved_start(self.end), head, bar_size=r.bar_size)
-        return plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth)
+        return plan_chunks(start, self.end, bar_size=r.bar_size, use_rth=r.use_rth, calendar=series.planning_calendar)
 
     async def _plan_whole_series(self, series: ResolvedSeries) -> tuple[list[Chunk], datetime]:
         """A series IB re-adjusts as a whole (ADJUSTED_LAST) or serves only up to now (CONTFUT, whose contracts

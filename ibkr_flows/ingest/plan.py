@@ -1,8 +1,10 @@
 """Which historical requests to send: from the table's watermark (or a start date) up to now, in chunks IB
 accepts, skipping days the exchange is closed.
 
-Chunks follow the exchange's sessions: a request never spans a weekend or holiday, so no request is wasted on a
-range IB would answer with "no data", and each request's window is exactly one session (or a piece of one).
+Chunks follow the instrument's sessions (`calendar`, an `ib.calendars` name: XNYS, XETR, CME_GLOBEX, FX_24_5, ...):
+a request never spans a weekend, holiday or daily break, so no request is wasted on a range IB would answer with
+"no data", and each request's window is exactly one session (or a piece of one). A Globex or FX session opens the
+evening before its trade date, and its request covers it from that evening.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def plan_chunks(start: datetime, end: datetime, *, bar_size: str, use_rth: bool,
                 ) -> list[Chunk]:
     """Requests covering every bar that starts in [start, end), oldest first.
 
-    Intraday sizes: one request per session (or per IB duration step for bars of 30 seconds or less), durations
-    in seconds so the window is exact. Daily and longer: one request per year ending at the range end.
+    Intraday sizes: one request per session of `calendar` (the instrument's: `ResolvedSeries.planning_calendar`),
+    or per IB duration step for bars of 30 seconds or less, durations in seconds so the window is exact.
+    Daily and longer: one request per year ending at the range end.
     """
     if end <= start:
         return []

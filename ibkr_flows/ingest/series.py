@@ -7,12 +7,8 @@ from dataclasses import dataclass
 
 from ib_async import Contract, ContractDetails
 
+from ibkr_flows.ib.calendars import NYSE, UnknownSessionCalendarError, calendar_for, calendar_named
 from ibkr_flows.ib.instruments import InstrumentId
-
-NYSE_SESSION_CLASSES = frozenset({"STK", "IND"})
-"""Security types whose US-dollar listings trade within the NYSE sessions the planner and the session checks use
-(US stocks; CBOE indices, computed while US stocks trade). Per-instrument calendars are later work: until then
-everything else (futures, currency pairs, stocks abroad) is fetched within NYSE sessions only, and said so."""
 
 
 @dataclass(frozen=True)
@@ -43,16 +39,33 @@ class ResolvedSeries:
         return self.sec_type == "CONTFUT"
 
     @property
-    def follows_nyse_sessions(self) -> bool:
-        return self.sec_type in NYSE_SESSION_CLASSES and self.contract.currency == "USD"
+    def calendar_name(self) -> str | None:
+        """The session calendar this instrument trades on (`ib.calendars`), from its class, exchanges and
+        timeZoneId; None when none is known (requests then follow NYSE sessions, see `sessions_note`)."""
+        try:
+            return calendar_for(self.sec_type, self.contract.exchange, self.contract.primaryExchange,
+                                self.details.timeZoneId)
+        except UnknownSessionCalendarError:
+            return None
+
+    @property
+    def planning_calendar(self) -> str:
+        """The calendar requests are planned and bars checked on: the instrument's own, else NYSE's."""
+        return self.calendar_name or NYSE
+
+    @property
+    def judges_completeness(self) -> bool:
+        """Whether bars per session can be counted: a known calendar whose sessions do not pause mid-day."""
+        name = self.calendar_name
+        return name is not None and not calendar_named(name).has_breaks
 
     def sessions_note(self, use_rth: bool) -> str | None:
-        """Why some of this instrument's bars were not requested, for the run's warnings; None when none are
-        missing that way."""
-        if self.follows_nyse_sessions:
+        """Why some of this instrument's bars may not have been requested, for the run's warnings; None when its
+        own calendar was followed."""
+        if self.calendar_name is not None:
             return None
         hours = "regular (09:30-16:00)" if use_rth else "extended (04:00-20:00)"
-        return (f"{self.symbol}: {self.sec_type} on {self.contract.exchange} ({self.details.timeZoneId}) trades "
-                f"outside NYSE sessions, but requests still follow the NYSE calendar: only its bars within NYSE "
+        return (f"{self.symbol}: {self.sec_type} on {self.contract.exchange} ({self.details.timeZoneId}) has no "
+                f"known session calendar, so requests follow the NYSE calendar: only its bars within NYSE "
                 f"{hours} New York hours on NYSE trading days were requested, and session completeness is not "
-                "judged for it")
+                "judged for it. Fix: add its exchange to ibkr_flows.ib.calendars.EXCHANGE_CALENDARS")

@@ -56,7 +56,9 @@ class FetchedBatch:
     sec_type: str = "STK"
     """The contract's security type: which size columns IB leaves empty depends on it (`quality.checks`)."""
     judge_completeness: bool = True
-    """False for an instrument whose sessions are not the NYSE's the completeness check counts against."""
+    """False for an instrument without a known session calendar (or with a mid-day break) to count bars on."""
+    calendar: str = "XNYS"
+    """The instrument's session calendar (`ib.calendars`) the quality checks use."""
     chunks_fetched: int = 0
     chunks_empty: int = 0
     error: SymbolError | None = None
@@ -107,7 +109,8 @@ async def fetch_batch(context: FetchContext, series: ResolvedSeries, chunks: Seq
     r = context.request
     frames: list[pl.DataFrame] = []
     batch = FetchedBatch(series.symbol, (chunks[0].start, end), pl.DataFrame(), what_to_show=series.what_to_show,
-                         sec_type=series.sec_type, judge_completeness=series.follows_nyse_sessions,
+                         sec_type=series.sec_type, judge_completeness=series.judges_completeness,
+                         calendar=series.planning_calendar,
                          replaces_series=chunks[0].up_to_now)
     try:
         for chunk in chunks:
@@ -137,7 +140,8 @@ def check_batch(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
     lineage = batch.frame.select("ts", *LINEAGE)
     result = validate_bars(batch.frame.drop(*LINEAGE), bar_size=request.bar_size, use_rth=request.use_rth,
                            what_to_show=batch.what_to_show, sec_type=batch.sec_type, window=batch.window,
-                           judge_completeness=batch.judge_completeness, engine=request.quality_engine)
+                           calendar=batch.calendar, judge_completeness=batch.judge_completeness,
+                           engine=request.quality_engine)
     quarantined = result.quarantined
     if quarantined.height:
         lo, hi = batch.window

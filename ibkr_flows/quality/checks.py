@@ -15,6 +15,7 @@ from typing import Literal
 
 import polars as pl
 
+from ibkr_flows.ib.calendars import SessionCalendar, calendar_named
 from ibkr_flows.ib.historical import QUOTE_TYPES, bar_step, is_intraday
 from ibkr_flows.ib.sessions import session_bounds
 from storage.schema import BAR_KEY, UTC_US
@@ -42,7 +43,7 @@ RULE_TEXT = {
     "volume_non_negative": "volume, wap, bar_count >= 0 (-1 allowed for MIDPOINT, BID_ASK, BID, ASK, and for "
                            "CASH and IND bars)",
     "unique_key": f"one bar per ({', '.join(BAR_KEY)}); later copies are quarantined",
-    "aligned_ts": "ts on IB's clock grid of the bar size (multiples from midnight New York) or at the session "
+    "aligned_ts": "ts on IB's clock grid of the bar size (multiples from the exchange's midnight) or at the session "
                   "open (daily+: 00:00 UTC of a session date)",
     "in_session": "ts within the session's [open, close) for the requested hours",
     "completeness": "every bar of each session fully inside the window was received",
@@ -71,6 +72,7 @@ class BarSeries:
     use_rth: bool
     what_to_show: str
     calendar: str = "XNYS"
+    """The instrument's session calendar (`ib.calendars.calendar_for`): XNYS, XETR, CME_GLOBEX, FX_24_5, ..."""
     sec_type: str = "STK"
     """The contract's security type (STK, FUT, CASH, IND, ...)."""
 
@@ -88,10 +90,27 @@ class BarSeries:
         and every bar of a class without volume (the 0 IB may send instead passes anyway)."""
         return self.what_to_show.upper() in QUOTE_TYPES or self.sec_type.upper() in NO_VOLUME_CLASSES
 
+    @cached_property
+    def session_calendar(self) -> SessionCalendar:
+        """The instrument's calendar (`ib.calendars`): its time zone and when its sessions open."""
+        return calendar_named(self.calendar)
+
     def session_day(self) -> pl.Expr:
-        """The session a bar belongs to: the New York date of an intraday bar, the UTC date of a daily stamp."""
+        """The session a bar belongs to: for an intraday bar the exchange-local date, shifted for sessions that
+        open the evening before (a Globex bar at 18:00 New York is the next day's); the UTC date of a daily
+        stamp."""
         ts = pl.col("ts")
-        return ts.dt.convert_time_zone(NEW_YORK).dt.date() if self.intraday else ts.dt.date()
+        if not self.intraday:
+            return ts.dt.date()
+        cal = self.session_calendar
+        local = ts.dt.convert_time_zone(cal.time_zone.key).dt.replace_time_zone(None)
+        return (local + cal.evening_open).dt.date() if cal.evening_open else local.dt.date()
+
+    def grid_origin(self) -> pl.Expr:
+        """Where a bar's clock grid is counted from: midnight (UTC) of its exchange-local date."""
+        zone = self.session_calendar.time_zone.key
+        local_day = pl.col("ts").dt.convert_time_zone(zone).dt.date()
+        return local_day.cast(pl.Datetime("us")).dt.replace_time_zone(zone).dt.convert_time_zone("UTC")
 
 
 @dataclass(frozen=True)
@@ -178,21 +197,20 @@ def unique_key() -> pl.Expr:
 
 
 def aligned_ts(series: BarSeries, sessions: Sessions) -> pl.Expr:
-    """Intraday bars start on IB's clock grid (multiples of the bar size from midnight New York, as
+    """Intraday bars start on IB's clock grid (multiples of the bar size from the exchange's midnight, as
     `ib.sessions.bar_start` defines it) or at the session open, for the first, partial bar: 1-hour RTH bars start
     09:30, 10:00, 11:00, .... Daily and longer bars are stamped 00:00 UTC of a session date. A day that is no
     session is in_session's."""
     ts, day = pl.col("ts"), series.session_day()
     if not series.intraday:
         return _passes_on_ts((ts.dt.truncate("1d") == ts) & sessions.is_session(day))
-    midnight = day.cast(pl.Datetime("us")).dt.replace_time_zone(NEW_YORK).dt.convert_time_zone("UTC")
-    on_grid = (ts - midnight).dt.total_microseconds() % (series.step // timedelta(microseconds=1)) == 0
+    on_grid = (ts - series.grid_origin()).dt.total_microseconds() % (series.step // timedelta(microseconds=1)) == 0
     return _passes_on_ts(on_grid | (ts == sessions.open_of(day)))
 
 
 def in_session(series: BarSeries, sessions: Sessions) -> pl.Expr:
-    """Intraday bars start inside the [open, close) of the session of their New York date; daily bars are on a
-    session date."""
+    """Intraday bars start inside the [open, close) of their session (`BarSeries.session_day`); daily bars are
+    on a session date."""
     ts, day = pl.col("ts"), series.session_day()
     if not series.intraday:
         return _passes_on_ts(sessions.is_session(day))

@@ -73,8 +73,10 @@ def validate_bars(frame: pl.DataFrame, *, bar_size: str, use_rth: bool, what_to_
                   judge_completeness: bool = True, engine: Engine = "great_expectations") -> QualityResult:
     """Gate one batch of one bar series of a contract of `sec_type`. `window` is the span the batch was fetched
     for: only sessions fully inside it are judged for completeness (without it, the sessions the batch has bars
-    in); `judge_completeness` False skips that warning, for an instrument that does not trade `calendar`'s
-    sessions (its count of bars per session would be a false gap)."""
+    in). `calendar` is the instrument's session calendar (`ib.calendars.calendar_for`: XNYS, XETR, CME_GLOBEX,
+    FX_24_5, ...): sessions, regular hours and the bars' session dates come from it. `judge_completeness` False
+    skips that warning, for an instrument whose calendar is not known (its count of bars per session would be a
+    false gap)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown quality engine {engine!r}; expected one of {', '.join(ENGINES)}")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -99,7 +101,11 @@ def validate_bars(frame: pl.DataFrame, *, bar_size: str, use_rth: bool, what_to_
     outcomes = [_blocking_outcome(c, int(failing[c].sum()), quarantined) for c in BLOCKING_CHECKS]
 
     gaps = pl.DataFrame(schema=GAPS_SCHEMA)
-    if judge_completeness and is_judged(series):
+    if judge_completeness and is_judged(series) and series.intraday and series.session_calendar.has_breaks:
+        outcomes.append(CheckOutcome("completeness", "warning", passed=True, failed_rows=0,
+                                     detail=f"not judged: {calendar} sessions pause mid-day (lunch break), so "
+                                            "open-to-close would expect bars IB does not have"))
+    elif judge_completeness and is_judged(series):
         judged = judged_sessions(series, window, sessions)
         gaps = session_gaps(clean, series, judged)
         outcomes.append(completeness_outcome(gaps, judged.days.len()))

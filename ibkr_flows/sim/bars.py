@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from ibkr_flows.ib.calendars import NYSE, calendar_named
 from ibkr_flows.ib.historical import WHAT_TO_SHOW, bar_step, parse_duration
 from ibkr_flows.ib.sessions import (
     NEW_YORK,
@@ -174,6 +175,14 @@ def request_window(end: datetime, duration: str, *, bar_size: str, use_rth: bool
     return (pd.Timestamp(end) - offset).to_pydatetime(), end
 
 
+def series_calendar(source: BarSource, inst: Instrument) -> str:
+    """The session calendar `source` serves an instrument's bars on ("N D" durations count its sessions): the
+    generator's per-listing calendar, a replay file's own (`calendar_name`), else NYSE's."""
+    if isinstance(source, SyntheticBars):
+        return source.calendar_of(inst.series)
+    return str(getattr(source, "calendar_name", NYSE))
+
+
 # --- aggregation shared by both sources -------------------------------------------------------------------------
 
 def aggregate(base: pl.DataFrame, bar_size: str) -> pl.DataFrame:
@@ -250,10 +259,11 @@ def check_what_to_show(what_to_show: str) -> None:
 def session_table(days: Sequence[date], use_rth: bool, calendar: str) -> pl.DataFrame:
     """One row per session: its date, its open/close, and the origin of its bar grid."""
     bounds = [session_bounds(day, use_rth, calendar) for day in days]
+    origin = grid_origin if calendar == NYSE else calendar_named(calendar).grid_origin
     utc = pl.Datetime("us", "UTC")
     return pl.DataFrame(
         {"day": list(days), "anchor": [b[0] for b in bounds], "close_at": [b[1] for b in bounds],
-         "origin": [grid_origin(day) for day in days]},
+         "origin": [origin(day) for day in days]},
         schema={"day": pl.Date(), "anchor": utc, "close_at": utc, "origin": utc},
     )
 
@@ -271,14 +281,56 @@ def finish_bars(base: pl.DataFrame, *, native: timedelta, bar_size: str, what_to
 
 # --- the generator ------------------------------------------------------------------------------------------------
 
+GENERATED_SPAN = (date(2000, 1, 1), date(2030, 12, 31))
+"""The days a calendar without a fixed list of its own (FX 24/5, every weekday) has sessions generated for."""
+
+
+def listing_calendars(instruments: Iterable[Instrument]) -> dict[str, str]:
+    """Each listing's bar series -> the session calendar it trades on (its continuous future's too)."""
+    calendars = {}
+    for inst in instruments:
+        calendars[inst.series] = inst.calendar
+        if inst.sec_type == "FUT":
+            calendars[dataclasses.replace(inst, sec_type="CONTFUT").series] = inst.calendar
+    return calendars
+
+
+@dataclass(frozen=True)
+class SessionIndex:
+    """Every session of one calendar, in order, numbered: a generated series is a path over these numbers."""
+
+    days: list[date]
+    day_array: np.ndarray
+    index: dict[date, int]
+
+    @classmethod
+    def of(cls, calendar: str) -> SessionIndex:
+        """NYSE's sessions exactly as exchange_calendars lists them (the US stocks' seeds depend on the numbering);
+        other calendars' over `GENERATED_SPAN`, within what their calendar covers."""
+        if calendar == NYSE:
+            days = [label.date() for label in exchange_calendar(calendar).sessions]
+        else:
+            days = calendar_named(calendar).sessions(*GENERATED_SPAN)
+        return cls(days, np.array(days, dtype="datetime64[D]"), {day: i for i, day in enumerate(days)})
+
+    def first_index(self, day: date) -> int:
+        """The index of the first session on or after `day`."""
+        return int(np.searchsorted(self.day_array, np.datetime64(day, "D")))
+
+    def last_index(self, day: date) -> int:
+        """The index of the last session on or before `day`."""
+        return self.first_index(day + timedelta(days=1)) - 1
+
+
 class SyntheticBars:
     """Seeded random walks per symbol, tied to real price levels: a daily path from the symbol's first trading day
     that passes through its real month-end closes (`price_anchors.json`; a Brownian bridge between anchors, a free
     walk after the last), bridged minute by minute through each session's extended hours, with an intraday
     U-shaped volume profile. The simulator's other listings (futures, currency pairs, indices, non-US stocks) pass
     through their declared level (`listing_anchors`); symbols without anchors start at `first_date` at a price
-    derived from their name. Every series is generated on the NYSE calendar (`calendar_name`), whatever its
-    instrument's own hours.
+    derived from their name. Each series is generated on its instrument's own session calendar (`calendars`,
+    series key -> `ib.calendars` name: Xetra, Tokyo, CME Globex, FX 24/5, ...; by default the listings' own),
+    any other on `calendar_name` (NYSE).
 
     Deterministic in (seed, symbol, session): the same bar comes back whatever window asked for it."""
 
@@ -287,15 +339,13 @@ class SyntheticBars:
     EXTENDED_VOLUME_FACTOR = 0.03
 
     def __init__(self, seed: int = 7, calendar_name: str = "XNYS", first_date: date = date(2015, 1, 2),
-                 anchors: dict[str, PriceAnchors] | None = None) -> None:
+                 anchors: dict[str, PriceAnchors] | None = None, calendars: dict[str, str] | None = None) -> None:
         self.seed = seed
         self.calendar_name = calendar_name
         self.first_date = first_date
         self.anchors = load_price_anchors() | listing_anchors(LISTINGS) if anchors is None else anchors
-        cal = exchange_calendar(calendar_name)
-        self._days = [label.date() for label in cal.sessions]
-        self._day_array = np.array(self._days, dtype="datetime64[D]")
-        self._index = {day: i for i, day in enumerate(self._days)}
+        self.calendars = listing_calendars(LISTINGS) if calendars is None else calendars
+        self._session_index = lru_cache(maxsize=16)(SessionIndex.of)
         self._daily_closes = lru_cache(maxsize=64)(self._generate_daily_closes)
         self._minutes = lru_cache(maxsize=512)(self._generate_minutes)
         self._seconds = lru_cache(maxsize=16)(self._generate_seconds)
@@ -304,11 +354,12 @@ class SyntheticBars:
         """The symbol's first session: its first trading day on record, else the first session from `first_date`."""
         anchors = self.anchors.get(symbol)
         first = anchors.first_trade if anchors else self.first_date
-        return self._days[self._first_index(first)]
+        index = self._sessions(symbol)
+        return index.days[index.first_index(first)]
 
     def head_timestamp(self, symbol: str, what_to_show: str, use_rth: bool) -> datetime:
         check_what_to_show(what_to_show)
-        return session_bounds(self.first_session(symbol), use_rth, self.calendar_name)[0]
+        return session_bounds(self.first_session(symbol), use_rth, self.calendar_of(symbol))[0]
 
     def bars(self, symbol: str, bar_size: str, what_to_show: str, use_rth: bool, start: datetime,
              end: datetime, as_of: date | None = None) -> pl.DataFrame:
@@ -325,11 +376,12 @@ class SyntheticBars:
         lo = max(start, midnight_utc(first))
         if step >= timedelta(days=1):  # a dated bar may start before `start`'s session: take its whole bucket
             lo -= timedelta(days=31 if step > timedelta(days=1) else 1)
-        days = [d for d in sessions_between(lo, end, self.calendar_name) if d >= first]
+        calendar = self.calendar_of(symbol)
+        days = [d for d in sessions_between(lo, end, calendar) if d >= first]
         native = timedelta(seconds=1) if step < timedelta(minutes=1) else timedelta(minutes=1)
         for group in bucket_groups(days, bar_size):
             base = self._as_of(symbol, self._base(symbol, group, native), what_to_show, as_of)
-            base = base.join(session_table(group, use_rth, self.calendar_name), on="day")
+            base = base.join(session_table(group, use_rth, calendar), on="day")
             if use_rth:
                 base = base.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
             part = finish_bars(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start,
@@ -342,24 +394,23 @@ class SyntheticBars:
     def _rng(self, symbol: str, *parts: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, zlib.crc32(symbol.encode()), *parts])
 
-    def _first_index(self, day: date) -> int:
-        """The index of the first session on or after `day`."""
-        return int(np.searchsorted(self._day_array, np.datetime64(day, "D")))
+    def calendar_of(self, symbol: str) -> str:
+        """The session calendar a series is generated on."""
+        return self.calendars.get(symbol, self.calendar_name)
 
-    def _last_index(self, day: date) -> int:
-        """The index of the last session on or before `day`."""
-        return self._first_index(day + timedelta(days=1)) - 1
+    def _sessions(self, symbol: str) -> SessionIndex:
+        return self._session_index(self.calendar_of(symbol))
 
     def _anchor_points(self, symbol: str) -> tuple[np.ndarray, np.ndarray]:
         """Session indices and log prices the daily path must pass through, starting with the first session."""
-        anchors = self.anchors.get(symbol)
+        anchors, sessions = self.anchors.get(symbol), self._sessions(symbol)
         if anchors is None:
-            return np.array([self._first_index(self.first_date)]), np.log([20.0 + zlib.crc32(symbol.encode()) % 480])
-        points = [(self._first_index(anchors.first_trade), anchors.first_close)]
+            return np.array([sessions.first_index(self.first_date)]), np.log([20.0 + zlib.crc32(symbol.encode()) % 480])
+        points = [(sessions.first_index(anchors.first_trade), anchors.first_close)]
         for month, close in anchors.month_end_closes:
             month_end = (month + timedelta(days=32)).replace(day=1) - timedelta(days=1)
-            index = self._last_index(month_end)
-            if month_end <= self._days[-1] and index > points[-1][0]:
+            index = sessions.last_index(month_end)
+            if month_end <= sessions.days[-1] and index > points[-1][0]:
                 points.append((index, close))
         return np.array([i for i, _ in points]), np.log(round_price(np.array([c for _, c in points])))
 
@@ -371,20 +422,22 @@ class SyntheticBars:
         the line flat and the walk runs free."""
         positions, log_prices = self._anchor_points(symbol)
         first = int(positions[0])
-        index = np.arange(first, len(self._days))
+        count = len(self._sessions(symbol).days)
+        index = np.arange(first, count)
         walk = np.cumsum(self._rng(symbol, 0).normal(0.0, self.DAILY_VOL, len(index)))
         walk_at_anchors = walk[positions - first]
         log_path = np.interp(index, positions, log_prices) + walk - np.interp(index, positions, walk_at_anchors)
-        closes = np.full(len(self._days), np.nan)
+        closes = np.full(count, np.nan)
         closes[first:] = round_price(np.exp(log_path))
         return closes
 
     def _generate_minutes(self, symbol: str, day: date) -> dict[str, np.ndarray]:
-        i = self._index[day]
+        i = self._sessions(symbol).index[day]
+        calendar = self.calendar_of(symbol)
         closes_by_day = self._daily_closes(symbol)
         prev_close = closes_by_day[i - 1] if i and not np.isnan(closes_by_day[i - 1]) else closes_by_day[i]
-        eth_open, eth_close = session_bounds(day, False, self.calendar_name)
-        rth_open, rth_close = session_bounds(day, True, self.calendar_name)
+        eth_open, eth_close = session_bounds(day, False, calendar)
+        rth_open, rth_close = session_bounds(day, True, calendar)
         n = int((eth_close - eth_open) / timedelta(minutes=1))
         ts = _utc64(eth_open) + np.arange(n).astype("timedelta64[m]")
         rth = (ts >= _utc64(rth_open)) & (ts < _utc64(rth_close))
@@ -416,7 +469,7 @@ class SyntheticBars:
         """Second bars bridged inside each minute bar; they aggregate back to it exactly."""
         m = self._minutes(symbol, day)
         n = len(m["ts"])
-        rng = self._rng(symbol, 2, self._index[day])
+        rng = self._rng(symbol, 2, self._sessions(symbol).index[day])
         k = np.arange(61) / 60
         walk = np.concatenate((np.zeros((n, 1)), np.cumsum(rng.standard_normal((n, 60)), axis=1)), axis=1)
         bridge = walk - k * walk[:, -1:]
@@ -464,7 +517,7 @@ class SyntheticBars:
 
     def _close_before(self, symbol: str, day: date) -> float:
         """The generated close of the last session before `day` (NaN before the symbol's first)."""
-        i = self._first_index(day) - 1
+        i = self._sessions(symbol).first_index(day) - 1
         return float(self._daily_closes(symbol)[i]) if i >= 0 else float("nan")
 
     def _base(self, symbol: str, days: list[date], native: timedelta) -> pl.DataFrame:

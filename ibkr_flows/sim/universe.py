@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from ibkr_flows.ib.calendars import NYSE, UnknownSessionCalendarError, calendar_for
 from ibkr_flows.ib.sessions import session_hours_text
 from ibkr_flows.sim.requests import ContractRef
 from ibkr_flows.sim.weekly_hours import (
@@ -95,6 +96,15 @@ class Instrument:
         if self.sec_type == "CONTFUT":
             return f"{self.symbol}@{self.primary_exchange}:CONTFUT"
         return f"{self.local_symbol}@{self.primary_exchange}"
+
+    @property
+    def calendar(self) -> str:
+        """The session calendar the instrument trades on (`ib.calendars`), the NYSE's where none is known: its
+        bars are generated on it and "N D" durations count its sessions."""
+        try:
+            return calendar_for(self.sec_type, self.exchange, self.primary_exchange, self.time_zone_id)
+        except UnknownSessionCalendarError:
+            return NYSE
 
     @property
     def contract_month(self) -> str:

@@ -34,7 +34,7 @@ from ibkr_flows.ib.sessions import bar_start, session_bounds, sessions_before
 from ibkr_flows.ib.wire import encode_frame
 from ibkr_flows.sim import messages as msg
 from ibkr_flows.sim.bad_bars import inject_bad_bars
-from ibkr_flows.sim.bars import InvalidBarSize, as_listed, request_window
+from ibkr_flows.sim.bars import InvalidBarSize, as_listed, request_window, series_calendar
 from ibkr_flows.sim.handlers.contracts import include_expired, resolve
 from ibkr_flows.sim.pacing import PacedRequest
 from ibkr_flows.sim.requests import (
@@ -183,7 +183,8 @@ async def _answer_historical(session: Session, req: HistoricalRequest, expired: 
         return
     try:
         too_long = duration_exceeds_max(req.duration, req.bar_size)
-        start, end = request_window(end, req.duration, bar_size=req.bar_size, use_rth=req.use_rth)
+        start, end = request_window(end, req.duration, bar_size=req.bar_size, use_rth=req.use_rth,
+                                    calendar=series_calendar(sim.bar_source, inst))
     except InvalidDuration as exc:
         session.send(msg.error(req.req_id, msg.invalid_request(f"Invalid duration string: {exc}")))
         return
@@ -254,11 +255,12 @@ async def _current_bar(session: Session, req: HistoricalRequest, inst: Instrumen
     if step >= timedelta(days=1):
         start = now - DATED_LOOKBACK
     else:
-        days = sessions_before(now, 1, req.use_rth)
+        calendar = series_calendar(sim.bar_source, inst)
+        days = sessions_before(now, 1, req.use_rth, calendar)
         if not days:
             return None
-        close = session_bounds(days[-1], req.use_rth)[1]
-        start = bar_start(min(now, close) - timedelta(microseconds=1), step, req.use_rth)
+        close = session_bounds(days[-1], req.use_rth, calendar)[1]
+        start = bar_start(min(now, close) - timedelta(microseconds=1), step, req.use_rth, calendar)
 
     def latest() -> dict[str, Any] | None:
         bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, start, now,

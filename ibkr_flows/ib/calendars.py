@@ -1,0 +1,235 @@
+"""Whose sessions an instrument trades: one session calendar per instrument class and listing.
+
+Gap checks, RTH filtering, daily boundaries and request planning must count the instrument's own sessions: a
+Xetra stock trades 09:00-17:30 Frankfurt, a CME Globex future from 18:00 New York the evening before, a currency
+pair from Sunday 17:00 to Friday 17:00 New York. Counting them on NYSE sessions requests the wrong hours and
+reports false gaps.
+
+Every calendar labels a session with its trade date and answers the same questions (`SessionCalendar`):
+- stock exchanges come from exchange_calendars (IBIS -> XETR, TSEJ -> XTKS, LSE -> XLON, TSE -> XTSE, the US venues
+  -> XNYS). Extended hours (use_rth False) equal the regular ones outside the US: IB serves next to no bars outside
+  them there. XNYS keeps `ib.sessions`' exact behaviour (04:00-20:00 New York extended hours, half days);
+- CME Globex futures (`CME_GLOBEX`): 18:00 New York the evening before to 17:00 (the 17:00-18:00 daily maintenance
+  break between sessions), regular hours 09:30-16:00 New York (the equity index futures' liquid hours). Trade
+  dates and early closes are exchange_calendars' CMES calendar (CME Globex equity): its holidays are sessions
+  with a 12:00 Chicago close, as CME trades them, and its closed days (Christmas, New Year, Good Friday) are none;
+- FX (`FX_24_5`, IDEALPRO): 24 hours a day, 5 days a week, each session 17:00 to 17:00 New York, Sunday evening to
+  Friday evening; no holidays (the interbank market trades through exchange holidays), regular hours = all hours.
+"""
+
+from __future__ import annotations
+
+import bisect
+from abc import ABC, abstractmethod
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo
+
+from ibkr_flows.ib import sessions as nyse
+
+NEW_YORK = ZoneInfo("America/New_York")
+NYSE = "XNYS"
+CME_GLOBEX = "CME_GLOBEX"
+FX_24_5 = "FX_24_5"
+
+EXCHANGE_CALENDARS = {
+    **dict.fromkeys(("SMART", "NYSE", "NASDAQ", "ARCA", "AMEX", "ISLAND", "BATS", "IEX", "NYSENAT", "CBOE"), NYSE),
+    "IBIS": "XETR",
+    "TSEJ": "XTKS",
+    "LSE": "XLON",
+    "TSE": "XTSE",
+}
+"""IB's listing exchange -> exchange_calendars name, for stocks (and US indices, computed while US stocks trade)."""
+TIME_ZONE_CALENDARS = {
+    "US/Eastern": NYSE, "America/New_York": NYSE, "EST5EDT": NYSE,
+    "MET": "XETR", "Europe/Berlin": "XETR",
+    "Japan": "XTKS", "Asia/Tokyo": "XTKS",
+    "GB": "XLON", "Europe/London": "XLON",
+    "America/Toronto": "XTSE", "Canada/Eastern": "XTSE",
+}
+"""The contract's timeZoneId -> calendar, for a stock listed on an exchange the table above does not name."""
+GLOBEX_EXCHANGES = frozenset({"CME", "GLOBEX"})
+FUTURE_CLASSES = frozenset({"FUT", "CONTFUT"})
+EXCHANGE_TIME_ZONES = {"XETR": "Europe/Berlin", "XTKS": "Asia/Tokyo", "XLON": "Europe/London",
+                       "XTSE": "America/Toronto", NYSE: "America/New_York"}
+
+
+class UnknownSessionCalendarError(LookupError):
+    """No session calendar is known for an instrument: its sessions cannot be planned or judged."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"no session calendar for {what}; add its exchange to ibkr_flows.ib.calendars.EXCHANGE_CALENDARS "
+            f"(known: {', '.join(sorted(EXCHANGE_CALENDARS))}) or its time zone to TIME_ZONE_CALENDARS")
+
+
+class SessionCalendar(ABC):
+    """An instrument's sessions, each labelled by its trade date, with UTC [open, close) bounds of its bars."""
+
+    name: str
+    time_zone: ZoneInfo
+    evening_open = timedelta(0)
+    """How far before local midnight a session can open: an instant's session is the local date of instant +
+    this (a Globex bar at 18:00 New York belongs to the next day's session)."""
+    has_breaks = False
+    """Whether sessions pause mid-day (Tokyo's lunch): bars per session are then fewer than open-to-close."""
+
+    @abstractmethod
+    def sessions(self, first: date, last: date) -> list[date]:
+        """Session labels in [first, last], oldest first."""
+
+    @abstractmethod
+    def session_bounds(self, day: date, use_rth: bool) -> tuple[datetime, datetime]:
+        """UTC [open, close) of one session's bars, regular or all hours (KeyError if `day` is no session)."""
+
+    def session_day(self, instant: datetime) -> date:
+        """The session (trade date) an instant inside one belongs to."""
+        local = instant.astimezone(self.time_zone).replace(tzinfo=None)
+        return (local + self.evening_open).date()
+
+    def grid_origin(self, day: date) -> datetime:
+        """Midnight of `day` in the exchange's time zone, in UTC: IB's intraday bars sit on clock multiples of
+        their size counted from it (a Globex 1-hour bar starts 18:00, 19:00, ... New York)."""
+        return datetime.combine(day, time(0), tzinfo=self.time_zone).astimezone(UTC)
+
+    def sessions_between(self, start: datetime, end: datetime) -> list[date]:
+        """Sessions whose (all-hours) bars overlap [start, end), oldest first."""
+        first = self.session_day(start) - timedelta(days=1)
+        days = []
+        for day in self.sessions(first, self.session_day(end) + timedelta(days=1)):
+            open_, close = self.session_bounds(day, use_rth=False)
+            if open_ < end and close > start:
+                days.append(day)
+        return days
+
+    def sessions_before(self, end: datetime, count: int, use_rth: bool) -> list[date]:
+        """The `count` most recent sessions that opened before `end`, oldest first (IB's "N D" duration)."""
+        last = self.session_day(end) + timedelta(days=1)
+        days = self.sessions(last - timedelta(days=count * 2 + 10), last)
+        return [d for d in days if self.session_bounds(d, use_rth)[0] < end][-count:]
+
+
+class NyseCalendar(SessionCalendar):
+    """XNYS exactly as `ib.sessions` defines it (extended hours 04:00-20:00 New York, half days)."""
+
+    name = NYSE
+    time_zone = NEW_YORK
+
+    def sessions(self, first: date, last: date) -> list[date]:
+        return _labels_in(_sorted_labels(NYSE), first, last)
+
+    def session_bounds(self, day: date, use_rth: bool) -> tuple[datetime, datetime]:
+        return nyse.session_bounds(day, use_rth, NYSE)
+
+    def session_day(self, instant: datetime) -> date:
+        return nyse.session_day(instant)
+
+    def sessions_between(self, start: datetime, end: datetime) -> list[date]:
+        return nyse.sessions_between(start, end, NYSE)
+
+    def sessions_before(self, end: datetime, count: int, use_rth: bool) -> list[date]:
+        return nyse.sessions_before(end, count, use_rth, NYSE)
+
+
+class ExchangeSessions(SessionCalendar):
+    """A stock exchange of exchange_calendars: its sessions, holidays and early closes; all hours = regular."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.time_zone = ZoneInfo(EXCHANGE_TIME_ZONES.get(name) or str(nyse.exchange_calendar(name).tz))
+        self.has_breaks = bool(nyse.exchange_calendar(name).has_break)
+
+    def sessions(self, first: date, last: date) -> list[date]:
+        return _labels_in(_sorted_labels(self.name), first, last)
+
+    def session_bounds(self, day: date, use_rth: bool) -> tuple[datetime, datetime]:
+        return nyse.regular_hours(self.name)[day]
+
+
+class GlobexCalendar(SessionCalendar):
+    """CME Globex (equity index futures): 18:00 New York the evening before to 17:00, on CMES's trade dates."""
+
+    name = CME_GLOBEX
+    time_zone = NEW_YORK
+    evening_open = timedelta(hours=6)
+    OPEN = time(18, 0)
+    CLOSE = time(17, 0)
+    RTH_OPEN = time(9, 30)
+    RTH_CLOSE = time(16, 0)
+    SOURCE = "CMES"
+
+    def sessions(self, first: date, last: date) -> list[date]:
+        return _labels_in(_sorted_labels(self.SOURCE), first, last)
+
+    def session_bounds(self, day: date, use_rth: bool) -> tuple[datetime, datetime]:
+        early_close = nyse.regular_hours(self.SOURCE)[day][1]  # KeyError: no session
+        if use_rth:
+            open_, close = _at(day, self.RTH_OPEN), _at(day, self.RTH_CLOSE)
+        else:
+            open_, close = _at(day - timedelta(days=1), self.OPEN), _at(day, self.CLOSE)
+        return open_, min(close, early_close)
+
+
+class FxCalendar(SessionCalendar):
+    """FX 24/5: each weekday's session runs from 17:00 New York the day before to 17:00, no holidays."""
+
+    name = FX_24_5
+    time_zone = NEW_YORK
+    evening_open = timedelta(hours=7)
+    ROLL = time(17, 0)
+
+    def sessions(self, first: date, last: date) -> list[date]:
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)
+                if (first + timedelta(days=i)).weekday() < 5]
+
+    def session_bounds(self, day: date, use_rth: bool) -> tuple[datetime, datetime]:
+        if day.weekday() >= 5:
+            raise KeyError(day)
+        return _at(day - timedelta(days=1), self.ROLL), _at(day, self.ROLL)
+
+
+@cache
+def calendar_named(name: str) -> SessionCalendar:
+    """The calendar called `name`: XNYS, CME_GLOBEX, FX_24_5 or any exchange_calendars name (XETR, XTKS, ...)."""
+    if name == NYSE:
+        return NyseCalendar()
+    if name == CME_GLOBEX:
+        return GlobexCalendar()
+    if name == FX_24_5:
+        return FxCalendar()
+    return ExchangeSessions(name)
+
+
+def calendar_for(sec_type: str, exchange: str, primary_exchange: str = "", time_zone_id: str = "") -> str:
+    """The name of the calendar an instrument trades on, from its class, exchanges and timeZoneId."""
+    sec_type, exchange, primary = sec_type.upper(), exchange.upper(), primary_exchange.upper()
+    if sec_type == "CASH":
+        return FX_24_5
+    if sec_type in FUTURE_CLASSES:
+        if exchange in GLOBEX_EXCHANGES or primary in GLOBEX_EXCHANGES:
+            return CME_GLOBEX
+        raise UnknownSessionCalendarError(f"{sec_type} on {exchange or primary} (only CME Globex futures are known)")
+    for venue in (primary, exchange):
+        if venue in EXCHANGE_CALENDARS and not (venue == "SMART" and primary):
+            return EXCHANGE_CALENDARS[venue]
+    if time_zone_id in TIME_ZONE_CALENDARS:
+        return TIME_ZONE_CALENDARS[time_zone_id]
+    raise UnknownSessionCalendarError(f"{sec_type} on {primary or exchange} ({time_zone_id or 'no time zone'})")
+
+
+def _at(day: date, clock: time) -> datetime:
+    return datetime.combine(day, clock, tzinfo=NEW_YORK).astimezone(UTC)
+
+
+@cache
+def _sorted_labels(source: str) -> tuple[date, ...]:
+    return tuple(sorted(nyse.regular_hours(source)))
+
+
+def _labels_in(labels: tuple[date, ...], first: date, last: date) -> list[date]:
+    return list(labels[bisect.bisect_left(labels, first):bisect.bisect_right(labels, last)])
+
+
+__all__ = ["CME_GLOBEX", "FX_24_5", "NYSE", "ExchangeSessions", "FxCalendar", "GlobexCalendar", "NyseCalendar",
+           "SessionCalendar", "UnknownSessionCalendarError", "calendar_for", "calendar_named"]
