@@ -58,6 +58,8 @@ bench: .venv/.synced postgres
 	.venv/bin/python bench/prefect_database.py
 	.venv/bin/python bench/pacing_shared.py
 	.venv/bin/python bench/rolled_es.py
+	.venv/bin/python bench/growth.py
+	.venv/bin/python bench/grid_dask.py
 
 $(UV):
 	$(PYTHON) -m venv .tools

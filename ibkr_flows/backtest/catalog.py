@@ -190,22 +190,28 @@ def _rerun_single(location: TableLocation, stored: StoredRun, request_json: str
 
 def _rerun_grid(location: TableLocation, stored: StoredRun, request_json: str
                 ) -> tuple[int, list[Difference], None]:
+    """Each symbol of the run again (a grid on several symbols stores, per symbol, a request naming that one
+    symbol); a difference names its symbol when the run had several."""
     from ibkr_flows.backtest.grid import run_grid
     from ibkr_flows.backtest.request import GridRequest
     from ibkr_flows.backtest.runner import grid_config, load_bars
 
-    request = GridRequest.model_validate_json(request_json)
-    bars, _ = load_bars(location, request, request.symbol, request.table_version)
-    report = run_grid(bars, request.bar_size, request.spec(), grid_config(location, request), holdout=request.holdout,
-                      folds=request.folds)
-    axes = list(request.grid)
-    fresh = {json.dumps({a: row[a] for a in axes}, sort_keys=True): row
-             for row in report.results.select(*axes, *NUMERIC_METRIC_COLUMNS).iter_rows(named=True)}
+    symbols = stored.rows["symbol"].unique(maintain_order=True).to_list()
     differences = []
-    for row in stored.rows.iter_rows(named=True):
-        again = fresh.get(row["params"], {})
-        differences += [Difference(row["params"], m, row[m], again.get(m)) for m in NUMERIC_METRIC_COLUMNS
-                        if not _same_bits(row[m], again.get(m))]
+    for symbol in symbols:
+        rows = stored.rows.filter(pl.col("symbol") == symbol)
+        request = GridRequest.model_validate_json(rows["request"][0] or request_json)
+        bars, _ = load_bars(location, request, symbol, request.table_version)
+        report = run_grid(bars, request.bar_size, request.spec(), grid_config(location, request),
+                          holdout=request.holdout, folds=request.folds)
+        axes = list(request.grid)
+        fresh = {json.dumps({a: row[a] for a in axes}, sort_keys=True): row
+                 for row in report.results.select(*axes, *NUMERIC_METRIC_COLUMNS).iter_rows(named=True)}
+        for row in rows.iter_rows(named=True):
+            again = fresh.get(row["params"], {})
+            label = row["params"] if len(symbols) == 1 else f"{symbol} {row['params']}"
+            differences += [Difference(label, m, row[m], again.get(m)) for m in NUMERIC_METRIC_COLUMNS
+                            if not _same_bits(row[m], again.get(m))]
     return stored.rows.height, differences, None
 
 

@@ -164,9 +164,16 @@ class BacktestRequest(BacktestSettings):
 
 class GridRequest(BacktestSettings):
     """Every combination of `grid` (per parameter: a list, or {start, stop, step} with stop included) on one
-    symbol, ranked by `rank_by`, with an out-of-sample holdout and an optional walk-forward."""
+    symbol, or on each of several, ranked by `rank_by`, with an out-of-sample holdout and an optional walk-forward.
 
-    symbol: str = Field("AAPL", min_length=1, description="The symbol whose stored bars the grid runs on")
+    `symbol` (one) is the original form, kept because saved deployment parameters and the CLI use it; `symbols`
+    (several) fans the grid out per symbol. One of the two: both at once is refused rather than guessed between;
+    neither means AAPL."""
+
+    symbol: str | None = Field(None, min_length=1, description="One symbol whose stored bars the grid runs on "
+                               "(or `symbols`; neither = AAPL)")
+    symbols: tuple[str, ...] | None = Field(None, min_length=1, description="Several symbols, each searched on its "
+                                            "own with its own best cell (instead of `symbol`)")
     grid: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_GRID),
                                  description="Parameter values: a list, or {start, stop, step} (stop included)")
     rank_by: str = Field("sharpe", description="sharpe, sortino, calmar, total_return_pct, ...")
@@ -182,6 +189,38 @@ class GridRequest(BacktestSettings):
     @classmethod
     def _symbol(cls, value: object) -> object:
         return _symbol(value)
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols(cls, value: object) -> object:
+        if value is None or isinstance(value, str):
+            return value if value is None else (_symbol(value),)
+        symbols = tuple(_symbol(s) for s in value)  # type: ignore[attr-defined]
+        repeated = sorted({s for s in symbols if symbols.count(s) > 1})
+        if repeated:
+            raise ValueError(f"symbols lists {', '.join(map(str, repeated))} more than once: give each symbol once")
+        return symbols
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_symbol_form(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        symbol, symbols = data.get("symbol"), data.get("symbols")
+        if symbol is not None and symbols is not None:
+            raise ValueError(f"give `symbol` ({symbol}) or `symbols` ({symbols}), not both: clear `symbol` to run "
+                             "several symbols, or `symbols` to run one")
+        return data if symbols is not None or symbol is not None else {**data, "symbol": "AAPL"}
+
+    @property
+    def grid_symbols(self) -> tuple[str, ...]:
+        """The symbols the grid runs on, in the order asked: `symbols`, or the one `symbol`."""
+        return self.symbols if self.symbols is not None else (self.symbol or "AAPL",)
+
+    def for_symbol(self, symbol: str) -> GridRequest:
+        """This request on one of its symbols alone: what a stored row records, so it re-runs as a one-symbol
+        grid."""
+        return self.model_copy(update={"symbol": symbol, "symbols": None})
 
     @model_validator(mode="after")
     def _spec(self) -> Self:

@@ -228,7 +228,8 @@ def _axis(text: str) -> tuple[str, object]:
 @backtest_app.command("grid")
 def grid(
     strategy: Annotated[str, typer.Option(help="Strategy to sweep.")] = "sma_crossover",
-    symbol: Annotated[str, typer.Option(help="Symbol.")] = "AAPL",
+    symbol: Annotated[list[str], typer.Option(help="Symbol (repeatable: each searched on its own, one table "
+                                                   "version for all).")] = ["AAPL"],  # noqa: B006
     start: Annotated[datetime, typer.Option(help="Range start (UTC unless zoned).")] = datetime(2024, 7, 1),
     end: Annotated[datetime, typer.Option(help="Range end, exclusive.")] = datetime(2024, 7, 13),
     ranges: Annotated[list[str], typer.Option(
@@ -256,7 +257,8 @@ def grid(
     adjust: AdjustOption = "splits",
     table_version: Annotated[int | None, typer.Option(help="Read this bars-table version.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
-    heatmap: Annotated[Path | None, typer.Option(help="Write the heatmap of the first two parameters here (PNG).")
+    heatmap: Annotated[Path | None, typer.Option(
+        help="Write the heatmap of the first two parameters here (PNG; several symbols: NAME-SYMBOL.png).")
                        ] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Append every combination to grid_results.")
                      ] = True,
@@ -281,7 +283,7 @@ def grid(
 
     from ibkr_flows.backtest.grid import evaluate_grid, run_grid
     from ibkr_flows.backtest.grid.publish import heatmap_png
-    from ibkr_flows.backtest.grid.store import store_grid_report
+    from ibkr_flows.backtest.grid.store import store_grid_reports
     from ibkr_flows.backtest.request import DEFAULT_GRID, GridRequest
     from ibkr_flows.backtest.runner import grid_config, load_bars
     from ibkr_flows.backtest.stored_bar_size import choose_bar_size, series_text
@@ -291,8 +293,9 @@ def grid(
     console = Console()
     location = TableLocation.at(data_dir)
     with exit_on_error(console):
-        choice = choose_bar_size(location, bar_size, [symbol.strip().upper()], "TRADES", rth)
-        request = GridRequest(strategy=strategy, symbol=symbol, start=as_utc(start), end=as_utc(end),
+        one = {"symbol": symbol[0]} if len(symbol) == 1 else {"symbols": symbol}
+        choice = choose_bar_size(location, bar_size, [s.strip().upper() for s in symbol], "TRADES", rth)
+        request = GridRequest(strategy=strategy, **one, start=as_utc(start), end=as_utc(end),
                               grid=dict(_axis(r) for r in ranges) or DEFAULT_GRID, rank_by=rank_by,
                               holdout=holdout or None, folds=folds or None, use_rth=rth,
                               cash=cash, commission=commission, mode=mode, entry=entry, finalize=finalize,
@@ -300,33 +303,43 @@ def grid(
                               flatten_at_close=flatten_at_close, borrow_fee_pct=borrow_fee, adjust=adjust,
                               table_version=table_version,
                               **({} if choice.bar_size is None else {"bar_size": choice.bar_size}))
+        symbols = request.grid_symbols
         if choice.source == "stored" and choice.bar_size is not None:
-            console.print(choice.describe(series_text([request.symbol], request.what_to_show, request.use_rth)))
-        spec, base = request.spec(), grid_config(location, request)
-        bars, version = load_bars(location, request, request.symbol, table_version)
+            console.print(choice.describe(series_text(list(symbols), request.what_to_show, request.use_rth)))
+        spec, version = request.spec(), table_version
+        bars = {}
+        for s in symbols:  # the first read pins the table version for the others
+            bars[s], version = load_bars(location, request, s, version)
         batches = spec.chunks(chunk_size=max(1, spec.size // 20))
+        reports = {}
         with Progress(TextColumn("[bold]grid"), BarColumn(), MofNCompleteColumn(), TextColumn("combinations"),
                       TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console,
                       transient=True) as bar:
-            job = bar.add_task("grid", total=spec.size * (1 + folds))
+            job = bar.add_task("grid", total=spec.size * (1 + folds) * len(symbols))
+            for s in symbols:
+                base = grid_config(location, request.for_symbol(s))
 
-            def evaluate(train):  # type: ignore[no-untyped-def]
-                parts = []
-                for batch in batches:
-                    parts.append(evaluate_grid(train, request.bar_size, spec, base, batch))
-                    bar.advance(job, len(batch))
-                return pl.concat(parts)
+                def evaluate(train, base=base):  # type: ignore[no-untyped-def]
+                    parts = []
+                    for batch in batches:
+                        parts.append(evaluate_grid(train, request.bar_size, spec, base, batch))
+                        bar.advance(job, len(batch))
+                    return pl.concat(parts)
 
-            report = run_grid(bars, request.bar_size, spec, base, holdout=request.holdout, folds=request.folds,
-                              evaluate=evaluate)
+                reports[s] = run_grid(bars[s], request.bar_size, spec, base, holdout=request.holdout,
+                                      folds=request.folds, evaluate=evaluate)
     run_id = uuid.uuid4().hex[:12]
     if store:
-        store_grid_report(location, report, request, table_version=version, run_id=run_id, flow_run_id="cli")
-    if heatmap is not None and len(spec.axes) >= 2:
-        x, y = list(spec.axes)[:2]
-        heatmap.write_bytes(heatmap_png(report.results, x, y, rank_by))
-        console.print(f"heatmap: {heatmap}")
-    _print_grid(report, console, top, run_id, f"{version}, prices {request.adjust}")
+        store_grid_reports(location, reports, request, table_version=version, run_id=run_id, flow_run_id="cli")
+    for s, report in reports.items():
+        if len(reports) > 1:
+            console.rule(s)
+        if heatmap is not None and len(spec.axes) >= 2:
+            x, y = list(spec.axes)[:2]
+            path = heatmap if len(reports) == 1 else heatmap.with_name(f"{heatmap.stem}-{s}{heatmap.suffix}")
+            path.write_bytes(heatmap_png(report.results, x, y, rank_by))
+            console.print(f"heatmap: {path}")
+        _print_grid(report, console, top, run_id, f"{version}, prices {request.adjust}")
 
 
 def _print_grid(report, console: Console, top: int, run_id: str, version: str) -> None:  # type: ignore[no-untyped-def]

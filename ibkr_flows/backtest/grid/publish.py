@@ -53,13 +53,32 @@ def _metric_line(label: str, metrics: Metrics | None) -> str:
             f"| {metrics.trades} | {metrics.bars} |")
 
 
+def grid_symbols_markdown(reports: dict[str, GridReport], sections: dict[str, str]) -> str:
+    """A grid run on several symbols: first each symbol's best cell side by side (the question a multi-symbol grid
+    asks: does one parameter region win everywhere?), then each symbol's own summary (`sections`, from
+    `grid_markdown` with `heading="##"`)."""
+    first = next(iter(reports.values()))
+    metric = first.rank_by
+    lines = [f"# Grid `{first.strategy}` on {len(reports)} symbols: best cell of each", "",
+             f"| symbol | best parameters | in-sample {metric} | holdout sharpe | deflated Sharpe | plateau |",
+             "|---|---|---|---|---|---|"]
+    for symbol, report in reports.items():
+        oos = report.out_of_sample
+        lines.append(f"| {symbol} | `{json.dumps(report.best_params, sort_keys=True)}` | "
+                     f"{format_value(metric, report.results[metric][0])} | "
+                     f"{format_value('sharpe', oos.sharpe if oos else None)} | "
+                     f"{format_value('sharpe', report.deflated_sharpe)} | "
+                     f"{format_value('sharpe', report.plateau_score)} |")
+    return "\n".join([*lines, *["\n" + sections[symbol] for symbol in reports]])
+
+
 def grid_markdown(report: GridReport, *, symbol: str, table_version: int, adjust: str, code_version: str, run_id: str,
-                  heatmap: bytes | None = None, heatmap_axes: tuple[str, str] = ("", "")) -> str:
+                  heatmap: bytes | None = None, heatmap_axes: tuple[str, str] = ("", ""), heading: str = "#") -> str:
     """`heatmap_axes` (x, y) name the heatmap in its alt text, which is what a screen reader or a broken image
-    shows."""
+    shows; `heading` is the title's markdown level (`##` as a section of a multi-symbol summary)."""
     wf = report.walk_forward
     lines = [
-        f"# Grid `{report.strategy}` on {symbol}",
+        f"{heading} Grid `{report.strategy}` on {symbol}",
         "",
         f"- **Combinations**: {report.combinations_tried} backtested ({report.combinations_dropped} rejected by the "
         f"strategy's rules) in {report.elapsed_s:.2f} s, ranked by `{report.rank_by}`",
