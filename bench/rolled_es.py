@@ -24,6 +24,7 @@ from ibkr_flows.continuous.build import build_continuous, store_build
 from ibkr_flows.continuous.contracts import ContinuousSpec
 from ibkr_flows.continuous.rules import Adjustment, RollKind, RollRule
 from ibkr_flows.continuous.sessions import session_before
+from ibkr_flows.ib.calendars import CME_GLOBEX
 from ibkr_flows.ib.sessions import sessions_between
 from ibkr_flows.ingest.engine import ingest_async
 from ibkr_flows.ingest.pacing import BURST_MAX, BURST_WINDOW_S, LONG_MAX, LONG_WINDOW_S, PacingBudget
@@ -50,7 +51,7 @@ def contract_windows(start: datetime, rule: RollRule) -> list[tuple[str, datetim
     windows, held_from = [], start
     for inst in futures:
         expiry = datetime.strptime(inst.last_trade_date, "%Y%m%d").date()
-        roll = midnight(session_before(expiry, rule.sessions, "CMES"))
+        roll = midnight(session_before(expiry, rule.sessions, CME_GLOBEX))
         if roll <= start:
             continue
         overlap_from = held_from - timedelta(days=4) if windows else held_from  # the sessions before the roll

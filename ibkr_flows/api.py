@@ -19,7 +19,7 @@ from ibkr_flows.backtest.catalog import RunKind, list_runs
 from ibkr_flows.ib.historical import BarSize, WhatToShow
 from ibkr_flows.ib.instruments import InstrumentId
 from ibkr_flows.quality.bars_view import bars_view
-from ibkr_flows.quality.review import catalog_series
+from ibkr_flows.quality.review import catalog_series, symbol_calendar
 from storage.bars_catalog import collect_series
 from storage.bars_table import scan_bars
 from storage.instruments_table import read_instruments
@@ -44,9 +44,10 @@ def load_bars(symbol: str, *, start: datetime | str, end: datetime | str, bar_si
     `symbol` is its id as ingested (`AAPL`, `CASH:EUR.USD@IDEALPRO`, any case). `version` reads an older table
     version. Naive times and dates are UTC."""
     location = TableLocation.at(data_dir)
-    bars, _ = scan_bars(location, [str(InstrumentId.parse(symbol))], bar_size=bar_size, start=_utc(start),
-                        end=_utc(end), what_to_show=what_to_show, use_rth=use_rth, version=version)
-    return collect_series(bars_view(bars, bar_size), location)
+    instrument = str(InstrumentId.parse(symbol))
+    bars, _ = scan_bars(location, [instrument], bar_size=bar_size, start=_utc(start), end=_utc(end),
+                        what_to_show=what_to_show, use_rth=use_rth, version=version)
+    return collect_series(bars_view(bars, bar_size, symbol_calendar(location, instrument)), location)
 
 
 def load_results(*, kind: RunKind = "backtest", strategy: str | None = None, symbol: str | None = None,

@@ -25,8 +25,8 @@ from storage.tables import delta_table, open_table
 DATED_BAR_SIZES = ("1 day", "1 week", "1 month")
 """Bars stamped 00:00 UTC of their (first) session date; every other size is stamped with its start instant."""
 EXCHANGE_ZONE = ZoneInfo("America/New_York")
-"""The clock of the sessions whose intraday bars this re-scales (US listings: an evening bar of the session before
-a split can start after midnight UTC, never after midnight New York)."""
+"""The clock of the sessions whose intraday bars this re-scales unless told otherwise (US listings: an evening bar
+of the session before a split can start after midnight UTC, never after midnight New York)."""
 RESCALE_OPERATION = "rescale"
 
 
@@ -55,10 +55,13 @@ def _literal(value: object) -> str:
     return str(value)
 
 
-def rescale_predicate(con_id: int, effective: date, series: SeriesFilter) -> str:
-    """SQL for the bars before `effective` of the instrument's selected series (see `DATED_BAR_SIZES`)."""
+def rescale_predicate(con_id: int, effective: date, series: SeriesFilter, session_start: datetime | None = None
+                      ) -> str:
+    """SQL for the bars before `effective` of the instrument's selected series (see `DATED_BAR_SIZES`); intraday
+    bars before `session_start`, where the effective session's day starts on the instrument's clock (Tokyo's
+    midnight; for a session opening the evening before, that evening), default midnight New York."""
     dated_cut = datetime.combine(effective, time(0), tzinfo=UTC)
-    intraday_cut = datetime.combine(effective, time(0), tzinfo=EXCHANGE_ZONE).astimezone(UTC)
+    intraday_cut = (session_start or datetime.combine(effective, time(0), tzinfo=EXCHANGE_ZONE)).astimezone(UTC)
     dated = ", ".join(_literal(size) for size in DATED_BAR_SIZES)
     parts = [
         f"con_id = {con_id}",
@@ -93,11 +96,12 @@ def _rescale_app_id(con_id: int, kind: ActionKind, effective: date, series: Seri
 
 def rescale_history(location: TableLocation, *, symbol: str, con_id: int, kind: ActionKind, factor: float,
                     effective: date, series: SeriesFilter = SeriesFilter(),
-                    detected_at: datetime | None = None) -> RescaleResult:
+                    detected_at: datetime | None = None, session_start: datetime | None = None) -> RescaleResult:
     """Divide the instrument's stored prices before `effective` by `factor` in one commit of the bars table, then
-    append the corporate_actions row naming the versions before and after."""
+    append the corporate_actions row naming the versions before and after. `session_start`: where the effective
+    session's day starts, for intraday bars (`rescale_predicate`)."""
     app_id = _rescale_app_id(con_id, kind, effective, series)
-    predicate = rescale_predicate(con_id, effective, series)
+    predicate = rescale_predicate(con_id, effective, series, session_start)
 
     def update() -> tuple[int, int, int | None, bool]:
         table = open_table(location.bars)

@@ -60,12 +60,3 @@ def read_instruments(location: TableLocation) -> pl.DataFrame:
         return pl.DataFrame(schema=INSTRUMENTS_SCHEMA)
     return scan(path).collect().sort("instrument_id", "con_id")
 
-
-def sec_type_of(location: TableLocation, con_id: int) -> str | None:
-    """The security type (STK, FUT, CASH, IND, ...) the instruments table records for `con_id`; None when it has
-    no row for it (bars stored before the table existed)."""
-    path = instruments_path(location)
-    if try_open(path) is None:
-        return None
-    found = scan(path).filter(pl.col(INSTRUMENT_KEY) == con_id).select("sec_type").collect()
-    return found.item(0, 0) if found.height else None

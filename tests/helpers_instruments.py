@@ -3,7 +3,7 @@ known day, and the conIds the simulator lists contracts under."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -17,9 +17,10 @@ NOW = datetime(2025, 1, 10, 22, 0, tzinfo=UTC)
 
 
 @contextmanager
-def client_at_now(client_id: int) -> Iterator[IB]:
-    """A connected ib_async client (raising request errors) on a simulator whose clock stands at `NOW`."""
-    with EmbeddedSimulator(clock=lambda: NOW) as running:
+def client_at_now(client_id: int, clock: Callable[[], datetime] = lambda: NOW) -> Iterator[IB]:
+    """A connected ib_async client (raising request errors) on a simulator whose clock stands at `NOW` (or reads
+    `clock`)."""
+    with EmbeddedSimulator(clock=clock) as running:
         client = IB()
         client.RaiseRequestErrors = True
         client.connect(running.host, running.port, clientId=client_id, readonly=True, timeout=5)

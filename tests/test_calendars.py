@@ -15,8 +15,10 @@ from ibkr_flows.ib.calendars import (
     CME_GLOBEX,
     FX_24_5,
     UnknownSessionCalendarError,
+    bar_spans,
     calendar_for,
     calendar_named,
+    session_bar_count,
 )
 from ibkr_flows.ingest.plan import plan_chunks
 from ibkr_flows.quality.validate import validate_bars
@@ -26,6 +28,7 @@ from storage.schema import BAR_COLUMNS
 
 NEW_YORK = ZoneInfo("America/New_York")
 FRANKFURT = ZoneInfo("Europe/Berlin")
+TOKYO = ZoneInfo("Asia/Tokyo")
 
 
 def ny(day: date, hour: int, minute: int = 0) -> datetime:
@@ -174,15 +177,44 @@ def test_a_weekend_fx_bar_and_a_bar_in_the_globex_break_are_quarantined() -> Non
     assert result.quarantined["failed_check"].to_list() == ["in_session"]
 
 
-def test_tokyo_sessions_pause_for_lunch_so_completeness_is_not_counted() -> None:
+def tokyo(day: date, hour: int, minute: int = 0) -> datetime:
+    return datetime.combine(day, time(hour, minute), tzinfo=TOKYO).astimezone(UTC)
+
+
+def test_tokyo_sessions_are_counted_without_their_lunch_break() -> None:
+    day = date(2025, 1, 8)
     assert calendar_named("XTKS").has_breaks
+    assert bar_spans("XTKS", day, use_rth=True) == [(tokyo(day, 9), tokyo(day, 11, 30)),
+                                                     (tokyo(day, 12, 30), tokyo(day, 15, 30))]
+    assert session_bar_count("XTKS", day, True, timedelta(minutes=1)) == 150 + 180
+    assert session_bar_count("XTKS", day, True, timedelta(hours=1)) == 3 + 4  # 9, 10, 11; 12:30, 13, 14, 15
+    assert session_bar_count("XTKS", date(2024, 11, 1), True, timedelta(minutes=1)) == 150 + 150  # closed 15:00
+
+
+@pytest.mark.parametrize(("bar_size", "per_session"), [("1 min", 330), ("1 hour", 7)])
+def test_tokyo_completeness_is_judged_and_the_lunch_hour_is_no_gap(bar_size: str, per_session: int) -> None:
     window = (datetime(2025, 1, 6, tzinfo=UTC), datetime(2025, 1, 11, tzinfo=UTC))
-    bars = generated("7203@TSEJ", "1 hour", True, *window)
-    result = validate_bars(bars, bar_size="1 hour", use_rth=True, what_to_show="TRADES", window=window,
-                           calendar="XTKS", engine="polars")
-    assert result.quarantined.is_empty()
-    [completeness] = [o for o in result.outcomes if o.name == "completeness"]
-    assert completeness.passed and completeness.detail.startswith("not judged: XTKS sessions pause mid-day")
+    bars = generated("7203@TSEJ", bar_size, True, *window)  # none in the lunch break, as IB serves them
+    assert bars.height == 5 * per_session
+
+    def judged(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, str]]:
+        result = validate_bars(frame, bar_size=bar_size, use_rth=True, what_to_show="TRADES", window=window,
+                               calendar="XTKS", engine="polars")
+        return result, {o.name: o.detail for o in result.outcomes}
+
+    complete, details = judged(bars)
+    assert complete.quarantined.is_empty() and details["completeness"] == "5 whole session(s) complete"
+
+    after_lunch = tokyo(date(2025, 1, 8), 13)
+    missing, details = judged(bars.filter(pl.col("ts") != after_lunch))
+    assert missing.gaps.rows() == [(date(2025, 1, 8), per_session, per_session - 1, 1)]
+    assert details["completeness"] == f"1 bar(s) missing in 1 of 5 session(s): 2025-01-08 (1 of {per_session})"
+
+    in_lunch = bars.filter(pl.col("ts") == after_lunch).with_columns(ts=pl.lit(tokyo(date(2025, 1, 8), 12)))
+    lunch, _ = judged(pl.concat([bars.filter(pl.col("ts") != after_lunch), in_lunch.cast(bars.schema)]))
+    assert lunch.quarantined["failed_check"].to_list() == ["in_session"]  # IB has no bar in the break
+    assert "mid-day break, which ends 03:30 UTC" in lunch.quarantined["check_detail"][0]
+    assert lunch.gaps.rows() == missing.gaps.rows()  # nor does a lunch bar make up for the missing one
 
 
 def test_the_simulator_counts_n_days_on_the_listings_calendar() -> None:

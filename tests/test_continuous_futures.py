@@ -1,7 +1,8 @@
 """Continuous futures: the project's own roll of stored dated contracts (rules `days:N` and `volume`, back-adjusted
 by `none | difference | ratio`), checked against hand-worked series; rebuilt at a stored bars version it is the same
-frame; end to end from two real simulator contracts ingested through ib_async; and IB's CONTFUT series ingested as
-a whole-series snapshot into the continuous table."""
+frame; end to end from two real simulator contracts ingested through ib_async (ES on CME; CL on NYMEX, rolled on
+the CME Globex calendar and backtested with its 1,000-barrel multiplier); and IB's CONTFUT series ingested as a
+whole-series snapshot into the continuous table."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from ib_async import ContFuture, Future
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
+from ibkr_flows.backtest.request import BacktestRequest
+from ibkr_flows.backtest.runner import run_request
 from ibkr_flows.cli.data_roll import roll_command
 from ibkr_flows.continuous.build import build_continuous, roll_and_store
 from ibkr_flows.continuous.contracts import ContinuousSpec
@@ -279,6 +282,76 @@ def test_the_cli_rolls_stores_and_reports_the_rolls(stored: TableLocation) -> No
     assert code == 3 and "ibkr data ingest FUT:NQ@CME" in " ".join(output.split()), output
     code, output = roll_cli(stored, "ES", "--rule", "weeks:1")
     assert code == 2 and "days:N" in output and "Traceback" not in output, output
+
+
+CRUDE = ("FUT:CL@NYMEX:202503", "FUT:CL@NYMEX:202504")
+"""CLH5 and CLJ5: contract months March and April, last traded 2025-02-20 and 2025-03-20."""
+CRUDE_WEEKS = (datetime(2025, 2, 10, tzinfo=UTC), datetime(2025, 2, 20, tzinfo=UTC))
+"""Eight CME Globex sessions up to CLH5's last day (02-17, Presidents' Day, a session closing at 12:00 Chicago)."""
+
+
+@pytest.fixture(scope="module")
+def crude(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TableLocation, IngestReport]]:
+    """CLH5 and CLJ5 ingested as 1-hour bars from a simulator living after both expired."""
+    location = TableLocation(tmp_path_factory.mktemp("crude"))
+    with EmbeddedSimulator(clock=lambda: ROLL_CLOCK) as sim:
+        yield location, ingest(sim, location, *CRUDE, start=CRUDE_WEEKS[0], end=CRUDE_WEEKS[1], client_id=84)
+
+
+def test_crude_oil_contracts_are_ingested_under_their_contract_months(
+        crude: tuple[TableLocation, IngestReport]) -> None:
+    location, report = crude
+    assert [(s.symbol, s.status, s.rows_quarantined, s.gap_bars) for s in report.symbols] == [
+        (symbol, "ok", 0, 0) for symbol in CRUDE], report.symbols
+    instruments = read_instruments(location).sort("expiry")
+    terms = instruments.select("instrument_id", "local_symbol", "exchange", "multiplier", "min_tick", "expiry")
+    assert terms.rows() == [
+        ("FUT:CL@NYMEX:202503", "CLH5", "NYMEX", 1000.0, 0.01, "20250220"),
+        ("FUT:CL@NYMEX:202504", "CLJ5", "NYMEX", 1000.0, 0.01, "20250320")]
+    bars = pl.read_delta(location.bars)
+    assert bars["close"].is_between(40, 120).all()
+    cents = bars["close"] * 100
+    assert ((cents - cents.round()).abs() < 1e-6).all()  # on the cent tick
+    # RTH 09:30-16:00 New York: 7 bars a session, 4 (09:30 to 12:00) on Presidents' Day's 12:00 Chicago close
+    per_contract = bars.group_by("symbol").len().sort("symbol").rows()
+    assert per_contract == [(symbol, 7 * 7 + 4) for symbol in CRUDE]
+
+
+def test_crude_oil_rolls_on_the_globex_calendar_from_the_cli(crude: tuple[TableLocation, IngestReport]) -> None:
+    location, _ = crude
+    code, output = roll_cli(location, "CL", "--exchange", "NYMEX", "--rule", "days:5", "--adjust", "difference",
+                            "--json")
+    assert code == 0, output
+    report = json.loads(output)
+    # 5 sessions before 02-20: 02-19, 18, 17 (Presidents' Day: a CME session), 14, 13
+    [roll] = report["rolls"]
+    assert (roll["roll_session"], roll["from_instrument"], roll["to_instrument"]) == ("2025-02-13", *CRUDE)
+    assert [(c["instrument_id"], c["first_session"]) for c in report["contracts"]] == [
+        ("FUT:CL@NYMEX:202503", "2025-02-10"), ("FUT:CL@NYMEX:202504", "2025-02-13")]
+    raw = pl.read_delta(location.bars)
+    gap_ts = datetime.fromisoformat(roll["gap_ts"])
+    assert gap_ts == datetime(2025, 2, 12, 20, tzinfo=UTC)  # the 15:00 New York bar of 02-12
+    closes = dict(raw.filter(pl.col("ts") == gap_ts).select("symbol", "close").iter_rows())
+    assert roll["price_gap"] == pytest.approx(closes[CRUDE[1]] - closes[CRUDE[0]])
+    series = read_series(location, {"root": "CL", "exchange": "NYMEX", "bar_size": "1 hour",
+                                    "what_to_show": "TRADES", "use_rth": True, "rule": "days:5",
+                                    "adjustment": "difference"})
+    assert series.height == report["bars"] == 3 * 7 + 4 * 7 + 4  # CLH5 02-10..12, CLJ5 02-13..19
+
+
+def test_a_crude_oil_backtest_pays_1000_barrels_a_point(crude: tuple[TableLocation, IngestReport]) -> None:
+    location, _ = crude
+    request = BacktestRequest(symbols=(CRUDE[1],), strategy="buy_and_hold", params={}, start=CRUDE_WEEKS[0],
+                              end=CRUDE_WEEKS[1], bar_size="1 hour", cash=500_000, sizing="fixed_shares", size=3)
+    [run] = run_request(request, location).results
+    assert (run.terms.multiplier, run.terms.min_tick, run.terms.calendar, run.commission) == (
+        1000.0, 0.01, "CME_GLOBEX", "ibkr_futures")
+    trade = run.result.trades.row(0, named=True)
+    fee = 0.85 + 1.50 + 0.02  # IBKR Fixed + NYMEX's CL fee + NFA fee, per contract and order
+    assert trade["size"] == 3 and trade["commission"] == pytest.approx(2 * 3 * fee)
+    points = trade["exit_price"] - trade["entry_price"]
+    assert points != 0 and trade["pnl"] == pytest.approx(points * 1000 * 3 - 2 * 3 * fee)
+    assert run.result.metrics.final_equity == pytest.approx(500_000 + trade["pnl"])
 
 
 def test_the_simulator_refuses_an_end_date_for_a_continuous_future_as_ib_does() -> None:

@@ -44,6 +44,8 @@ def refused(ib: IB, text: str) -> InstrumentResolutionError:
     ("FUT:ES@CME:202503", "FUT", "ESH5", "CME", "USD", "50", "US/Central"),
     ("FUT:NQ@CME:20250620", "FUT", "NQM5", "CME", "USD", "20", "US/Central"),
     ("CONTFUT:ES@CME", "CONTFUT", "ESH5", "CME", "USD", "50", "US/Central"),
+    ("FUT:CL@NYMEX:202503", "FUT", "CLH5", "NYMEX", "USD", "1000", "US/Central"),
+    ("CONTFUT:CL@NYMEX", "CONTFUT", "CLG5", "NYMEX", "USD", "1000", "US/Central"),
     ("CASH:EUR.USD@IDEALPRO", "CASH", "EUR.USD", "IDEALPRO", "USD", "", "US/Eastern"),
     ("CASH:USD.JPY", "CASH", "USD.JPY", "IDEALPRO", "JPY", "", "US/Eastern"),
     ("IND:SPX@CBOE", "IND", "SPX", "CBOE", "USD", "", "US/Central"),
@@ -109,6 +111,14 @@ def test_an_unknown_contract_month_names_the_listed_ones(ib: IB) -> None:
     suggested = re.findall(r"FUT:ES@CME:\d{6}", message.split("nearest", 1)[1])
     assert suggested[:2] == ["FUT:ES@CME:202503", "FUT:ES@CME:202412"]
     assert all(resolved(ib, text).contract.symbol == "ES" for text in suggested)
+
+
+def test_the_listed_months_are_contract_months_where_a_future_expires_the_month_before(ib: IB) -> None:
+    error = refused(ib, "FUT:CL@NYMEX:202801")  # past the listed years
+    suggested = re.findall(r"FUT:CL@NYMEX:\d{6}", str(error).split("nearest", 1)[1])
+    assert suggested == ["FUT:CL@NYMEX:202712", "FUT:CL@NYMEX:202711", "FUT:CL@NYMEX:202710"]
+    december = resolved(ib, suggested[0]).contract  # CLZ7 stops trading in November
+    assert (december.localSymbol, december.lastTradeDateOrContractMonth) == ("CLZ7", "20271119")
 
 
 @pytest.mark.parametrize(("text", "fix"), [

@@ -1,6 +1,7 @@
 """The simulator's instruments beyond US stocks, through the real ib_async client: a German and a Japanese stock,
-CME equity index futures (dated, expired, continuous), IDEALPRO currency pairs, CBOE indices and a symbol listed on
-two exchanges; each with IB's contract fields and the data IB serves for its class."""
+CME equity index futures (quarterly) and NYMEX crude oil futures (monthly), dated, expired and continuous, IDEALPRO
+currency pairs, CBOE indices and a symbol listed on two exchanges; each with IB's contract fields and the data IB
+serves for its class."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def refusal(ib: IB, request: object) -> RequestError:
     (Future("ES", "202503", "CME"), "ESH5", "CME", "USD", "50", "US/Central", 0.25),
     (Future("NQ", "20250620", "CME"), "NQM5", "CME", "USD", "20", "US/Central", 0.25),
     (Future(localSymbol="ESZ5", exchange="CME"), "ESZ5", "CME", "USD", "50", "US/Central", 0.25),
+    (Future("CL", "202503", "NYMEX"), "CLH5", "NYMEX", "USD", "1000", "US/Central", 0.01),
+    (Future("CL", "20250220", "NYMEX"), "CLH5", "NYMEX", "USD", "1000", "US/Central", 0.01),
     (Forex("EURUSD"), "EUR.USD", "IDEALPRO", "USD", "", "US/Eastern", 0.00005),
     (Forex("USDJPY"), "USD.JPY", "IDEALPRO", "JPY", "", "US/Eastern", 0.005),
     (Index("SPX", "CBOE"), "SPX", "CBOE", "USD", "", "US/Central", 0.01),
@@ -62,7 +65,7 @@ def test_hours_follow_each_market_in_tws_format(ib: IB) -> None:
     es_trading, es_liquid = hours(Future("ES", "202503", "CME"))
     assert "20250112:1700-20250113:1600" in es_trading  # Globex opens Sunday evening for Monday
     assert es_liquid.startswith("20250110:0830-20250110:1500")
-    assert "20250112:1715-20250113:1700" in hours(Forex("EURUSD"))[0]
+    assert "20250111:CLOSED;20250112:1700-20250113:1700" in hours(Forex("EURUSD"))[0]  # the FX_24_5 calendar
 
 
 def test_a_future_lists_its_expiry_month_and_underlying(ib: IB) -> None:
@@ -83,6 +86,32 @@ def test_expired_futures_are_found_only_with_include_expired(ib: IB) -> None:
     old = {d.contract.localSymbol for d in every} - {d.contract.localSymbol for d in live}
     assert {"ESH3", "ESZ4"} <= old and len(old) >= 4
     assert "ESH5" in {d.contract.localSymbol for d in live}
+
+
+def test_a_crude_oil_contract_expires_in_the_month_before_its_contract_month(ib: IB) -> None:
+    [march] = ib.reqContractDetails(Future("CL", "202503", "NYMEX"))
+    # 3 business days before 2025-02-25 (a Tuesday): the 24th, 21st, 20th
+    assert (march.contract.localSymbol, march.contractMonth, march.contract.lastTradeDateOrContractMonth,
+            march.realExpirationDate) == ("CLH5", "202503", "20250220", "20250220")
+    assert (march.contract.multiplier, march.contract.tradingClass, march.underSymbol) == ("1000", "CL", "CL")
+    assert refusal(ib, ib.reqContractDetailsAsync(Future("CL", "202501", "NYMEX"))).code == 200
+    # the 25th of December is no business day: 3 business days before the 24th
+    [january] = ib.reqContractDetails(Future("CL", "202501", "NYMEX", includeExpired=True))
+    assert (january.contract.localSymbol, january.contract.lastTradeDateOrContractMonth) == ("CLF5", "20241219")
+    live = ib.reqContractDetails(Future("CL", exchange="NYMEX"))
+    every = ib.reqContractDetails(Future("CL", exchange="NYMEX", includeExpired=True))
+    assert len(every) == 60 and len({d.contract.conId for d in every}) == 60  # monthly, 2023-2027
+    expired = {d.contract.localSymbol for d in every} - {d.contract.localSymbol for d in live}
+    assert {"CLF3", "CLZ4", "CLF5"} <= expired and len(expired) == 25  # CLF3 .. CLF5
+    assert not {d.contract.conId for d in every} & {listed(f"ES{m}5", "CME") for m in "HMUZ"}
+
+
+def test_the_crude_oil_continuous_future_is_its_front_month(ib: IB) -> None:
+    [details] = ib.reqContractDetails(ContFuture("CL", "NYMEX"))
+    assert (details.contract.secType, details.contract.localSymbol) == ("CONTFUT", "CLG5")  # trades to 2025-01-21
+    assert details.contract.conId == listed("CLG5", "NYMEX") and details.contract.multiplier == "1000"
+    bars = ib.reqHistoricalData(ContFuture("CL", "NYMEX"), "", "5 D", "1 hour", "TRADES", False)
+    assert bars and all(40 < b.low <= b.high < 120 for b in bars)
 
 
 def test_the_continuous_future_is_the_front_contract(ib: IB) -> None:
@@ -122,6 +151,7 @@ def test_an_index_serves_trades_without_volume(ib: IB, index: str, low: float, h
 @pytest.mark.parametrize(("contract", "low", "high", "tick"), [
     (Future("ES", "202503", "CME"), 4000, 6500, 0.25),
     (Future("NQ", "202503", "CME"), 13000, 22000, 0.25),
+    (Future("CL", "202503", "NYMEX"), 40, 120, 0.01),
     (Stock("SAP", "IBIS", "EUR"), 130, 240, 0.01),
     (Stock("7203", "TSEJ", "JPY"), 2000, 3600, 0.5),
 ])
@@ -141,6 +171,9 @@ def test_an_expired_future_has_bars_up_to_its_expiry_with_include_expired(ib: IB
     bars = ib.reqHistoricalData(Future("ES", "202403", "CME", includeExpired=True), end, "1 M", "1 day", "TRADES",
                                 True)
     assert bars and bars[-1].date == date(2024, 3, 15)  # ESH4's last trading day; nothing after it
+    december = Future("CL", "202501", "NYMEX", includeExpired=True)  # CLF5: trades until 14:30 New York, 12-19
+    hourly = ib.reqHistoricalData(december, "20241221 12:00:00 UTC", "3 D", "1 hour", "TRADES", False, formatDate=2)
+    assert hourly[-1].date == datetime(2024, 12, 19, 19, tzinfo=UTC)  # the 14:00-14:30 New York bar
 
 
 def test_head_timestamps_are_per_contract(ib: IB) -> None:
@@ -151,6 +184,9 @@ def test_head_timestamps_are_per_contract(ib: IB) -> None:
     assert heads["202503"] < datetime(2025, 3, 21, tzinfo=UTC)
     sap = ib.reqHeadTimeStamp(Stock("SAP", "IBIS", "EUR"), "TRADES", True, 2)
     assert sap not in heads.values()
+    crude = [ib.reqHeadTimeStamp(Future("CL", month, "NYMEX", includeExpired=True), "TRADES", True, 2)
+             for month in ("202412", "202501", "202502", "202503")]
+    assert crude == sorted(crude) and len(set(crude)) == 4 and crude[-1] < datetime(2025, 2, 20, tzinfo=UTC)
 
 
 def test_a_symbol_listed_on_two_exchanges_is_ambiguous_as_with_tws(ib: IB) -> None:

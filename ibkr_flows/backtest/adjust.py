@@ -21,13 +21,15 @@ from storage.corporate_actions_table import ActionKind
 PRICE_COLUMNS = ("open", "high", "low", "close")
 
 
-def session_dates(bar_size: str) -> pl.Expr:
-    """Each bar's session date: dated bars are stamped 00:00 UTC of it, intraday bars by their New York date."""
+def session_dates(bar_size: str, calendar: str = "XNYS") -> pl.Expr:
+    """Each bar's session date: dated bars are stamped 00:00 UTC of it; an intraday bar's is its session on the
+    instrument's `calendar` (`ib.calendars`): its date in the exchange's time zone (Tokyo's for a Tokyo bar), the
+    next day's for a Globex evening bar."""
     if bar_step(bar_size) >= timedelta(days=1):
         return pl.col("ts").dt.date()
-    from ibkr_flows.ib.sessions import NEW_YORK  # loads the exchange calendars: only backtests that need it pay
+    from ibkr_flows.ib.calendars import session_dates as on_calendar  # loads exchange_calendars: only who needs it
 
-    return pl.col("ts").dt.convert_time_zone(NEW_YORK.key).dt.date()
+    return on_calendar(pl.col("ts"), calendar)
 
 
 def _applied(action: dict[str, object], read_version: int) -> bool:
@@ -38,12 +40,13 @@ def _applied(action: dict[str, object], read_version: int) -> bool:
 
 
 def adjust_bars(bars: pl.DataFrame, actions: pl.DataFrame, mode: Adjust, *, bar_size: str,
-                read_version: int) -> pl.DataFrame:
+                read_version: int, calendar: str = "XNYS") -> pl.DataFrame:
     """`bars` (ts, open, high, low, close[, volume]) of one instrument's TRADES series, read at `read_version`,
-    with prices (and volumes, for splits) as `mode` asks; `actions` are its rows of `corporate_actions`."""
+    with prices (and volumes, for splits) as `mode` asks; `actions` are its rows of `corporate_actions`, dated by
+    the sessions of its `calendar`."""
     price_factor = pl.lit(1.0)
     volume_factor = pl.lit(1.0)
-    day = session_dates(bar_size)
+    day = session_dates(bar_size, calendar)
     for action in actions.iter_rows(named=True):
         before = day < action["effective_date"]
         factor = float(action["factor"])

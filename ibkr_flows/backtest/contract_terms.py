@@ -5,7 +5,7 @@ A backtest of ES must know that one contract moves USD 50 per index point and tr
 that its units are euros and its PnL dollars. Ingestion records every resolved contract in the instruments table
 (`storage.instruments_table`), keyed by the same instrument id the bars' `symbol` column holds, so the runner reads
 the terms from there (`read_contract_terms`) instead of asking TWS again. A symbol without a row (bars stored before
-the table existed) is what those ingestions could store: a US stock, multiplier 1, USD.
+the table existed) is what those ingestions could store: a US stock, multiplier 1, USD, on NYSE sessions.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import polars as pl
 from storage.instruments_table import read_instruments
 from storage.location import TableLocation
 
+US_VENUES = frozenset({"NYSE", "NASDAQ", "ARCA", "AMEX", "ISLAND", "BATS", "IEX", "NYSENAT", "CBOE"})
+"""IB's US listing exchanges, which `ib.calendars.EXCHANGE_CALENDARS` puts on NYSE sessions (tests hold the two
+equal): a US stock's calendar is known without loading exchange_calendars and pandas (0.3 s of a backtest)."""
 ON_TICK_TOLERANCE = 1e-9
 """Relative distance from the tick grid still read as on it: `232.64 / 0.01` is 23263.999999999996 in floating
 point, and must not be pushed a whole tick away."""
@@ -27,7 +30,8 @@ point, and must not be pushed a whole tick away."""
 @dataclass(frozen=True)
 class ContractTerms:
     """One instrument's trading terms, as IB describes its contract (`secType`, `symbol`, `multiplier`, `minTick`,
-    `currency`). The defaults are a US stock on SMART: multiplier 1, no tick rounding, USD."""
+    `currency`) and its session calendar. The defaults are a US stock on SMART: multiplier 1, no tick rounding, USD,
+    NYSE sessions."""
 
     sec_type: str = "STK"
     symbol: str = ""
@@ -41,6 +45,9 @@ class ContractTerms:
     """Money per unit of price per contract: 50 for ES; 1 for stocks and pairs (a pair's size is in base units)."""
     min_tick: float | None = None
     """The price grid fills are rounded to; None: no rounding (bars stored before the instruments table)."""
+    calendar: str = "XNYS"
+    """The session calendar the instrument trades on (`ib.calendars.calendar_for`: XNYS, XETR, XTKS, CME_GLOBEX,
+    FX_24_5, ...): its sessions and hours annualize the metrics (`metrics.annualization`)."""
 
     def __post_init__(self) -> None:
         if not (self.multiplier > 0 and math.isfinite(self.multiplier)):
@@ -92,7 +99,8 @@ def read_contract_terms(location: TableLocation, symbols: Sequence[str]) -> dict
 
 def terms_from_instruments(instruments: pl.DataFrame, symbol: str) -> ContractTerms:
     """`symbol`'s terms from instruments-table rows: its latest row (several conIds may share an id, e.g. the
-    contracts of a continuous series, whose terms are the same), or a US stock without one."""
+    contracts of a continuous series, whose terms are the same), or a US stock without one. The calendar is the
+    one ingestion planned the bars on: the listing's (`calendar_for`), NYSE's for a listing none is known for."""
     rows = instruments.filter(pl.col("instrument_id") == symbol)
     if rows.is_empty():
         return ContractTerms(symbol=symbol)
@@ -104,4 +112,16 @@ def terms_from_instruments(instruments: pl.DataFrame, symbol: str) -> ContractTe
         currency=row["currency"] or "USD",
         multiplier=row["multiplier"] or 1.0,  # IB gives stocks, pairs and indices none
         min_tick=row["min_tick"] or None,  # 0 where IB gives none
+        calendar=listing_calendar(row["sec_type"] or "STK", row["exchange"] or "", row["primary_exchange"] or "",
+                                  row["time_zone_id"] or ""),
     )
+
+
+def listing_calendar(sec_type: str, exchange: str, primary_exchange: str, time_zone_id: str) -> str:
+    """The session calendar the instrument's bars were planned and checked on (`ib.calendars.planning_calendar`);
+    a US stock's or index's without loading the calendars."""
+    if sec_type.upper() in ("STK", "IND") and (primary_exchange or exchange).upper() in US_VENUES:
+        return "XNYS"
+    from ibkr_flows.ib.calendars import planning_calendar  # loads exchange_calendars: other instruments pay
+
+    return planning_calendar(sec_type, exchange, primary_exchange, time_zone_id)

@@ -7,13 +7,14 @@ order and costs nothing.
 
 Every number of a broker schedule lives in this module. They are IBKR Pro **Fixed** pricing as published on
 interactivebrokers.com (pricing/commissions-stocks, -futures, -forex, and accounts/fees/CME.php), as read in
-January 2025; IB changes them from time to time, so a run records which model it charged (results' `commission`):
+January 2025 (NYMEX's CL fee: accounts/fees/NYMEX.php, from an undated copy of the page read later); IB changes
+them from time to time, so a run records which model it charged (results' `commission`):
 
 | class | model | schedule |
 |---|---|---|
 | US stock (USD) | `IBKRFixed` | USD 0.005 per share, min USD 1.00, max 1 % of trade value |
 | non-US stock | `IBKRExchangeStock` | IBIS 0.05 % min EUR 1.25 max EUR 29; TSEJ 0.08 % min JPY 80 |
-| US future | `IBKRFutures` | USD 0.85 per contract + exchange fee (CME ES: 1.38) + NFA fee USD 0.02 |
+| US future | `IBKRFutures` | USD 0.85 per contract + exchange fee (CME ES: 1.38, NYMEX CL: 1.50) + NFA fee USD 0.02 |
 | currency pair | `IBKRForex` | 0.2 bps of trade value, min USD 2.00 |
 | index | `NoCommission` | an index is not tradable: its backtest is the frictionless exposure |
 
@@ -36,6 +37,7 @@ NFA_REGULATORY_FEE = 0.02
 FUTURES_EXCHANGE_FEES: dict[tuple[str, str], float] = {
     ("CME", "ES"): 1.38, ("CME", "NQ"): 1.38, ("CME", "RTY"): 1.38, ("CME", "EMD"): 1.38,
     ("CME", "MES"): 0.35, ("CME", "MNQ"): 0.35, ("CME", "M2K"): 0.35,
+    ("NYMEX", "CL"): 1.50,  # accounts/fees/NYMEX.php, futures "CL, HO, RB", Tier I (non-member); undated copy
 }
 """Exchange fee per contract, USD, by (exchange, IB symbol): CME Globex non-member rates as IB passes them on."""
 FOREX_RATE = 0.2 / 10_000

@@ -61,9 +61,9 @@ CONTRACT_COLUMN = "contract"
 class BacktestConfig:
     """Everything about a run except the data. Defaults: USD 100,000, IBKR Pro Fixed commissions, no slippage,
     all-in sizing, long only, positions taken on the strategy's state and closed at the end (`entry`, `finalize`:
-    the module's conventions), no realism options (`exits`). `bars_per_session` overrides the RTH session length
-    used for annualizing intraday bars (pass it for extended-hours data); `terms` the instrument's (default: a US
-    stock), and `cash` is in its currency."""
+    the module's conventions), no realism options (`exits`). `terms` are the instrument's (default: a US stock), and
+    `cash` is in its currency. Intraday bars are annualized on the sessions of its calendar (`terms.calendar`) and
+    the hours the bars cover (`use_rth`: regular, or extended); `bars_per_session` overrides the bars per session."""
 
     strategy: str
     params: Mapping[str, object] = field(default_factory=dict)
@@ -73,6 +73,7 @@ class BacktestConfig:
     sizing: Sizing = field(default_factory=AllIn)
     mode: Mode = "long_only"
     bars_per_session: int | None = None
+    use_rth: bool = True
     entry: Entry = "state"
     finalize: Finalize = "close"
     exits: ExitRules = field(default_factory=ExitRules)
@@ -109,7 +110,7 @@ class BacktestResult:
 
 def run_backtest(bars: pl.DataFrame, bar_size: str, config: BacktestConfig) -> BacktestResult:
     """Backtest one symbol's bars (ts, open, high, low, close, volume; sorted by ts) of IB size `bar_size`."""
-    annual = annualization(bar_size, config.bars_per_session)
+    annual = annualization(bar_size, config.bars_per_session, config.terms.calendar, config.use_rth)
     _check_bars(bars, bar_size)
     strategy = config.build_strategy()
     if bars.height < strategy.warmup_bars + 3:
@@ -129,7 +130,7 @@ def run_backtest(bars: pl.DataFrame, bar_size: str, config: BacktestConfig) -> B
                 f"the bars roll futures contracts {rolls.size} time(s) and realism options (stops, flatten at "
                 "close, borrow fee) cannot charge rolls yet: run without them, or on one dated contract")
         sim = simulate_with_exits(*(bars[c].to_numpy() for c in PRICE_COLUMNS), bars["ts"], held, account,
-                                  config.exits)
+                                  config.exits, config.terms.calendar)
         if multiplier != 1.0:  # the exit loop marks shares x close; the account's cash already used the multiplier
             sim = dataclasses.replace(
                 sim, equity=sim.equity + sim.position * (bars["close"].to_numpy() * (multiplier - 1.0)))

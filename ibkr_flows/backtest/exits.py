@@ -15,8 +15,9 @@ conventions rather than facts about any market:
 - After a protective exit the position stays flat until the strategy's target changes; with entry "state" it
   would otherwise re-enter at the next open and make the stop meaningless.
 - `flatten_at_close` closes any position at the close of each session's last bar (a market-on-close order); a
-  session is the bars' calendar date in the instrument's time zone (US/Eastern for now). The position is taken
-  again at the next session's first open if the target still asks for it.
+  session is the bars' session on the instrument's calendar (`ib.calendars`: its date in the exchange's time
+  zone, a Globex evening's next trade date). The position is taken again at the next session's first open if the
+  target still asks for it.
 - `borrow_fee_pct` is an annual rate on the short notional at each session's last close, charged for the
   calendar days until the next session (a Friday position pays Saturday and Sunday) on a 360-day year, as
   brokers charge USD borrow. Shorts opened and closed within one session pay none.
@@ -32,8 +33,9 @@ import polars as pl
 from ibkr_flows.backtest.account import Account, Simulation
 from ibkr_flows.backtest.errors import BacktestError
 
+NYSE = "XNYS"
 SESSION_TIME_ZONE = "America/New_York"
-"""Where a session's date is read; the instruments issue will give each instrument its own."""
+"""Where a NYSE session's date is read, without loading exchange_calendars (`ib.calendars` for the others)."""
 BORROW_DAYS_PER_YEAR = 360
 
 
@@ -93,19 +95,26 @@ class ExitRules:
         return max(levels) if side > 0 else min(levels)
 
 
-def sessions(ts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """For each bar: whether it is its session's last bar, and the calendar days from its session to the next one
-    (1 after the last bar)."""
-    day = ts.dt.convert_time_zone(SESSION_TIME_ZONE).dt.date().to_numpy().astype("datetime64[D]").astype(np.int64)
+def sessions(ts: pl.Series, calendar: str = NYSE) -> tuple[np.ndarray, np.ndarray]:
+    """For each bar: whether it is its session's last bar on the instrument's `calendar`, and the calendar days from
+    its session to the next one (1 after the last bar)."""
+    if calendar == NYSE:
+        dates = ts.dt.convert_time_zone(SESSION_TIME_ZONE).dt.date()
+    else:
+        from ibkr_flows.ib.calendars import session_dates  # loads exchange_calendars: only other instruments pay
+
+        dates = ts.to_frame("ts").select(session_dates(pl.col("ts"), calendar)).to_series()
+    day = dates.to_numpy().astype("datetime64[D]").astype(np.int64)
     following = np.r_[day[1:], day[-1] + 1]
     return following != day, following - day
 
 
 def simulate_with_exits(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: pl.Series,
-                        held: np.ndarray, account: Account, rules: ExitRules) -> Simulation:
-    """Fill `held` (the target per bar, acted on at its open) bar by bar, applying `rules` within each bar."""
+                        held: np.ndarray, account: Account, rules: ExitRules, calendar: str = NYSE) -> Simulation:
+    """Fill `held` (the target per bar, acted on at its open) bar by bar, applying `rules` within each bar, on the
+    sessions of the instrument's `calendar`."""
     n = len(held)
-    session_end, days = sessions(ts)
+    session_end, days = sessions(ts, calendar)
     equity = np.empty(n)
     position = np.empty(n, dtype=np.int64)
     previous_target = 0

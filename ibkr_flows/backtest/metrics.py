@@ -2,9 +2,9 @@
 kernel so both report the same numbers by construction.
 
 Conventions: returns are per bar (equity[i] / equity[i - 1] - 1), annualized with `periods_per_year` from the bar
-size; Sharpe and Sortino use a risk-free rate of 0; drawdowns are negative percentages. A ratio with a zero
-denominator is None when the numerator is also zero (undefined) and +/-inf otherwise; statistics of nothing (no
-trades, fewer than two returns) are None.
+size and the instrument's session calendar (`annualization`); Sharpe and Sortino use a risk-free rate of 0;
+drawdowns are negative percentages. A ratio with a zero denominator is None when the numerator is also zero
+(undefined) and +/-inf otherwise; statistics of nothing (no trades, fewer than two returns) are None.
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ from typing import Any
 import numpy as np
 
 from ibkr_flows.backtest.errors import BacktestError
-from ibkr_flows.ib.historical import bar_step
+from ibkr_flows.ib.historical import bar_step, is_intraday
 
+NYSE = "XNYS"
+"""The calendar of a plain symbol (no instruments row: a US stock), `ib.calendars.NYSE`."""
 SESSIONS_PER_YEAR = 252
+"""NYSE's sessions per year, `ib.calendars.sessions_per_year("XNYS")` (tests hold the two equal): a constant, so a
+US stock's backtest does not load exchange_calendars (a third of a second) to annualize."""
 RTH_SESSION = timedelta(hours=6, minutes=30)
-"""US equities regular trading hours, 09:30-16:00 ET."""
-LONG_BAR_PERIODS = {"1 day": (SESSIONS_PER_YEAR, "sessions"), "1 week": (52, "weeks"), "1 month": (12, "months")}
+"""US equities regular trading hours, 09:30-16:00 ET: ceil(RTH_SESSION / bar size) is
+`ib.calendars.full_session_bars("XNYS", True, bar size)` for every intraday size (tests hold them equal)."""
+LONG_BAR_PERIODS = {"1 week": (52, "weeks"), "1 month": (12, "months")}
 
 
 @dataclass(frozen=True)
@@ -33,25 +38,49 @@ class Annualization:
     """The basis in words, printed next to annualized numbers because they are meaningless without it."""
 
 
-def annualization(bar_size: str, bars_per_session: int | None = None) -> Annualization:
-    """Bars per year: 252 sessions, times ceil(6.5 h / bar size) bars per session for intraday bars (IB's last RTH
-    bar of a session may be partial, e.g. 7 hourly bars). ETH or 24 h data must pass its own `bars_per_session`."""
+def annualization(bar_size: str, bars_per_session: int | None = None, calendar: str = NYSE,
+                  use_rth: bool = True) -> Annualization:
+    """Bars per year on the instrument's session calendar (`ib.calendars`: XNYS, XETR, XTKS, CME_GLOBEX, FX_24_5,
+    ...): its sessions per year (the mean over recent full years: NYSE 252, Xetra 254, Tokyo 244, CME Globex 258,
+    FX 24/5 261), times, for intraday bars, the bars of one full session of the hours the data has (`use_rth`:
+    regular or extended), counted on IB's clock grid with a partial first bar and without a mid-day break (NYSE
+    RTH: ceil(6.5 h / bar size), e.g. 390 one-minute or 7 hourly bars; Tokyo 330 one-minute bars without its
+    lunch; CME Globex extended hours 23 h; FX 24 h). `bars_per_session` overrides the bars per session. Weekly
+    and monthly bars: 52 and 12 a year."""
     step = bar_step(bar_size)
     basis = "; Sharpe/Sortino from per-bar equity returns, risk-free rate 0"
+    intraday = is_intraday(bar_size)
+    if bars_per_session is not None and not intraday:
+        raise BacktestError(f"bars_per_session applies to intraday bars only, not {bar_size!r}")
     if bar_size in LONG_BAR_PERIODS:
-        if bars_per_session is not None:
-            raise BacktestError(f"bars_per_session applies to intraday bars only, not {bar_size!r}")
         periods, unit = LONG_BAR_PERIODS[bar_size]
         return Annualization(periods, f"{bar_size} bars, {periods} {unit} per year{basis}")
-    if bars_per_session is None:
-        per_session, session = math.ceil(RTH_SESSION / step), "RTH session"
-    elif isinstance(bars_per_session, bool) or not isinstance(bars_per_session, int) or bars_per_session <= 0:
+    if bars_per_session is not None and (isinstance(bars_per_session, bool) or not isinstance(bars_per_session, int)
+                                         or bars_per_session <= 0):
         raise BacktestError(f"bars_per_session must be a positive integer, got {bars_per_session!r}")
-    else:
+    full_session = step if intraday and bars_per_session is None else None
+    sessions, per_session, session = _session_basis(calendar, use_rth, full_session)
+    on = "" if calendar == NYSE else f" on {calendar}"
+    if not intraday:
+        return Annualization(sessions, f"{bar_size} bars, {sessions} sessions per year{on}{basis}")
+    if bars_per_session is not None:
         per_session, session = bars_per_session, "session (given)"
     return Annualization(
-        SESSIONS_PER_YEAR * per_session,
-        f"{bar_size} bars, {per_session} bars per {session}, {SESSIONS_PER_YEAR} sessions per year{basis}")
+        sessions * per_session,
+        f"{bar_size} bars, {per_session} bars per {session}, {sessions} sessions per year{on}{basis}")
+
+
+def _session_basis(calendar: str, use_rth: bool, step: timedelta | None) -> tuple[int, int, str]:
+    """The calendar's sessions per year, the `step` bars of one full session of its regular (`use_rth`) or
+    extended hours (0 when `step` is None: not needed) and that session in words."""
+    hours = "RTH" if use_rth else "ETH"
+    if calendar == NYSE and (use_rth or step is None):  # NYSE's figures as constants (see SESSIONS_PER_YEAR)
+        return SESSIONS_PER_YEAR, 0 if step is None else math.ceil(RTH_SESSION / step), f"{hours} session"
+    from ibkr_flows.ib import calendars  # loads exchange_calendars: only other instruments' backtests pay for it
+
+    bars = 0 if step is None else calendars.full_session_bars(calendar, use_rth, step)
+    pause = " without its mid-day break" if calendars.calendar_named(calendar).has_breaks else ""
+    return calendars.sessions_per_year(calendar), bars, f"{hours} session{pause}"
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

@@ -127,7 +127,7 @@ class BacktestSettings(BaseModel):
         return BacktestConfig(strategy=self.strategy, params=dict(params or {}), cash=self.cash,
                               commission=self.commission_model(terms), slippage_bps=self.slippage_bps,
                               sizing=self.sizing_model(), mode=self.mode, entry=self.entry, finalize=self.finalize,
-                              exits=self.exit_rules(), terms=terms)
+                              exits=self.exit_rules(), terms=terms, use_rth=self.use_rth)
 
     def exit_rules(self) -> ExitRules:
         return ExitRules(stop_loss_pct=self.stop_loss_pct, take_profit_pct=self.take_profit_pct,

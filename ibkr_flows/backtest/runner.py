@@ -98,7 +98,8 @@ def grid_config(location: TableLocation, request: GridRequest) -> BacktestConfig
 
 def load_bars(location: TableLocation, request: BacktestSettings, symbol: str, version: int | None
               ) -> tuple[pl.DataFrame, int]:
-    """The symbol's bars at `version` (None: the latest), with prices as `request.adjust` asks (`adjust`)."""
+    """The symbol's bars at `version` (None: the latest), with prices as `request.adjust` asks (`adjust`), its
+    corporate actions dated on its instrument's sessions."""
     bars, read_version = read_bars(location, [symbol], columns=["ts", "open", "high", "low", "close", "volume"],
                                    bar_size=request.bar_size, start=request.start, end=request.end,
                                    what_to_show=request.what_to_show, use_rth=request.use_rth, version=version)
@@ -106,7 +107,9 @@ def load_bars(location: TableLocation, request: BacktestSettings, symbol: str, v
         raise MissingBarsError(request, symbol, read_version)
     actions = read_actions(location, symbol)
     if actions.height:
-        bars = adjust_bars(bars, actions, request.adjust, bar_size=request.bar_size, read_version=read_version)
+        calendar = read_contract_terms(location, [symbol])[symbol].calendar
+        bars = adjust_bars(bars, actions, request.adjust, bar_size=request.bar_size, read_version=read_version,
+                           calendar=calendar)
     return bars, read_version
 
 

@@ -132,6 +132,7 @@ def show_command(
     """Show one stored series: a summary (rows, range, min/max close, total volume), its first and last rows, each
     with the date of its session (a daily bar's 00:00 UTC stamp is that day's session, not the evening before)."""
     from ibkr_flows.quality.bars_view import bars_view
+    from ibkr_flows.quality.review import symbol_calendar
     from storage.bars_catalog import collect_series, downsample, scan_series
     from storage.location import TableLocation
 
@@ -141,8 +142,9 @@ def show_command(
     with catalog_errors(console):
         lazy, read_version = scan_series(location, selection, version)
         summary = _summary_or_hint(lazy, location, selection, read_version)
-        head = collect_series(bars_view(lazy.head(rows), bar_size), location)
-        tail = collect_series(bars_view(lazy.tail(rows), bar_size), location)
+        calendar = symbol_calendar(location, selection.symbol)
+        head = collect_series(bars_view(lazy.head(rows), bar_size, calendar), location)
+        tail = collect_series(bars_view(lazy.tail(rows), bar_size, calendar), location)
         if plot is not None:
             points = downsample(lazy, location, summary["first_bar"], summary["last_bar"], PLOT_POINTS)
             _plot(points, plot, f"{selection.describe()}, bars table version {read_version}")
@@ -175,6 +177,7 @@ def export_command(
     import polars as pl
 
     from ibkr_flows.quality.bars_view import session_column
+    from ibkr_flows.quality.review import symbol_calendar
     from storage.bars_catalog import scan_series
     from storage.location import TableLocation
 
@@ -189,7 +192,7 @@ def export_command(
             raise ValueError("Parquet is binary: give --out FILE.parquet (CSV alone goes to stdout)")
         lazy, read_version = scan_series(location, selection, version)
         count = _summary_or_hint(lazy, location, selection, read_version)["rows"]
-        lazy = lazy.select(session_column(bar_size), pl.all())
+        lazy = lazy.select(session_column(bar_size, symbol_calendar(location, selection.symbol)), pl.all())
         if to_stdout:
             _write_stdout(lazy.collect().write_csv())
         elif file_format == "csv":

@@ -37,4 +37,4 @@ class UnknownExchangeCalendarError(ContinuousError):
     def __init__(self, exchange: str, known: list[str]) -> None:
         super().__init__(f"no trading calendar known for futures on {exchange}: the roll counts that exchange's "
                          f"sessions. Known: {', '.join(known)}. Fix: add it to "
-                         "ibkr_flows.continuous.sessions.EXCHANGE_CALENDARS")
+                         "ibkr_flows.ib.calendars.GLOBEX_EXCHANGES if its futures trade on CME Globex")

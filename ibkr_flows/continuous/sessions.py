@@ -1,6 +1,7 @@
 """Which trading session (trade date) each futures bar belongs to, and counting sessions back from an expiry, on
-the futures exchange's own calendar: CME Globex trades from 17:00 Central the evening before, so a Sunday-evening
-bar belongs to Monday's session, and the NYSE calendar would miscount rolls around holidays CME trades through."""
+the futures exchange's own session calendar (`ib.calendars`, the one place that names it: CME and NYMEX trade on
+CME Globex): Globex trades from 17:00 Central the evening before, so a Sunday-evening bar belongs to Monday's
+session, and the NYSE calendar would miscount rolls around holidays CME trades through."""
 
 from __future__ import annotations
 
@@ -11,27 +12,28 @@ import numpy as np
 import polars as pl
 
 from ibkr_flows.continuous.errors import UnknownExchangeCalendarError
-from ibkr_flows.ib.sessions import exchange_calendar
+from ibkr_flows.ib import calendars
 
-EXCHANGE_CALENDARS = {"CME": "CMES", "GLOBEX": "CMES"}
-"""Futures exchange (as IB names it) -> exchange_calendars name. CMES is CME Globex equity (ES, NQ)."""
-CALENDAR_FIRST_YEAR = "2000-01-01"
+CALENDAR_SPAN = (date(2000, 1, 1), date(2100, 12, 31))
+"""The sessions looked up: every one the calendar lists in this span."""
 
 
 def calendar_for(exchange: str) -> str:
+    """The session calendar (`ib.calendars` name) of futures on `exchange`, as IB names it."""
     try:
-        return EXCHANGE_CALENDARS[exchange.upper()]
-    except KeyError:
-        raise UnknownExchangeCalendarError(exchange, sorted(EXCHANGE_CALENDARS)) from None
+        return calendars.calendar_for("FUT", exchange)
+    except calendars.UnknownSessionCalendarError:
+        raise UnknownExchangeCalendarError(exchange, sorted(calendars.GLOBEX_EXCHANGES)) from None
 
 
 @lru_cache(maxsize=4)
 def _sessions(calendar: str) -> tuple[np.ndarray, np.ndarray]:
     """Every session's label (dates) and close (UTC microseconds), oldest first."""
-    cal = exchange_calendar(calendar)
-    closes = cal.closes.dt.tz_convert(None) if cal.closes.dt.tz is not None else cal.closes  # naive UTC
-    labels = np.array([label.date() for label in cal.sessions], dtype="datetime64[D]")
-    return labels, closes.to_numpy().astype("datetime64[us]").astype(np.int64)
+    cal = calendars.calendar_named(calendar)
+    days = cal.sessions(*CALENDAR_SPAN)
+    closes = [cal.session_bounds(day, use_rth=False)[1].replace(tzinfo=None) for day in days]  # naive UTC
+    labels = np.array(days, dtype="datetime64[D]")
+    return labels, np.array(closes, dtype="datetime64[us]").astype(np.int64)
 
 
 def session_labels(ts: pl.Series, calendar: str) -> pl.Series:

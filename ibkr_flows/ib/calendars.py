@@ -9,10 +9,11 @@ Every calendar labels a session with its trade date and answers the same questio
 - stock exchanges come from exchange_calendars (IBIS -> XETR, TSEJ -> XTKS, LSE -> XLON, TSE -> XTSE, the US venues
   -> XNYS). Extended hours (use_rth False) equal the regular ones outside the US: IB serves next to no bars outside
   them there. XNYS keeps `ib.sessions`' exact behaviour (04:00-20:00 New York extended hours, half days);
-- CME Globex futures (`CME_GLOBEX`): 18:00 New York the evening before to 17:00 (the 17:00-18:00 daily maintenance
-  break between sessions), regular hours 09:30-16:00 New York (the equity index futures' liquid hours). Trade
-  dates and early closes are exchange_calendars' CMES calendar (CME Globex equity): its holidays are sessions
-  with a 12:00 Chicago close, as CME trades them, and its closed days (Christmas, New Year, Good Friday) are none;
+- CME Globex futures (`CME_GLOBEX`: CME and NYMEX, e.g. ES, NQ, CL): 18:00 New York the evening before to 17:00
+  (the 17:00-18:00 daily maintenance break between sessions), regular hours 09:30-16:00 New York (the equity index
+  futures' liquid hours, used for every Globex future). Trade dates and early closes are exchange_calendars' CMES
+  calendar (CME Globex equity): its holidays are sessions with a 12:00 Chicago close, as CME trades them, and its
+  closed days (Christmas, New Year, Good Friday) are none;
 - FX (`FX_24_5`, IDEALPRO): 24 hours a day, 5 days a week, each session 17:00 to 17:00 New York, Sunday evening to
   Friday evening; no holidays (the interbank market trades through exchange holidays), regular hours = all hours.
 """
@@ -21,9 +22,12 @@ from __future__ import annotations
 
 import bisect
 from abc import ABC, abstractmethod
+from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
+
+import polars as pl
 
 from ibkr_flows.ib import sessions as nyse
 
@@ -48,7 +52,8 @@ TIME_ZONE_CALENDARS = {
     "America/Toronto": "XTSE", "Canada/Eastern": "XTSE",
 }
 """The contract's timeZoneId -> calendar, for a stock listed on an exchange the table above does not name."""
-GLOBEX_EXCHANGES = frozenset({"CME", "GLOBEX"})
+GLOBEX_EXCHANGES = frozenset({"CME", "GLOBEX", "NYMEX"})
+"""Futures exchanges (as IB names them) whose contracts trade on CME Globex hours and trade dates."""
 FUTURE_CLASSES = frozenset({"FUT", "CONTFUT"})
 EXCHANGE_TIME_ZONES = {"XETR": "Europe/Berlin", "XTKS": "Asia/Tokyo", "XLON": "Europe/London",
                        "XTSE": "America/Toronto", NYSE: "America/New_York"}
@@ -218,6 +223,93 @@ def calendar_for(sec_type: str, exchange: str, primary_exchange: str = "", time_
     raise UnknownSessionCalendarError(f"{sec_type} on {primary or exchange} ({time_zone_id or 'no time zone'})")
 
 
+def planning_calendar(sec_type: str, exchange: str, primary_exchange: str = "", time_zone_id: str = "") -> str:
+    """`calendar_for`, or NYSE's for a listing none is known for: the calendar ingestion planned the instrument's
+    requests and checked its bars on, so the one its stored bars are read on."""
+    try:
+        return calendar_for(sec_type, exchange, primary_exchange, time_zone_id)
+    except UnknownSessionCalendarError:
+        return NYSE
+
+
+ANNUAL_YEARS = (2015, 2024)
+"""The full years a calendar's sessions per year are averaged over and its full session is looked for in: fixed, so
+an annualized figure does not move with the day it is computed on (XNYS: 2516 sessions, 251.6 a year -> 252)."""
+
+
+def bar_spans(calendar: str, day: date, use_rth: bool) -> list[tuple[datetime, datetime]]:
+    """The UTC [start, end) spans of one session that have bars: open to close, less a mid-day break (Tokyo's
+    11:30-12:30 lunch splits a session in two); KeyError if `day` is no session."""
+    cal = calendar_named(calendar)
+    open_, close = cal.session_bounds(day, use_rth)
+    pause = nyse.mid_session_breaks(calendar).get(day) if cal.has_breaks else None
+    if pause is None or not open_ < pause[0] < pause[1] < close:
+        return [(open_, close)]
+    return [(open_, pause[0]), (pause[1], close)]
+
+
+def session_bar_count(calendar: str, day: date, use_rth: bool, step: timedelta) -> int:
+    """How many `step` bars IB has in one session: per span (`bar_spans`), the bars on the clock grid from the
+    exchange's midnight that the span covers, its first (possibly partial) bar starting at the span's start, as
+    `ib.sessions.bar_start` stamps a session's first bar (1-hour RTH bars on NYSE: 09:30, 10:00, ..., 15:00 -> 7)."""
+    cal = calendar_named(calendar)
+    count = 0
+    for start, end in bar_spans(calendar, day, use_rth):
+        origin = cal.grid_origin(start.astimezone(cal.time_zone).date())
+        count += -((origin - end) // step) - (start - origin) // step  # ceil(end) - floor(start), in steps
+    return count
+
+
+def _annual_sessions(calendar: str) -> list[date]:
+    first, last = ANNUAL_YEARS
+    return calendar_named(calendar).sessions(date(first, 1, 1), date(last, 12, 31))
+
+
+@cache
+def sessions_per_year(calendar: str) -> int:
+    """The calendar's mean number of sessions per year over `ANNUAL_YEARS`, rounded: XNYS 252, XETR 254, XTKS 244,
+    XLON 253, XTSE 251, CME Globex 258 (CMES trade dates), FX 24/5 261 (every weekday)."""
+    first, last = ANNUAL_YEARS
+    return round(len(_annual_sessions(calendar)) / (last - first + 1))
+
+
+@cache
+def full_session_bars(calendar: str, use_rth: bool, step: timedelta) -> int:
+    """`step` bars in a full session of the calendar: among the sessions of `ANNUAL_YEARS` with the most hours of
+    bars (half days have fewer; Tokyo's most are its sessions to 15:30 since November 2024), mid-day breaks
+    excluded, the most common count (next to a daylight-saving change a session can hold one more multi-hour bar).
+    1-minute bars: NYSE 390 (RTH) or 960 (04:00-20:00), Xetra 510, Tokyo 330, CME Globex 390 (RTH) or 1380 (23 h),
+    FX 1440."""
+    days = _annual_sessions(calendar)
+    hours = {day: sum((end - start for start, end in bar_spans(calendar, day, use_rth)), timedelta()) for day in days}
+    most = max(hours.values())
+    counts = Counter(session_bar_count(calendar, day, use_rth, step) for day in days if hours[day] == most)
+    return counts.most_common(1)[0][0]
+
+
+def session_dates(ts: pl.Expr, calendar: str) -> pl.Expr:
+    """`SessionCalendar.session_day` of every instant of a UTC datetime column: its date in the exchange's time
+    zone, shifted for sessions that open the evening before (a Globex bar at 18:00 New York is the next day's)."""
+    cal = calendar_named(calendar)
+    local = ts.dt.convert_time_zone(cal.time_zone.key)
+    return (local.dt.replace_time_zone(None) + cal.evening_open).dt.date() if cal.evening_open else local.dt.date()
+
+
+@cache
+def day_shift(calendar: str) -> timedelta | None:
+    """A constant that, added to the UTC start of any bar of the calendar's sessions (all hours, `ANNUAL_YEARS`),
+    gives an instant whose UTC date is the bar's session: its session date without a time-zone conversion per row
+    (NYSE -4.5 h, Tokyo +8.75 h, CME Globex +2 h). None where no constant fits both standard and summer time: FX
+    24/5's sessions fill whole days, whose UTC bounds move an hour with New York's daylight saving."""
+    cal = calendar_named(calendar)
+    earliest, latest = timedelta.min, timedelta.max
+    for day in _annual_sessions(calendar):
+        open_, close = cal.session_bounds(day, use_rth=False)
+        midnight = datetime.combine(day, time(0), tzinfo=UTC)
+        earliest, latest = max(earliest, midnight - open_), min(latest, midnight + timedelta(days=1) - close)
+    return (earliest + latest) / 2 if earliest <= latest else None
+
+
 def _at(day: date, clock: time) -> datetime:
     return datetime.combine(day, clock, tzinfo=NEW_YORK).astimezone(UTC)
 
@@ -231,5 +323,7 @@ def _labels_in(labels: tuple[date, ...], first: date, last: date) -> list[date]:
     return list(labels[bisect.bisect_left(labels, first):bisect.bisect_right(labels, last)])
 
 
-__all__ = ["CME_GLOBEX", "FX_24_5", "NYSE", "ExchangeSessions", "FxCalendar", "GlobexCalendar", "NyseCalendar",
-           "SessionCalendar", "UnknownSessionCalendarError", "calendar_for", "calendar_named"]
+__all__ = ["ANNUAL_YEARS", "CME_GLOBEX", "FX_24_5", "NYSE", "ExchangeSessions", "FxCalendar", "GlobexCalendar",
+           "NyseCalendar", "SessionCalendar", "UnknownSessionCalendarError", "bar_spans", "calendar_for",
+           "calendar_named", "day_shift", "full_session_bars", "planning_calendar", "session_bar_count",
+           "session_dates", "sessions_per_year"]

@@ -125,13 +125,16 @@ async def _nearest_months(ib: IB, instrument: InstrumentId) -> str:
                 f"{exact_id(max(listed, key=lambda d: d.contract.lastTradeDateOrContractMonth))}")
     wanted = int((instrument.contract_month or "")[:6])
 
+    def contract_month(details: ContractDetails) -> str:
+        """Its contractMonth: not always its last trading day's month (CL of March expires in February)."""
+        return details.contractMonth or details.contract.lastTradeDateOrContractMonth[:6]
+
     def distance(details: ContractDetails) -> int:
-        month = int(details.contract.lastTradeDateOrContractMonth[:6])
+        month = int(contract_month(details))
         return abs((month // 100 - wanted // 100) * 12 + month % 100 - wanted % 100)
 
     nearest = sorted(listed, key=distance)[:NEAREST_MONTHS]
-    forms = ", ".join(f"FUT:{instrument.symbol}@{instrument.exchange}:{d.contract.lastTradeDateOrContractMonth[:6]}"
-                      for d in nearest)
+    forms = ", ".join(f"FUT:{instrument.symbol}@{instrument.exchange}:{contract_month(d)}" for d in nearest)
     return (f"no contract expires in {instrument.contract_month} (expired ones included); the nearest listed "
             f"contract months are {forms} (the contract month form YYYYMM, or the exact last trading day YYYYMMDD)")
 

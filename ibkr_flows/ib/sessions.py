@@ -39,12 +39,24 @@ def exchange_calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
 def regular_hours(calendar: str) -> dict[date, tuple[datetime, datetime]]:
     """Every session's regular open and close, converted once (per-session calendar lookups are slow)."""
     cal = exchange_calendar(calendar)
-    opens = cal.opens.dt.tz_localize("UTC") if cal.opens.dt.tz is None else cal.opens.dt.tz_convert("UTC")
-    closes = cal.closes.dt.tz_localize("UTC") if cal.closes.dt.tz is None else cal.closes.dt.tz_convert("UTC")
-    return {
-        label.date(): (o.to_pydatetime(), c.to_pydatetime())
-        for label, o, c in zip(cal.sessions, opens, closes, strict=True)
-    }
+    return _per_session(cal.sessions, cal.opens, cal.closes)
+
+
+@lru_cache(maxsize=8)
+def mid_session_breaks(calendar: str) -> dict[date, tuple[datetime, datetime]]:
+    """Every session's mid-day break (Tokyo's lunch, 11:30-12:30), UTC [start, end), from an exchange_calendars
+    calendar's break_starts / break_ends; sessions without one are absent."""
+    cal = exchange_calendar(calendar)
+    starts = cal.break_starts.dropna()
+    return _per_session(starts.index, starts, cal.break_ends.loc[starts.index])
+
+
+def _per_session(labels: pd.DatetimeIndex, starts: pd.Series, ends: pd.Series) -> dict[date, tuple[datetime, datetime]]:
+    def utc(times: pd.Series) -> pd.Series:
+        return times.dt.tz_localize("UTC") if times.dt.tz is None else times.dt.tz_convert("UTC")
+
+    return {label.date(): (start.to_pydatetime(), end.to_pydatetime())
+            for label, start, end in zip(labels, utc(starts), utc(ends), strict=True)}
 
 
 def session_bounds(session: date | pd.Timestamp, use_rth: bool, calendar: str = "XNYS") -> tuple[datetime, datetime]:
@@ -122,19 +134,36 @@ def bar_start(instant: datetime, step: timedelta, use_rth: bool, calendar: str =
     return max(on_grid, session_bounds(day, use_rth, calendar)[0])
 
 
-def session_hours_text(first_day: date, days: int, use_rth: bool, calendar: str = "XNYS") -> str:
+def session_hours_text(first_day: date, days: int, use_rth: bool, calendar: str = "XNYS",
+                       time_zone: str = "America/New_York") -> str:
     """TWS's `tradingHours` (extended hours) or `liquidHours` (`use_rth`) for `days` calendar days from
-    `first_day`, in the exchange's local time: `20250115:0930-20250115:1600;20250118:CLOSED;...`."""
-    parts = []
-    for offset in range(days):
-        day = first_day + timedelta(days=offset)
+    `first_day`, on `calendar`, in `time_zone` (the contract's timeZoneId), as TWS lists them: each trade date's
+    session (`20250115:0930-20250115:1600`; a Globex session opening the evening before:
+    `20250112:1700-20250113:1600`), in two ranges where it pauses mid-day (Tokyo's lunch), and `20250118:CLOSED`
+    for a day that is no trade date and on which no session opens."""
+    zone = ZoneInfo(time_zone)
+    breaks = mid_session_breaks(calendar) if _instrument_calendar(calendar).has_breaks else {}
+
+    def ranges(day: date) -> list[tuple[datetime, datetime]]:
         try:
             open_, close = session_bounds(day, use_rth, calendar)
         except KeyError:
-            parts.append(f"{day:%Y%m%d}:CLOSED")
+            return []
+        pause = breaks.get(day)
+        if pause and open_ < pause[0] < pause[1] < close:
+            return [(open_, pause[0]), (pause[1], close)]
+        return [(open_, close)]
+
+    parts = []
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        if listed := ranges(day):
+            parts += [f"{start.astimezone(zone):%Y%m%d:%H%M}-{end.astimezone(zone):%Y%m%d:%H%M}"
+                      for start, end in listed]
             continue
-        local_open, local_close = open_.astimezone(NEW_YORK), close.astimezone(NEW_YORK)
-        parts.append(f"{local_open:%Y%m%d:%H%M}-{local_close:%Y%m%d:%H%M}")
+        following = ranges(day + timedelta(days=1))
+        if not (following and following[0][0].astimezone(zone).date() == day):
+            parts.append(f"{day:%Y%m%d}:CLOSED")
     return ";".join(parts)
 
 

@@ -20,8 +20,8 @@ from fractions import Fraction
 
 import polars as pl
 
+from ibkr_flows.ib.calendars import NYSE, calendar_named
 from ibkr_flows.ib.historical import bar_step
-from ibkr_flows.ib.sessions import session_day
 from storage.corporate_actions_table import ActionKind
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -84,9 +84,10 @@ class UnexplainedDifference:
 OverlapVerdict = AdjustmentEvent | ScalesAgree | UnexplainedDifference
 
 
-def session_of(ts: datetime, bar_size: str) -> date:
-    """The session a bar belongs to: dated bars are stamped 00:00 UTC of their date; intraday by New York date."""
-    return ts.date() if bar_step(bar_size) >= timedelta(days=1) else session_day(ts)
+def session_of(ts: datetime, bar_size: str, calendar: str = NYSE) -> date:
+    """The session a bar belongs to: dated bars are stamped 00:00 UTC of their date; an intraday bar's is its
+    session on the instrument's calendar (`ib.calendars`: the exchange's date, a Globex evening's next day)."""
+    return ts.date() if bar_step(bar_size) >= timedelta(days=1) else calendar_named(calendar).session_day(ts)
 
 
 def snap_split_ratio(ratio: float, tolerance: float = SNAP_TOLERANCE) -> Fraction | None:
@@ -95,11 +96,11 @@ def snap_split_ratio(ratio: float, tolerance: float = SNAP_TOLERANCE) -> Fractio
     return nearest if abs(ratio / float(nearest) - 1) <= tolerance else None
 
 
-def compare_overlap(stored: pl.DataFrame, fresh: pl.DataFrame, *, bar_size: str,
-                    dividend_adjusted: bool) -> OverlapVerdict:
+def compare_overlap(stored: pl.DataFrame, fresh: pl.DataFrame, *, bar_size: str, dividend_adjusted: bool,
+                    calendar: str = NYSE) -> OverlapVerdict:
     """The verdict on one series' stored bars against the same range fetched again. `dividend_adjusted`: the
     series is ADJUSTED_LAST (only there can a dividend move stored prices; a dividend-sized constant in TRADES
-    is unexplained)."""
+    is unexplained). `calendar`: the instrument's session calendar, which dates the event's session."""
     joined = stored.select("ts", *PRICE_COLUMNS).join(
         fresh.select("ts", *PRICE_COLUMNS), on="ts", how="inner", suffix="_fresh").sort("ts")
     if joined.is_empty():
@@ -133,7 +134,7 @@ def compare_overlap(stored: pl.DataFrame, fresh: pl.DataFrame, *, bar_size: str,
     first_new = later.min() if later.len() else None
     return AdjustmentEvent(kind=kind, factor=factor, last_old_bar=last_old,  # type: ignore[arg-type]
                            first_new_bar=first_new,  # type: ignore[arg-type]
-                           effective_date=session_of(first_new, bar_size) if first_new else None,  # type: ignore[arg-type]
+                           effective_date=session_of(first_new, bar_size, calendar) if first_new else None,  # type: ignore[arg-type]
                            bars_compared=joined.height, measured_ratio=median)
 
 
@@ -153,14 +154,15 @@ class SplitLikeJump:
                 f"(a split ratio): re-fetch the series' history so it is on one scale")
 
 
-def split_like_jumps(bars: pl.DataFrame, *, bar_size: str) -> list[SplitLikeJump]:
+def split_like_jumps(bars: pl.DataFrame, *, bar_size: str, calendar: str = NYSE) -> list[SplitLikeJump]:
     """Overnight moves (previous session's last close to the next session's first open) of a common split ratio in
-    one series' bars. Intraday moves are not looked at: a split takes effect between sessions."""
+    one series' bars, sessions on the instrument's `calendar`. Intraday moves are not looked at: a split takes
+    effect between sessions."""
     ordered = bars.sort("ts").select("ts", "open", "close")
     findings = []
     previous: tuple[date, float] | None = None
     for ts, open_, close in ordered.iter_rows():
-        session = session_of(ts, bar_size)
+        session = session_of(ts, bar_size, calendar)
         if previous is not None and session != previous[0] and open_ > 0:
             ratio = snap_split_ratio(previous[1] / open_, JUMP_TOLERANCE)
             if ratio is not None:

@@ -14,7 +14,8 @@ stored overlap is compared with the fresh one (`adjustments.compare_overlap`):
 The last stored bar is left out of the comparison: it may have been a partial bar, which IB completes later and
 which would otherwise read as a price change. Every stored bar was fetched before IB applied the event, so the
 effective date is the first session after the last stored bar: the event's own date when ingestion runs each
-session, the first session this run can place it in otherwise.
+session, the first session this run can place it in otherwise. Sessions are the instrument's (`ib.calendars`: a
+Tokyo bar's session is its Tokyo date, a Globex evening bar's the next trade date).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-import pandas as pd
 import polars as pl
 
-from ibkr_flows.ib.sessions import exchange_calendar
+from ibkr_flows.ib.calendars import NYSE, calendar_named
 from ibkr_flows.ingest.adjustments import (
     AdjustmentEvent,
     OverlapVerdict,
@@ -47,6 +47,8 @@ class ScaleCheck:
     verdict: OverlapVerdict | None
     series: dict[str, object]
     """The batch's series key (symbol, con_id, bar_size, what_to_show, use_rth)."""
+    calendar: str = NYSE
+    """The instrument's session calendar (`ib.calendars`), which dates the event and bounds its session."""
 
     @property
     def event(self) -> AdjustmentEvent | None:
@@ -65,35 +67,42 @@ class ScaleCheck:
         return None
 
 
-def check_scale(location: TableLocation, clean: pl.DataFrame, *, dividend_adjusted: bool) -> ScaleCheck | None:
-    """Compare the batch `clean` (one series) with the stored bars it overlaps; None for an empty batch."""
+def check_scale(location: TableLocation, clean: pl.DataFrame, *, dividend_adjusted: bool, calendar: str = NYSE
+                ) -> ScaleCheck | None:
+    """Compare the batch `clean` (one series, of an instrument trading on `calendar`) with the stored bars it
+    overlaps; None for an empty batch."""
     if clean.is_empty():
         return None
     series = clean.select("symbol", "con_id", "bar_size", "what_to_show", "use_rth").row(0, named=True)
     stored = stored_overlap(location, clean).sort("ts")
     comparable = stored.head(stored.height - 1)  # without the last stored bar, possibly partial
     if comparable.is_empty():
-        return ScaleCheck(None, series)
+        return ScaleCheck(None, series, calendar)
     bar_size = str(series["bar_size"])
-    verdict = compare_overlap(comparable, clean, bar_size=bar_size, dividend_adjusted=dividend_adjusted)
+    verdict = compare_overlap(comparable, clean, bar_size=bar_size, dividend_adjusted=dividend_adjusted,
+                              calendar=calendar)
     if isinstance(verdict, AdjustmentEvent):
-        verdict = dataclasses.replace(verdict, effective_date=_session_after(session_of(stored["ts"].max(),
-                                                                                        bar_size)))
-    return ScaleCheck(verdict, series)
+        last_stored = session_of(stored["ts"].max(), bar_size, calendar)
+        verdict = dataclasses.replace(verdict, effective_date=_session_after(last_stored, calendar))
+    return ScaleCheck(verdict, series, calendar)
 
 
-def _session_after(day: date) -> date:
-    return exchange_calendar().date_to_session(pd.Timestamp(day + timedelta(days=1)), direction="next").date()
+def _session_after(day: date, calendar: str) -> date:
+    return calendar_named(calendar).sessions(day + timedelta(days=1), day + timedelta(days=31))[0]
 
 
 def rescale_before_merge(location: TableLocation, check: ScaleCheck) -> RescaleResult:
-    """Put the series' stored bars before the event on the fresh scale, so the batch merges onto one scale."""
+    """Put the series' stored bars before the event on the fresh scale, so the batch merges onto one scale: the
+    intraday bars before the effective session's day starts on the instrument's clock (a Tokyo session's morning
+    is before midnight New York)."""
     event, s = check.event, check.series
     assert event is not None and event.effective_date is not None
+    cal = calendar_named(check.calendar)
     return rescale_history(location, symbol=str(s["symbol"]), con_id=int(s["con_id"]),  # type: ignore[arg-type]
                            kind=event.kind, factor=event.factor, effective=event.effective_date,
                            series=SeriesFilter(bar_size=str(s["bar_size"]), what_to_show=[str(s["what_to_show"])],
-                                               use_rth=bool(s["use_rth"])))
+                                               use_rth=bool(s["use_rth"])),
+                           session_start=cal.grid_origin(event.effective_date) - cal.evening_open)
 
 
 def record_replaced(location: TableLocation, check: ScaleCheck, version_before: int | None,

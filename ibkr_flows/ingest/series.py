@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ib_async import Contract, ContractDetails
 
-from ibkr_flows.ib.calendars import NYSE, UnknownSessionCalendarError, calendar_for, calendar_named
+from ibkr_flows.ib.calendars import NYSE, UnknownSessionCalendarError, calendar_for
 from ibkr_flows.ib.instruments import InstrumentId
 
 
@@ -55,9 +55,9 @@ class ResolvedSeries:
 
     @property
     def judges_completeness(self) -> bool:
-        """Whether bars per session can be counted: a known calendar whose sessions do not pause mid-day."""
-        name = self.calendar_name
-        return name is not None and not calendar_named(name).has_breaks
+        """Whether bars per session can be counted: the instrument's calendar is known (a mid-day break, Tokyo's
+        lunch, is part of it)."""
+        return self.calendar_name is not None
 
     def sessions_note(self, use_rth: bool) -> str | None:
         """Why some of this instrument's bars may not have been requested, for the run's warnings; None when its

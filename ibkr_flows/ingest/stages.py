@@ -56,7 +56,7 @@ class FetchedBatch:
     sec_type: str = "STK"
     """The contract's security type: which size columns IB leaves empty depends on it (`quality.checks`)."""
     judge_completeness: bool = True
-    """False for an instrument without a known session calendar (or with a mid-day break) to count bars on."""
+    """False for an instrument without a known session calendar to count bars on."""
     calendar: str = "XNYS"
     """The instrument's session calendar (`ib.calendars`) the quality checks use."""
     chunks_fetched: int = 0
@@ -88,6 +88,8 @@ class CheckedBatch:
     gaps: tuple[SessionGap, ...]
     warnings: list[str] = field(default_factory=list)
     replaces_series: bool = False
+    calendar: str = "XNYS"
+    """The instrument's session calendar (`ib.calendars`): which session a split found in the overlap dates to."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,9 @@ def check_batch(batch: FetchedBatch, request: IngestRequest) -> CheckedBatch:
         quarantined=quarantined,
         gaps=tuple(SessionGap(*row) for row in result.gaps.select("session", "expected", "received").iter_rows()),
         warnings=[f"{batch.symbol}: {w.detail}" for w in result.warnings]
-        + [f"{batch.symbol}: {jump.describe()}" for jump in split_like_jumps(result.clean, bar_size=request.bar_size)],
-        replaces_series=batch.replaces_series)
+        + [f"{batch.symbol}: {jump.describe()}"
+           for jump in split_like_jumps(result.clean, bar_size=request.bar_size, calendar=batch.calendar)],
+        replaces_series=batch.replaces_series, calendar=batch.calendar)
 
 
 def store_batch(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
@@ -168,7 +171,7 @@ def store_batch(location: TableLocation, checked: CheckedBatch) -> StoredBatch:
     if checked.quarantined.height:
         append_quarantine(location, checked.quarantined)
     replace = bool(checked.replaces_series and checked.clean.height)
-    scale = check_scale(location, checked.clean, dividend_adjusted=checked.replaces_series)
+    scale = check_scale(location, checked.clean, dividend_adjusted=checked.replaces_series, calendar=checked.calendar)
     event = scale.event if scale is not None else None
     if event is not None and not replace:
         rescale_before_merge(location, scale)  # type: ignore[arg-type]

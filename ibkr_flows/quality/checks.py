@@ -15,9 +15,8 @@ from typing import Literal
 
 import polars as pl
 
-from ibkr_flows.ib.calendars import SessionCalendar, calendar_named
+from ibkr_flows.ib.calendars import SessionCalendar, bar_spans, calendar_named, session_dates
 from ibkr_flows.ib.historical import QUOTE_TYPES, bar_step, is_intraday
-from ibkr_flows.ib.sessions import session_bounds
 from storage.schema import BAR_KEY, UTC_US
 
 NEW_YORK = "America/New_York"
@@ -43,9 +42,9 @@ RULE_TEXT = {
     "volume_non_negative": "volume, wap, bar_count >= 0 (-1 allowed for MIDPOINT, BID_ASK, BID, ASK, and for "
                            "CASH and IND bars)",
     "unique_key": f"one bar per ({', '.join(BAR_KEY)}); later copies are quarantined",
-    "aligned_ts": "ts on IB's clock grid of the bar size (multiples from the exchange's midnight) or at the session "
-                  "open (daily+: 00:00 UTC of a session date)",
-    "in_session": "ts within the session's [open, close) for the requested hours",
+    "aligned_ts": "ts on IB's clock grid of the bar size (multiples from the exchange's midnight), at the session "
+                  "open or at the end of its mid-day break (daily+: 00:00 UTC of a session date)",
+    "in_session": "ts within the session's [open, close) for the requested hours, not in a mid-day break",
     "completeness": "every bar of each session fully inside the window was received",
 }
 
@@ -100,11 +99,7 @@ class BarSeries:
         open the evening before (a Globex bar at 18:00 New York is the next day's); the UTC date of a daily
         stamp."""
         ts = pl.col("ts")
-        if not self.intraday:
-            return ts.dt.date()
-        cal = self.session_calendar
-        local = ts.dt.convert_time_zone(cal.time_zone.key).dt.replace_time_zone(None)
-        return (local + cal.evening_open).dt.date() if cal.evening_open else local.dt.date()
+        return session_dates(ts, self.calendar) if self.intraday else ts.dt.date()
 
     def grid_origin(self) -> pl.Expr:
         """Where a bar's clock grid is counted from: midnight (UTC) of its exchange-local date."""
@@ -115,24 +110,32 @@ class BarSeries:
 
 @dataclass(frozen=True)
 class Sessions:
-    """Open and close of the sessions on the days a batch touches, so rules are lookups rather than calendar
-    calls per row. Days that are not sessions are simply absent."""
+    """Open and close of the sessions on the days a batch touches, and the mid-day break of a session that pauses
+    (Tokyo's lunch; null elsewhere), so rules are lookups rather than calendar calls per row. Days that are not
+    sessions are simply absent."""
 
     days: pl.Series
     opens: pl.Series
     closes: pl.Series
+    pauses: pl.Series
+    """Where a session's mid-day break starts (null: no break)."""
+    resumes: pl.Series
+    """Where it ends: the afternoon's first bar starts here, as a session's first bar starts at its open."""
 
     @classmethod
     def for_days(cls, days: list[date], series: BarSeries) -> Sessions:
-        bounds: dict[date, tuple[datetime, datetime]] = {}
+        spans: dict[date, list[tuple[datetime, datetime]]] = {}
         for day in days:
             try:
-                bounds[day] = session_bounds(day, series.use_rth, series.calendar)
+                spans[day] = bar_spans(series.calendar, day, series.use_rth)
             except KeyError:
                 continue  # not a session (weekend, holiday) or beyond the calendar
-        return cls(pl.Series("day", list(bounds), pl.Date()),
-                   pl.Series("open", [b[0] for b in bounds.values()], UTC_US),
-                   pl.Series("close", [b[1] for b in bounds.values()], UTC_US))
+        split = [s if len(s) > 1 else None for s in spans.values()]
+        return cls(pl.Series("day", list(spans), pl.Date()),
+                   pl.Series("open", [s[0][0] for s in spans.values()], UTC_US),
+                   pl.Series("close", [s[-1][1] for s in spans.values()], UTC_US),
+                   pl.Series("pause", [s[0][1] if s else None for s in split], UTC_US),
+                   pl.Series("resume", [s[1][0] if s else None for s in split], UTC_US))
 
     @classmethod
     def for_frame(cls, frame: pl.DataFrame, series: BarSeries) -> Sessions:
@@ -144,6 +147,14 @@ class Sessions:
 
     def close_of(self, day: pl.Expr) -> pl.Expr:
         return day.replace_strict(self.days, self.closes, default=None, return_dtype=UTC_US)
+
+    def resume_of(self, day: pl.Expr) -> pl.Expr:
+        return day.replace_strict(self.days, self.resumes, default=None, return_dtype=UTC_US)
+
+    def in_break(self, day: pl.Expr) -> pl.Expr:
+        """Whether `ts` lies in its session's mid-day break (False for a session without one)."""
+        pause = day.replace_strict(self.days, self.pauses, default=None, return_dtype=UTC_US)
+        return ((pl.col("ts") >= pause) & (pl.col("ts") < self.resume_of(day))).fill_null(False)
 
     def is_session(self, day: pl.Expr) -> pl.Expr:
         return day.is_in(self.days.implode())
@@ -199,23 +210,23 @@ def unique_key() -> pl.Expr:
 def aligned_ts(series: BarSeries, sessions: Sessions) -> pl.Expr:
     """Intraday bars start on IB's clock grid (multiples of the bar size from the exchange's midnight, as
     `ib.sessions.bar_start` defines it) or at the session open, for the first, partial bar: 1-hour RTH bars start
-    09:30, 10:00, 11:00, .... Daily and longer bars are stamped 00:00 UTC of a session date. A day that is no
-    session is in_session's."""
+    09:30, 10:00, 11:00, .... Likewise at the end of a mid-day break (Tokyo's 1-hour bars: 11:00, then 12:30).
+    Daily and longer bars are stamped 00:00 UTC of a session date. A day that is no session is in_session's."""
     ts, day = pl.col("ts"), series.session_day()
     if not series.intraday:
         return _passes_on_ts((ts.dt.truncate("1d") == ts) & sessions.is_session(day))
     on_grid = (ts - series.grid_origin()).dt.total_microseconds() % (series.step // timedelta(microseconds=1)) == 0
-    return _passes_on_ts(on_grid | (ts == sessions.open_of(day)))
+    return _passes_on_ts(on_grid | (ts == sessions.open_of(day)) | (ts == sessions.resume_of(day)).fill_null(False))
 
 
 def in_session(series: BarSeries, sessions: Sessions) -> pl.Expr:
-    """Intraday bars start inside the [open, close) of their session (`BarSeries.session_day`); daily bars are
-    on a session date."""
+    """Intraday bars start inside the [open, close) of their session (`BarSeries.session_day`), not in its mid-day
+    break (IB has no bars in Tokyo's lunch); daily bars are on a session date."""
     ts, day = pl.col("ts"), series.session_day()
     if not series.intraday:
         return _passes_on_ts(sessions.is_session(day))
     open_, close = sessions.open_of(day), sessions.close_of(day)
-    return _passes_on_ts(open_.is_not_null() & (ts >= open_) & (ts < close))
+    return _passes_on_ts(open_.is_not_null() & (ts >= open_) & (ts < close) & ~sessions.in_break(day))
 
 
 def rules(series: BarSeries, sessions: Sessions) -> dict[str, pl.Expr]:
@@ -259,7 +270,10 @@ def details(series: BarSeries, sessions: Sessions) -> dict[str, pl.Expr]:
     if series.intraday:
         grid = pl.format("ts {} is not on the {} grid from the session open {}", _ts_text(), pl.lit(series.bar_size),
                          sessions.open_of(day).dt.to_string("%H:%M UTC"))
-        outside = pl.when(sessions.is_session(day)).then(
+        outside = pl.when(sessions.in_break(day)).then(
+            pl.format("ts {} is in the session's mid-day break, which ends {}", _ts_text(),
+                      sessions.resume_of(day).dt.to_string("%H:%M UTC"))
+        ).when(sessions.is_session(day)).then(
             pl.format("ts {} is outside the session {}..{}", _ts_text(),
                       sessions.open_of(day).dt.to_string("%H:%M"), sessions.close_of(day).dt.to_string("%H:%M UTC"))
         ).otherwise(pl.format("ts {}: {} is not a session", _ts_text(), day.dt.to_string("%Y-%m-%d")))

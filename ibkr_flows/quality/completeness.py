@@ -2,15 +2,18 @@
 
 Only whole sessions are judged: with a window, the sessions whose bar span (per use_rth) lies fully inside it;
 without one, the sessions the batch has bars in. Holidays and weekends are not sessions and a session cut by the
-window's edges is not judged, so neither produces a false gap; a judged session with no bars at all is a gap.
+window's edges is not judged, so neither produces a false gap; a judged session with no bars at all is a gap. A
+session's bars are counted on IB's clock grid (`ib.calendars.session_bar_count`): its first, partial bar at the
+open, none in a mid-day break (Tokyo's lunch), the afternoon's first at the break's end.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 
+from ibkr_flows.ib.calendars import session_bar_count
 from ibkr_flows.ib.sessions import session_bounds, sessions_between
 from ibkr_flows.quality.checks import BarSeries, CheckOutcome, Sessions
 
@@ -37,16 +40,13 @@ def judged_sessions(series: BarSeries, window: tuple[datetime, datetime] | None,
 
 
 def session_gaps(clean: pl.DataFrame, series: BarSeries, sessions: Sessions) -> pl.DataFrame:
-    """Judged sessions with fewer distinct clean bars than expected; a partial last intraday bar counts."""
-    if not series.intraday:
-        expected = pl.lit(1, pl.Int64())
-    else:
-        step_us = series.step // timedelta(microseconds=1)
-        expected = ((pl.col("close") - pl.col("open")).dt.total_microseconds() + step_us - 1) // step_us
+    """Judged sessions with fewer distinct clean bars than expected; a partial intraday bar counts."""
+    days = sessions.days.to_list()
+    expected = ([session_bar_count(series.calendar, day, series.use_rth, series.step) for day in days]
+                if series.intraday else [1] * len(days))
     received = (clean.group_by(series.session_day().alias("session"))
                 .agg(received=pl.col("ts").n_unique().cast(pl.Int64())))
-    return (pl.DataFrame({"session": sessions.days, "open": sessions.opens, "close": sessions.closes})
-            .select("session", expected.cast(pl.Int64()).alias("expected"))
+    return (pl.DataFrame({"session": days, "expected": expected}, schema={"session": pl.Date(), "expected": pl.Int64()})
             .join(received, on="session", how="left")
             .with_columns(pl.col("received").fill_null(0))
             .with_columns(missing=pl.col("expected") - pl.col("received"))

@@ -101,11 +101,7 @@ def validate_bars(frame: pl.DataFrame, *, bar_size: str, use_rth: bool, what_to_
     outcomes = [_blocking_outcome(c, int(failing[c].sum()), quarantined) for c in BLOCKING_CHECKS]
 
     gaps = pl.DataFrame(schema=GAPS_SCHEMA)
-    if judge_completeness and is_judged(series) and series.intraday and series.session_calendar.has_breaks:
-        outcomes.append(CheckOutcome("completeness", "warning", passed=True, failed_rows=0,
-                                     detail=f"not judged: {calendar} sessions pause mid-day (lunch break), so "
-                                            "open-to-close would expect bars IB does not have"))
-    elif judge_completeness and is_judged(series):
+    if judge_completeness and is_judged(series):
         judged = judged_sessions(series, window, sessions)
         gaps = session_gaps(clean, series, judged)
         outcomes.append(completeness_outcome(gaps, judged.days.len()))

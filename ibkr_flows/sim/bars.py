@@ -15,7 +15,7 @@ import json
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Protocol
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from ibkr_flows.ib.calendars import NYSE, calendar_named
+from ibkr_flows.ib.calendars import NYSE, bar_spans, calendar_named
 from ibkr_flows.ib.historical import WHAT_TO_SHOW, bar_step, parse_duration
 from ibkr_flows.ib.sessions import (
     NEW_YORK,
@@ -59,9 +59,6 @@ ANCHORS_FILE = "price_anchors.json"
 LISTING_LEVEL_MONTHS = tuple(date(year, month, 1) for year in range(2015, 2028) for month in (1, 7))
 """The months whose closes a listing's generated path passes through its level again (a bridge between them), so
 it stays near that level whichever year is asked for (those past the calendar's end are ignored)."""
-FUTURE_LAST_TRADE = time(9, 30)
-"""CME equity index futures stop trading at the open (New York) of their last trading day (the final settlement
-is the special opening quotation): a dated contract has no bars from then on."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +107,11 @@ def as_listed(bars: pl.DataFrame, inst: Instrument) -> pl.DataFrame:
     """Generated bars as the instrument's market quotes them: a US stock's unchanged; otherwise divided by its
     `price_scale` and rounded to its minimum tick, a dated future's cut at its last trade, and an index's without
     volume (IB's index bars carry 0 for volume, WAP and count; not checked against a recording)."""
-    if inst.hours is None and inst.sec_type == "STK":
+    if inst.us_stock:
         return bars
     if inst.last_trade_date:
         expiry = datetime.strptime(inst.last_trade_date, "%Y%m%d").date()
-        last_trade = datetime.combine(expiry, FUTURE_LAST_TRADE, tzinfo=NEW_YORK).astimezone(UTC)
+        last_trade = datetime.combine(expiry, inst.last_trade_time, tzinfo=NEW_YORK).astimezone(UTC)
         bars = bars.filter(pl.col("ts") < last_trade)
     decimals = max(0, -int(np.floor(np.log10(inst.min_tick)))) + 1
 
@@ -189,14 +186,17 @@ def aggregate(base: pl.DataFrame, bar_size: str) -> pl.DataFrame:
     """Bucket base bars (with `day`, `anchor` (the session's open) and `origin` columns) into `bar_size` bars.
 
     Intraday bars sit on IB's clock grid (multiples of the size from midnight New York, `sessions.grid_origin`),
-    the session's first bar starting at the open: 1-hour RTH bars are 09:30 (half an hour), 10:00, 11:00, ...
+    the session's first bar starting at the open: 1-hour RTH bars are 09:30 (half an hour), 10:00, 11:00, ...; after
+    a mid-day break the first bar starts at the resumption (Tokyo: 11:00-11:30, then 12:30, 13:00, ...).
     Daily bars are the session; weekly and monthly bars are stamped with their first session (IB's dates)."""
     step = bar_step(bar_size)
     if step < timedelta(days=1):
         step_us = step // timedelta(microseconds=1)
         offset = (pl.col("ts") - pl.col("origin")).dt.total_microseconds() // step_us * step_us
         on_grid = pl.col("origin") + pl.duration(microseconds=offset)
-        key = pl.max_horizontal(on_grid, pl.col("anchor")).alias("bucket")
+        resumed = pl.col("resume").is_not_null() & (pl.col("ts") >= pl.col("resume"))
+        span_start = pl.when(resumed).then(pl.col("resume")).otherwise(pl.col("anchor"))
+        key = pl.max_horizontal(on_grid, span_start).alias("bucket")
     elif bar_size == "1 day":
         key = pl.col("day").alias("bucket")
     else:
@@ -257,15 +257,27 @@ def check_what_to_show(what_to_show: str) -> None:
 
 
 def session_table(days: Sequence[date], use_rth: bool, calendar: str) -> pl.DataFrame:
-    """One row per session: its date, its open/close, and the origin of its bar grid."""
+    """One row per session: its date, its open/close, the origin of its bar grid, and its mid-day break (`pause`
+    to `resume`, null without one: Tokyo's lunch)."""
     bounds = [session_bounds(day, use_rth, calendar) for day in days]
     origin = grid_origin if calendar == NYSE else calendar_named(calendar).grid_origin
+    spans = [bar_spans(calendar, day, use_rth) for day in days] if calendar_named(calendar).has_breaks else []
+    pauses = [(s[0][1], s[1][0]) if len(s) == 2 else (None, None) for s in spans] or [(None, None)] * len(days)
     utc = pl.Datetime("us", "UTC")
     return pl.DataFrame(
         {"day": list(days), "anchor": [b[0] for b in bounds], "close_at": [b[1] for b in bounds],
-         "origin": [origin(day) for day in days]},
-        schema={"day": pl.Date(), "anchor": utc, "close_at": utc, "origin": utc},
+         "origin": [origin(day) for day in days], "pause": [p[0] for p in pauses], "resume": [p[1] for p in pauses]},
+        schema={"day": pl.Date(), "anchor": utc, "close_at": utc, "origin": utc, "pause": utc, "resume": utc},
     )
+
+
+def trading(use_rth: bool) -> pl.Expr:
+    """Rows of a frame joined with `session_table` that IB has bars for: inside the session's regular hours (for
+    `use_rth`) and outside its mid-day break."""
+    outside_break = ~pl.col("ts").is_between(pl.col("pause"), pl.col("resume"), closed="left").fill_null(False)
+    if not use_rth:
+        return outside_break
+    return pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left") & outside_break
 
 
 def finish_bars(base: pl.DataFrame, *, native: timedelta, bar_size: str, what_to_show: str, start: datetime,
@@ -381,9 +393,7 @@ class SyntheticBars:
         native = timedelta(seconds=1) if step < timedelta(minutes=1) else timedelta(minutes=1)
         for group in bucket_groups(days, bar_size):
             base = self._as_of(symbol, self._base(symbol, group, native), what_to_show, as_of)
-            base = base.join(session_table(group, use_rth, calendar), on="day")
-            if use_rth:
-                base = base.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
+            base = base.join(session_table(group, use_rth, calendar), on="day").filter(trading(use_rth))
             part = finish_bars(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start,
                                end=end)
             if part.height:

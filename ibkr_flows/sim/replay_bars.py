@@ -10,7 +10,7 @@ import polars as pl
 
 from ibkr_flows.ib.historical import bar_step
 from ibkr_flows.ib.sessions import exchange_calendar
-from ibkr_flows.sim.bars import BAR_SCHEMA, InvalidBarSize, check_what_to_show, finish_bars, session_table
+from ibkr_flows.sim.bars import BAR_SCHEMA, InvalidBarSize, check_what_to_show, finish_bars, session_table, trading
 
 TIME_COLUMNS = ("ts", "date", "datetime", "timestamp", "time")
 
@@ -100,8 +100,8 @@ class ReplayBars:
             rows = rows.with_columns(pl.col("ts").dt.convert_time_zone("America/New_York").dt.date().alias("day"))
         days = sorted(set(rows["day"].to_list()) & set(self._session_days(rows)))
         rows = rows.join(session_table(days, use_rth, self.calendar_name), on="day")
-        if use_rth and not self.daily:
-            rows = rows.filter(pl.col("ts").is_between(pl.col("anchor"), pl.col("close_at"), closed="left"))
+        if not self.daily:
+            rows = rows.filter(trading(use_rth))
         return finish_bars(rows, native=self.native, bar_size=bar_size, what_to_show=what_to_show, start=start,
                        end=end)
 

@@ -1,9 +1,11 @@
 """The instruments the simulator knows, and their CONTRACT_DATA encoding at server version 178.
 
 Real conIds and listing data are used for the US names so that code which caches conIds against a real TWS
-keeps working when pointed at the simulator; the other classes (a German and a Japanese stock, CME equity futures,
-IDEALPRO currency pairs, CBOE indices, a symbol listed on two exchanges) carry IB's real listing fields (exchange,
-currency, time zone, multiplier, tick, local symbol) with conIds of the simulator's own, from `LISTING_CON_ID_BASE`.
+keeps working when pointed at the simulator; the other classes (a German and a Japanese stock, CME equity index futures
+and NYMEX crude oil futures, IDEALPRO currency pairs, CBOE indices, a symbol listed on two exchanges) carry IB's
+real listing fields (exchange, currency, time zone, multiplier, tick, local symbol) with conIds of the simulator's
+own, from `LISTING_CON_ID_BASE`. Trading and liquid hours come from each listing's session calendar
+(`ib.calendars`), for the week from the request date.
 A request's contract must agree with an instrument on every field it sets, as TWS requires:
 `Future('AAPL', exchange='CME')` or `Stock('AAPL', 'IBIS', 'EUR')` is no instrument (200).
 """
@@ -11,24 +13,13 @@ A request's contract must agree with an instrument on every field it sets, as TW
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 
-from ibkr_flows.ib.calendars import NYSE, UnknownSessionCalendarError, calendar_for
+from ibkr_flows.ib.calendars import NYSE, UnknownSessionCalendarError, calendar_for, calendar_named
 from ibkr_flows.ib.sessions import session_hours_text
 from ibkr_flows.sim.requests import ContractRef
-from ibkr_flows.sim.weekly_hours import (
-    CBOE_INDEX,
-    CBOE_INDEX_LIQUID,
-    GLOBEX,
-    GLOBEX_LIQUID,
-    IDEALPRO,
-    TOKYO,
-    TORONTO,
-    XETRA,
-    WeeklyHours,
-)
 
 ROUTABLE_EXCHANGES: tuple[str, ...] = (
     "SMART", "AMEX", "NYSE", "CBOE", "PHLX", "ISE", "CHX", "ARCA", "ISLAND", "DRCTEDGE", "BEX", "BATS", "EDGEA",
@@ -37,6 +28,9 @@ ROUTABLE_EXCHANGES: tuple[str, ...] = (
 """The venues TWS lists in validExchanges for a US stock (SMART routes to any of them)."""
 HOURS_DAYS = 7
 """How many calendar days of sessions TWS puts in tradingHours / liquidHours, starting today."""
+EQUITY_INDEX_LAST_TRADE = time(9, 30)
+"""CME equity index futures stop trading at the open (New York) of their last trading day (the final settlement is
+the special opening quotation)."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +51,15 @@ class Instrument:
     """IB's local symbol (ESH5, EUR.USD); the symbol when left empty."""
     last_trade_date: str = ""
     """A future's last trading day, YYYYMMDD."""
+    month: str = ""
+    """A future's contract month, YYYYMM, where it is not its last trading day's (CL of March trades until
+    February); empty: the last trading day's month."""
+    last_trade_time: time = EQUITY_INDEX_LAST_TRADE
+    """When, New York time, a dated future stops trading on its last trading day (it has no bars from then on): CME
+    equity index futures at the open, CL at its 14:30 close."""
     multiplier: str = ""
     venues: tuple[str, ...] = ()
     """Where a non-US-stock instrument can be asked for (its validExchanges); US stocks: SMART and every venue."""
-    hours: tuple[WeeklyHours, WeeklyHours] | None = None
-    """Trading and liquid hours as a weekly schedule; None: the NYSE calendar's (extended and regular hours)."""
     first_trade: date | None = None
     """The first day the simulator has bars for (its head timestamp); None: the bar generator's own default."""
     level: float = 0.0
@@ -86,12 +84,17 @@ class Instrument:
         return ROUTABLE_EXCHANGES + extra
 
     @property
+    def us_stock(self) -> bool:
+        """A stock on the NYSE calendar: its bars are the bar source's own (price anchors, replay files, splits)."""
+        return self.sec_type == "STK" and self.calendar == NYSE
+
+    @property
     def series(self) -> str:
         """The key of the instrument's bar series in the simulator's bar source: a US stock's symbol (the bar
         source's own keys, replay files included); for anything else its local symbol and listing exchange, so
         each dated future, and each listing of a symbol on two exchanges, has its own series; a continuous future
         has one series per root, whichever contract is the front."""
-        if self.hours is None and self.sec_type == "STK":
+        if self.us_stock:
             return self.symbol
         if self.sec_type == "CONTFUT":
             return f"{self.symbol}@{self.primary_exchange}:CONTFUT"
@@ -108,7 +111,7 @@ class Instrument:
 
     @property
     def contract_month(self) -> str:
-        return self.last_trade_date[:6]
+        return self.month or self.last_trade_date[:6]
 
     def expired(self, today: date) -> bool:
         """Whether a dated future's last trading day is before `today` (TWS then lists it only with
@@ -135,15 +138,16 @@ class Instrument:
         if any(given and given != own for given, own in wanted):
             return False
         expiry = ref.last_trade_date.strip()
-        if expiry and not (self.last_trade_date and self.last_trade_date.startswith(expiry)):
+        own = self.contract_month if len(expiry) <= len("YYYYMM") else self.last_trade_date
+        if expiry and not (self.last_trade_date and own.startswith(expiry)):
             return False
         return not ref.exchange or ref.exchange.upper() in self.valid_exchanges
 
     def hours_text(self, today: date, *, liquid: bool) -> str:
-        """TWS's tradingHours (or liquidHours) for `HOURS_DAYS` days from `today`."""
-        if self.hours is None:
-            return session_hours_text(today, HOURS_DAYS, use_rth=liquid)
-        return self.hours[liquid].text(today, HOURS_DAYS)
+        """TWS's tradingHours (or liquidHours: regular hours) for `HOURS_DAYS` days from `today`, from the
+        instrument's session calendar (holidays and early closes included), in its timeZoneId."""
+        return session_hours_text(today, HOURS_DAYS, use_rth=liquid, calendar=self.calendar,
+                                  time_zone=self.time_zone_id)
 
 
 US_STOCKS: tuple[Instrument, ...] = (
@@ -162,10 +166,13 @@ LISTING_CON_ID_BASE = 800_000_000
 ones)."""
 HISTORY_START = date(2015, 1, 2)
 """Where the listings' generated history starts (their head timestamp), futures aside."""
-FUTURE_MONTHS = {3: "H", 6: "M", 9: "U", 12: "Z"}
-"""The quarterly cycle of CME equity index futures and its month codes."""
+MONTH_CODES = dict(zip(range(1, 13), "FGHJKMNQUVXZ", strict=True))
+"""The futures month codes, January (F) to December (Z): ESH5 is March 2025."""
+QUARTERLY = (3, 6, 9, 12)
+"""The quarterly cycle of CME equity index futures (H, M, U, Z)."""
+MONTHLY = tuple(range(1, 13))
 FUTURE_YEARS = range(2023, 2028)
-"""Dated ES and NQ contracts listed: every quarter from March 2023 to December 2027."""
+"""Dated contracts listed: every contract month of the root's cycle from 2023 to 2027."""
 FUTURE_HISTORY = timedelta(days=400)
 """How long before its expiry a dated future's bars start (its own head timestamp)."""
 
@@ -180,46 +187,84 @@ def third_friday(year: int, month: int) -> date:
     return first + timedelta(days=(4 - first.weekday()) % 7 + 14)
 
 
-def quarterly_futures(root: str, offset: int, long_name: str, multiplier: str, level: float
-                      ) -> Iterator[Instrument]:
-    """The dated contracts of one CME equity index future (`ESH5`: root, month code, last digit of the year)."""
-    for index, (year, month) in enumerate((y, m) for y in FUTURE_YEARS for m in FUTURE_MONTHS):
-        expiry = third_friday(year, month)
-        yield _listing(offset + index, root, primary_exchange="CME", long_name=long_name, sec_type="FUT",
-                       exchange="CME", trading_class=root, min_tick=0.25, time_zone_id="US/Central",
-                       stock_type="", local_symbol=f"{root}{FUTURE_MONTHS[month]}{year % 10}",
-                       last_trade_date=f"{expiry:%Y%m%d}", multiplier=multiplier, venues=("CME", "QBALGO"),
-                       hours=(GLOBEX, GLOBEX_LIQUID), first_trade=expiry - FUTURE_HISTORY, level=level)
+def crude_last_trade(year: int, month: int) -> date:
+    """The last trading day of NYMEX WTI crude oil (CL) of contract month `month`, by CME's rule: trading
+    terminates 3 business days before the 25th calendar day of the month before; when the 25th is no business day,
+    3 business days before the business day preceding it (CLH5: 2025-02-20; CLG5: 2025-01-21, the 25th a
+    Saturday). Business days are NYSE's sessions (a simplification): the US holidays and Good Friday on which NYMEX
+    does no business are closed there, where CME Globex's calendar lists its holiday trading sessions (Memorial Day,
+    the 25th of May 2026) as trade dates."""
+    the_25th = (date(year, month, 1) - timedelta(days=1)).replace(day=25)
+    nyse = calendar_named(NYSE)
+    before = nyse.sessions(the_25th - timedelta(days=14), the_25th - timedelta(days=1))
+    return before[-3] if nyse.sessions(the_25th, the_25th) else before[-4]
+
+
+@dataclass(frozen=True)
+class FutureRoot:
+    """One futures product as IB lists it: its dated contracts (`ESH5`: symbol, month code, last digit of the
+    year) trade on CME Globex hours, in Chicago time, on their exchange and QBALGO."""
+
+    symbol: str
+    exchange: str
+    long_name: str
+    multiplier: str
+    min_tick: float
+    months: tuple[int, ...]
+    last_trade_day: Callable[[int, int], date]
+    """(year, contract month) -> the contract's last trading day."""
+    last_trade_time: time
+    level: float
+    """The price its generated bars pass through (`Instrument.level`)."""
+
+    def contracts(self, offset: int) -> Iterator[Instrument]:
+        """Every contract of `FUTURE_YEARS`, conIds from `LISTING_CON_ID_BASE + offset` in expiry order."""
+        for index, (year, month) in enumerate((y, m) for y in FUTURE_YEARS for m in self.months):
+            expiry = self.last_trade_day(year, month)
+            yield _listing(offset + index, self.symbol, primary_exchange=self.exchange, long_name=self.long_name,
+                           sec_type="FUT", exchange=self.exchange, trading_class=self.symbol,
+                           min_tick=self.min_tick, time_zone_id="US/Central", stock_type="",
+                           local_symbol=f"{self.symbol}{MONTH_CODES[month]}{year % 10}",
+                           last_trade_date=f"{expiry:%Y%m%d}", month=f"{year}{month:02d}",
+                           last_trade_time=self.last_trade_time, multiplier=self.multiplier,
+                           venues=(self.exchange, "QBALGO"), first_trade=expiry - FUTURE_HISTORY, level=self.level)
+
+
+ES = FutureRoot("ES", "CME", "E-mini S&P 500", "50", 0.25, QUARTERLY, third_friday, EQUITY_INDEX_LAST_TRADE,
+                5000.0)
+NQ = FutureRoot("NQ", "CME", "E-mini NASDAQ 100", "20", 0.25, QUARTERLY, third_friday, EQUITY_INDEX_LAST_TRADE,
+                17500.0)
+CL = FutureRoot("CL", "NYMEX", "Light Sweet Crude Oil", "1000", 0.01, MONTHLY, crude_last_trade, time(14, 30), 75.0)
+"""WTI crude oil: 1,000 barrels, quoted in dollars a barrel to the cent, a contract every month."""
 
 
 LISTINGS: tuple[Instrument, ...] = (
     _listing(1, "SAP", primary_exchange="IBIS", long_name="SAP SE", isin="DE0007164600", currency="EUR",
              trading_class="XETRA", time_zone_id="MET", venues=("SMART", "IBIS", "TGATE", "GETTEX"),
-             hours=(XETRA, XETRA), first_trade=HISTORY_START, level=180.0),
+             first_trade=HISTORY_START, level=180.0),
     _listing(2, "7203", primary_exchange="TSEJ", long_name="TOYOTA MOTOR CORP", isin="JP3633400001",
              currency="JPY", trading_class="7203", min_tick=0.5, time_zone_id="Japan", venues=("SMART", "TSEJ"),
-             hours=(TOKYO, TOKYO), first_trade=HISTORY_START, level=2800.0),
+             first_trade=HISTORY_START, level=2800.0),
     _listing(3, "SHOP", primary_exchange="NYSE", long_name="SHOPIFY INC - CLASS A", isin="CA82509L1076",
              trading_class="SHOP", venues=ROUTABLE_EXCHANGES, first_trade=HISTORY_START, level=75.0),
     _listing(4, "SHOP", primary_exchange="TSE", long_name="SHOPIFY INC - CLASS A", isin="CA82509L1076",
              currency="CAD", trading_class="SHOP", time_zone_id="America/Toronto", venues=("SMART", "TSE"),
-             hours=(TORONTO, TORONTO),
              first_trade=HISTORY_START, level=100.0),
     _listing(5, "EUR", primary_exchange="IDEALPRO", long_name="European Monetary Union Euro", sec_type="CASH",
              exchange="IDEALPRO", trading_class="EUR.USD", min_tick=0.00005, local_symbol="EUR.USD",
-             stock_type="", venues=("IDEALPRO",), hours=(IDEALPRO, IDEALPRO), first_trade=HISTORY_START,
-             level=1.08, price_scale=1000.0),
+             stock_type="", venues=("IDEALPRO",), first_trade=HISTORY_START, level=1.08, price_scale=1000.0),
     _listing(6, "USD", primary_exchange="IDEALPRO", long_name="US Dollar", sec_type="CASH", currency="JPY",
              exchange="IDEALPRO", trading_class="USD.JPY", min_tick=0.005, local_symbol="USD.JPY", stock_type="",
-             venues=("IDEALPRO",), hours=(IDEALPRO, IDEALPRO), first_trade=HISTORY_START, level=150.0),
+             venues=("IDEALPRO",), first_trade=HISTORY_START, level=150.0),
     _listing(7, "SPX", primary_exchange="CBOE", long_name="S&P 500 Stock Index", sec_type="IND", exchange="CBOE",
              trading_class="", time_zone_id="US/Central", stock_type="", venues=("CBOE",),
-             hours=(CBOE_INDEX, CBOE_INDEX_LIQUID), first_trade=HISTORY_START, level=5000.0),
+             first_trade=HISTORY_START, level=5000.0),
     _listing(8, "VIX", primary_exchange="CBOE", long_name="CBOE Volatility Index", sec_type="IND",
              exchange="CBOE", trading_class="", time_zone_id="US/Central", stock_type="", venues=("CBOE",),
-             hours=(CBOE_INDEX, CBOE_INDEX_LIQUID), first_trade=HISTORY_START, level=15.0),
-    *quarterly_futures("ES", 100, "E-mini S&P 500", "50", 5000.0),
-    *quarterly_futures("NQ", 200, "E-mini NASDAQ 100", "20", 17500.0),
+             first_trade=HISTORY_START, level=15.0),
+    *ES.contracts(100),
+    *NQ.contracts(200),
+    *CL.contracts(300),
 )
 """The instruments beyond US stocks; SHOP is the symbol listed twice (NYSE in USD, Toronto in CAD), so
 `Stock('SHOP', 'SMART')` without a currency is ambiguous, as with the real TWS."""

@@ -83,7 +83,7 @@ def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: Backt
     symbol's bars, in the given order: the parameters, then `METRIC_COLUMNS`."""
     base = grid_base(spec, base)
     combinations = spec.combinations() if combinations is None else list(combinations)
-    annual = annualization(bar_size, base.bars_per_session)
+    annual = annualization(bar_size, base.bars_per_session, base.terms.calendar, base.use_rth)
     _check_bars(bars, bar_size)
     strategies = [spec.strategy_for(combination) for combination in combinations]
     longest = max(strategies, key=lambda s: s.warmup_bars, default=None)
@@ -164,7 +164,7 @@ def _target_columns(bars: pl.DataFrame, strategies: list[Strategy], base: Backte
     n = bars.height
     if base.exits.active:
         high, low = (np.ascontiguousarray(bars[c].to_numpy(), dtype=np.float64) for c in ("high", "low"))
-        session_end, next_session_end, days = _sessions(bars, base.exits)
+        session_end, next_session_end, days = _sessions(bars, base.exits, base.terms.calendar)
         exits = realism.ExitSettings.of(base.exits)
     padded = -(-n // 8) * 8  # whole uint64 words per row
     per_group = max(1, TARGETS_BYTES // padded)
@@ -287,14 +287,14 @@ def _run_exits(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.n
                               targets.view(np.uint64), rows, settings, exits, commission, sizing, BLOCK_BARS)
 
 
-def _sessions(bars: pl.DataFrame, rules: ExitRules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sessions(bars: pl.DataFrame, rules: ExitRules, calendar: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`exits.sessions` for `realism.exits_grid` (whether each bar ends its session, the first session end at or
     after it, the days to the next session), computed only for the options that read sessions: reading the time
     zone's dates is most of an exits grid's time on a million bars."""
     n = bars.height
     if not (rules.flatten_at_close or rules.borrow_fee_pct):
         return np.zeros(n, dtype=np.bool_), np.full(n, n, dtype=np.int64), np.ones(n, dtype=np.int64)
-    session_end, days = sessions(bars["ts"])
+    session_end, days = sessions(bars["ts"], calendar)
     ends = np.flatnonzero(session_end)
     return session_end, np.r_[ends, n][np.searchsorted(ends, np.arange(n))], days.astype(np.int64)
 
