@@ -1,14 +1,15 @@
 """Does one client's large historical answer stall the simulator's other clients? Client A asks for the largest
-answer the duration limits allow (68 Y of extended-hours daily bars: built from every generated minute since 2015)
-while client B times small round trips (reqCurrentTime and 30 one-minute bars, alternately).
+answer the duration limits allow (68 Y of extended-hours daily bars: built from every generated minute since 1980)
+while client B times small round trips in turn: the current time, contract details, a head timestamp, 30 one-minute
+bars, and a whole new connection (handshake, startApi and ib_async's start-up requests).
 
     .venv/bin/python bench/sim_latency.py [--duration "68 Y"] [--bar-size "1 day"] [--repeats 2]
 
 Three simulators in turn, each in its own process, and A in another (so neither the simulator's work nor A's
 decoding shares an interpreter lock or event loop with B): B alone (the idle baseline), then B beside A with every
-answer built on the event loop (the behaviour before large answers moved off it: `inline_answer_limit` beyond any
-window), then with the default limit (large answers on a worker thread). The goal: B answered within 50 ms while
-A's answer is built.
+answer built on the event loop (`inline_answer_limit` beyond any window), then with the default limit (large
+answers built in worker processes, `sim.answers`). The goal (issue 20): every one of B's round trips answered
+within 50 ms while A's answer is built.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ib_async import IB, Stock
+from ib_async.ib import StartupFetch
 
 from ibkr_flows.sim.server import INLINE_ANSWER_LIMIT, TWSSimulator
 
@@ -37,20 +39,23 @@ NEVER_OFF_LOOP = 10**15
 TRIP_GAP_S = 0.03
 """Between B's round trips: ib_async holds a client to 45 requests per second (a faster B would time its own
 throttle, not the simulator)."""
+KINDS = ("current time", "contract details", "head timestamp", "30 1-min bars", "new connection")
+IDLE_TRIPS = 50
 
 
 def _fixed_now() -> datetime:
     return NOW
 
 
-def _serve(inline_answer_limit: int, ports: multiprocessing.Queue) -> None:
+def _serve(inline_answer_limit: int, ports: multiprocessing.Queue, stop: Event) -> None:
     async def serve() -> None:
         sim = TWSSimulator(clock=_fixed_now, inline_answer_limit=inline_answer_limit)
         await sim.start()
         ports.put(sim.port)
-        await asyncio.Event().wait()
+        await asyncio.to_thread(stop.wait)
+        await sim.stop()
 
-    asyncio.run(serve())
+    asyncio.run(serve())  # then the worker processes end with the interpreter
 
 
 def _client_a(port: int, big: tuple[str, str], repeats: int, sent: Event, done: Event,
@@ -77,25 +82,39 @@ def _client_a(port: int, big: tuple[str, str], repeats: int, sent: Event, done: 
     asyncio.run(ask())
 
 
-async def _trips(port: int, sent: Event | None, done: Event | None) -> list[float]:
-    """B's round-trip latencies (s): while A's requests are out, or 40 of them when there is no A."""
+async def _trip(b: IB, port: int, kind: str, count: int) -> None:
+    if kind == "current time":
+        await b.reqCurrentTimeAsync()
+    elif kind == "contract details":
+        await b.reqContractDetailsAsync(SPY)
+    elif kind == "head timestamp":
+        await b.reqHeadTimeStampAsync(SPY, "TRADES", True, 2)
+    elif kind == "30 1-min bars":
+        await b.reqHistoricalDataAsync(SPY, MIDDAY, "1800 S", "1 min", "TRADES", True, formatDate=2)
+    else:
+        fresh = IB()
+        await fresh.connectAsync("127.0.0.1", port, clientId=100 + count, readonly=True, timeout=10,
+                                 fetchFields=StartupFetch.POSITIONS)
+        fresh.disconnect()
+
+
+async def _trips(port: int, sent: Event | None, done: Event | None) -> dict[str, list[float]]:
+    """B's round-trip latencies (s) per kind: while A's requests are out, or `IDLE_TRIPS` when there is no A."""
     b = IB()
     await b.connectAsync("127.0.0.1", port, clientId=2, readonly=True, timeout=10)
-    latencies: list[float] = []
+    latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
     try:
-        await b.reqCurrentTimeAsync()  # warm-up: the first request of a kind loads calendars, caches
-        await b.reqHistoricalDataAsync(SPY, MIDDAY, "1800 S", "1 min", "TRADES", True, formatDate=2)
-        count = 0
-        while (done is not None and not done.is_set()) or (done is None and count < 40):
+        for count, kind in enumerate(KINDS):  # warm-up: the first request of a kind loads calendars, caches
+            await _trip(b, port, kind, count)
+        count = len(KINDS)
+        while (done is not None and not done.is_set()) or (done is None and count < len(KINDS) + IDLE_TRIPS):
             if sent is not None and not sent.is_set():
                 await asyncio.sleep(0.005)
                 continue
+            kind = KINDS[count % len(KINDS)]
             started = time.perf_counter()
-            if count % 2:
-                await b.reqHistoricalDataAsync(SPY, MIDDAY, "1800 S", "1 min", "TRADES", True, formatDate=2)
-            else:
-                await b.reqCurrentTimeAsync()
-            latencies.append(time.perf_counter() - started)
+            await _trip(b, port, kind, count)
+            latencies[kind].append(time.perf_counter() - started)
             count += 1
             await asyncio.sleep(TRIP_GAP_S)
     finally:
@@ -104,11 +123,12 @@ async def _trips(port: int, sent: Event | None, done: Event | None) -> list[floa
 
 
 def _run_variant(limit: int, big: tuple[str, str] | None, repeats: int
-                 ) -> tuple[list[float], list[tuple[float, int]]]:
+                 ) -> tuple[dict[str, list[float]], list[tuple[float, int]]]:
     """B's latencies and A's (answer time, bars) per large request, against a fresh simulator process."""
     ports: multiprocessing.Queue = multiprocessing.Queue()
     results: multiprocessing.Queue = multiprocessing.Queue()
-    server = multiprocessing.Process(target=_serve, args=(limit, ports), daemon=True)
+    stop = multiprocessing.Event()
+    server = multiprocessing.Process(target=_serve, args=(limit, ports, stop))  # a daemon could not start workers
     server.start()
     try:
         port = ports.get(timeout=30)
@@ -121,8 +141,11 @@ def _run_variant(limit: int, big: tuple[str, str] | None, repeats: int
         client.join()
         return latencies, [results.get() for _ in range(repeats)]
     finally:
-        server.terminate()
-        server.join()
+        stop.set()
+        server.join(30)
+        if server.is_alive():
+            server.terminate()
+            server.join()
 
 
 def main() -> None:
@@ -134,16 +157,19 @@ def main() -> None:
     big = (args.bar_size, args.duration)
 
     print(f"sim latency: client A asks {args.duration} of '{args.bar_size}' ETH bars ({args.repeats}x); client B's "
-          f"round trips (current time / 30 one-minute bars) meanwhile")
-    print(f"  {'simulator':34} {'B trips':>8} {'B worst':>9} {'B median':>9} {'A answer':>9} {'A bars':>7}")
+          f"round trips meanwhile ({' / '.join(KINDS)})")
+    print(f"  {'simulator':34} {'B trips':>8} {'B worst':>9} {'B median':>9} {'A answer':>9} {'A bars':>7}  "
+          f"B worst per kind (ms)")
     for label, limit, large in (("B alone (idle baseline)", INLINE_ANSWER_LIMIT, None),
                                 ("built on the loop (before)", NEVER_OFF_LOOP, big),
                                 ("large answers off the loop (after)", INLINE_ANSWER_LIMIT, big)):
-        latencies, answers = _run_variant(limit, large, args.repeats)
+        by_kind, answers = _run_variant(limit, large, args.repeats)
+        latencies = [t for trips in by_kind.values() for t in trips]
         answer = f"{max(t for t, _ in answers):8.2f}s" if answers else f"{'-':>9}"
         bars = answers[-1][1] if answers else "-"
+        kinds = ", ".join(f"{kind} {max(trips) * 1000:.1f}" for kind, trips in by_kind.items() if trips)
         print(f"  {label:34} {len(latencies):8d} {max(latencies) * 1000:7.1f}ms "
-              f"{statistics.median(latencies) * 1000:7.1f}ms {answer} {bars:>7}")
+              f"{statistics.median(latencies) * 1000:7.1f}ms {answer} {bars:>7}  {kinds}")
 
 
 if __name__ == "__main__":

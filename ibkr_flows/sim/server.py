@@ -36,10 +36,10 @@ log = logging.getLogger("ibkr.sim")
 HANDSHAKE_TIMEOUT = 10.0
 """Seconds a new connection has to send its greeting and startApi before it is dropped: TWS does not hold a
 socket open for a client that connected and said nothing."""
-INLINE_ANSWER_LIMIT = 50_000
+INLINE_ANSWER_LIMIT = 20_000
 """Base bars (minutes, or seconds for sizes under a minute) a historical answer may span and still be built on
-the event loop: a month of minutes, ~15 ms. Longer windows (years of daily bars: seconds of work) go to a worker
-thread so other clients keep being answered."""
+the event loop: two weeks of minutes, under 10 ms. Longer windows (years of daily bars: seconds of work) are built
+in worker processes (`sim.answers`) so other clients keep being answered."""
 
 
 class TWSSimulator:
@@ -70,8 +70,8 @@ class TWSSimulator:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.handshake_timeout = handshake_timeout
         self.inline_answer_limit = inline_answer_limit
-        """Historical answers spanning more base bars than this are built on a worker thread (see
-        `handlers.historical.off_loop_if_large`)."""
+        """Historical answers spanning more base bars than this are built in a worker process (see
+        `handlers.historical.answer_is_small`)."""
         self.counters = Counters()
         self.pacing = PacingMonitor(time_scale=self.faults.time_scale)
         self._server: asyncio.Server | None = None

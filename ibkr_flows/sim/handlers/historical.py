@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-import polars as pl
 
 from ibkr_flows.ib.codes import HMDS_PREFIX, ErrorCode
 from ibkr_flows.ib.historical import (
@@ -31,17 +28,15 @@ from ibkr_flows.ib.instruments import REFUSED_WHAT_TO_SHOW, InstrumentClass
 from ibkr_flows.ib.message_ids import ServerMessage
 from ibkr_flows.ib.pacing_rules import hard_limits_apply
 from ibkr_flows.ib.sessions import bar_start, session_bounds, sessions_before
-from ibkr_flows.ib.wire import encode_frame
 from ibkr_flows.sim import messages as msg
-from ibkr_flows.sim.bad_bars import inject_bad_bars
-from ibkr_flows.sim.bars import InvalidBarSize, as_listed, request_window, series_calendar
+from ibkr_flows.sim.answers import AnswerJob, historical_answer, latest_bar, off_loop
+from ibkr_flows.sim.bars import InvalidBarSize, request_window, series_calendar
 from ibkr_flows.sim.handlers.contracts import include_expired, resolve
 from ibkr_flows.sim.pacing import PacedRequest
 from ibkr_flows.sim.requests import (
     HeadTimestampRequest,
     HistoricalRequest,
     format_bar_time,
-    format_header_time,
     parse_end_datetime,
 )
 from ibkr_flows.sim.universe import Instrument
@@ -49,8 +44,6 @@ from ibkr_flows.sim.universe import Instrument
 if TYPE_CHECKING:
     from ibkr_flows.sim.server import TWSSimulator
     from ibkr_flows.sim.session import Session
-
-T = TypeVar("T")
 
 log = logging.getLogger("ibkr.sim")
 
@@ -193,24 +186,14 @@ async def _answer_historical(session: Session, req: HistoricalRequest, expired: 
         return
     if sim.as_of is not None:  # living on an earlier day: the later bars do not exist yet
         end = min(end, now)
-    as_of = sim.adjustment_day()
     oldest = oldest_available(req.bar_size, now)
     first = max(start, oldest) if oldest else start
-    bad_bars = sim.faults.bad_bars
-    injected: list[dict[str, Any]] = []
-
-    def answer() -> bytes | None:
-        """The encoded HISTORICAL_DATA frame, or None for an empty window: the whole costly part, which touches
-        nothing the event loop uses (corruptions are recorded in `injected`, merged on the loop)."""
-        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, first, end,
-                                             as_of), inst)
-        if bars.is_empty():
-            return None
-        bars = inject_bad_bars(inst.symbol, req, bars, bad_bars, injected)
-        return encode_frame(_historical_fields(req, start, end, bars, sim.tws_zone))  # one format in every version
-
+    job = AnswerJob(inst, req, start, first, end, sim.adjustment_day(), sim.faults.bad_bars, sim.tws_zone)
     try:
-        frame = await off_loop_if_large(sim, req.bar_size, first, end, answer)
+        if answer_is_small(sim, req.bar_size, first, end):
+            frame, injected = historical_answer(sim.bar_source, job)
+        else:
+            frame, injected = await off_loop(sim.bar_source, historical_answer, job)
     except (InvalidBarSize, ValueError) as exc:
         session.send(msg.error(req.req_id, msg.invalid_request(str(exc))))
         return
@@ -223,16 +206,14 @@ async def _answer_historical(session: Session, req: HistoricalRequest, expired: 
         await _stream_updates(session, req, inst)
 
 
-async def off_loop_if_large(sim: TWSSimulator, bar_size: str, start: datetime, end: datetime,
-                            work: Callable[[], T]) -> T:
-    """Run `work` (building, and encoding, the bars of [start, end)) on the loop when the window is small, else on
-    a worker thread: one event loop serves every client, and years of daily bars are millions of generated
-    minutes (seconds of work) during which every other client would wait, even for the current time. Small answers
-    stay inline: no thread hop, and never queued in the executor behind a big one."""
+def answer_is_small(sim: TWSSimulator, bar_size: str, start: datetime, end: datetime) -> bool:
+    """Whether the bars of [start, end) are built on the event loop: a window of at most `inline_answer_limit`
+    base bars (minutes, or seconds for sizes under a minute), a few milliseconds of work. Larger ones go to a
+    worker process (`answers.off_loop`): one event loop serves every client, and years of daily bars are millions
+    of generated minutes (seconds of work) during which every other client would wait, even for the current time.
+    Small answers stay inline: no process hop, and never queued behind a big one."""
     native = timedelta(seconds=1) if BAR_SIZES[bar_size] < timedelta(minutes=1) else timedelta(minutes=1)
-    if (end - start) / native <= sim.inline_answer_limit:
-        return work()
-    return await asyncio.to_thread(work)
+    return (end - start) / native <= sim.inline_answer_limit
 
 
 async def _stream_updates(session: Session, req: HistoricalRequest, inst: Instrument) -> None:
@@ -262,12 +243,10 @@ async def _current_bar(session: Session, req: HistoricalRequest, inst: Instrumen
         close = session_bounds(days[-1], req.use_rth, calendar)[1]
         start = bar_start(min(now, close) - timedelta(microseconds=1), step, req.use_rth, calendar)
 
-    def latest() -> dict[str, Any] | None:
-        bars = as_listed(sim.bar_source.bars(inst.series, req.bar_size, req.what_to_show, req.use_rth, start, now,
-                                             sim.adjustment_day()), inst)
-        return bars.row(-1, named=True) if bars.height else None
-
-    return await off_loop_if_large(sim, req.bar_size, start, now, latest)
+    args = (inst, req, start, now, sim.adjustment_day())
+    if answer_is_small(sim, req.bar_size, start, now):
+        return latest_bar(sim.bar_source, *args)
+    return await off_loop(sim.bar_source, latest_bar, *args)
 
 
 def _update_fields(req: HistoricalRequest, bar: dict[str, Any], zone: ZoneInfo) -> list[object]:
@@ -277,18 +256,3 @@ def _update_fields(req: HistoricalRequest, bar: dict[str, Any], zone: ZoneInfo) 
     return [int(ServerMessage.HISTORICAL_DATA_UPDATE), req.req_id, bar["count"],
             format_bar_time(bar["ts"], daily, req.format_date, zone),
             bar["open"], bar["close"], bar["high"], bar["low"], bar["wap"], bar["volume"]]
-
-
-def _historical_fields(req: HistoricalRequest, start: datetime, end: datetime, bars: pl.DataFrame,
-                       zone: ZoneInfo) -> list[object]:
-    """The HISTORICAL_DATA frame: header (request id, window, bar count), then eight fields per bar."""
-    daily = BAR_SIZES[req.bar_size] >= timedelta(days=1)
-    fields: list[object] = [
-        ServerMessage.HISTORICAL_DATA, req.req_id, format_header_time(start, zone), format_header_time(end, zone),
-        bars.height,
-    ]
-    for ts, o, h, low, c, v, wap, count in bars.select(
-        "ts", "open", "high", "low", "close", "volume", "wap", "count"
-    ).iter_rows():
-        fields += [format_bar_time(ts, daily, req.format_date, zone), o, h, low, c, v, wap, count]
-    return fields
