@@ -9,13 +9,16 @@ Three simulators in turn, each in its own process, and A in another (so neither 
 decoding shares an interpreter lock or event loop with B): B alone (the idle baseline), then B beside A with every
 answer built on the event loop (`inline_answer_limit` beyond any window), then with the default limit (large
 answers built in worker processes, `sim.answers`). The goal (issue 20): every one of B's round trips answered
-within 50 ms while A's answer is built.
+within 50 ms while A's answer is built. B's garbage collector is held off during each timed trip (it collects in
+between): a gen-2 pass in B (~50 ms, ib_async's clients are cyclic garbage) would otherwise be the worst "new
+connection", a pause of the client, not of the simulator.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import statistics
 import sys
@@ -112,9 +115,11 @@ async def _trips(port: int, sent: Event | None, done: Event | None) -> dict[str,
                 await asyncio.sleep(0.005)
                 continue
             kind = KINDS[count % len(KINDS)]
+            gc.disable()  # B's own collections run between trips: a gen-2 pass over B's objects takes ~50 ms
             started = time.perf_counter()
             await _trip(b, port, kind, count)
             latencies[kind].append(time.perf_counter() - started)
+            gc.enable()
             count += 1
             await asyncio.sleep(TRIP_GAP_S)
     finally:

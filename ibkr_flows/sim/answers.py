@@ -23,11 +23,12 @@ import multiprocessing
 import multiprocessing.util
 import os
 import pickle
+import sys
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -149,17 +150,33 @@ def _prints_as_python(bars: pl.DataFrame) -> bool:
 async def off_loop(source: BarSource, fn: Callable[..., T], *args: Any) -> T:
     """`fn(source, *args)` in a worker process (`fn` a module-level function, the arguments picklable), or on a
     worker thread when `source` cannot be rebuilt in another process or this process may not start any (a
-    daemonic `multiprocessing` process)."""
+    daemonic `multiprocessing` process). Jobs are handed to the pool from `_SUBMITTER`'s thread: a submit may
+    start a worker (a fork, and the new interpreter's imports, ~1 CPU-second), which so starts at low priority
+    and off the loop."""
     recipe = None if multiprocessing.current_process().daemon else source_recipe(source)
     if recipe is not None:
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(_pool(), _in_worker, recipe, fn, args)
+            job = await loop.run_in_executor(_SUBMITTER, functools.partial(_pool().submit, _in_worker, recipe, fn,
+                                                                           args))
+            return await asyncio.wrap_future(job)
         except BrokenProcessPool:  # a worker died (killed, out of memory): a new pool next time, a thread now
             _discard_pool()
         except RuntimeError as exc:  # the interpreter is shutting down: no new work for the pool
             if "shutdown" not in str(exc):
                 raise
     return await asyncio.to_thread(fn, source, *args)
+
+
+def _lower_priority() -> None:
+    """This thread (on Linux, where niceness is per thread; elsewhere the whole process: then left alone), and
+    whatever it starts, at `WORKER_NICENESS`."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+
+
+_SUBMITTER = ThreadPoolExecutor(1, thread_name_prefix="sim-answer-submitter", initializer=_lower_priority)
 
 
 _RECIPES: weakref.WeakKeyDictionary[Any, bytes | None] = weakref.WeakKeyDictionary()
@@ -229,9 +246,9 @@ def _discard_pool(*, wait: bool = False) -> None:
 def _worker_started() -> None:
     """A worker yields the CPU to the simulator (`WORKER_NICENESS`) and ends with the process that started it,
     however that ends (a terminated simulator leaves none)."""
-    if hasattr(os, "nice"):
+    if hasattr(os, "setpriority"):
         with contextlib.suppress(OSError):
-            os.nice(WORKER_NICENESS)
+            os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICENESS)  # started niced on Linux; elsewhere from here
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), name="exit-with-parent", daemon=True).start()
