@@ -6,15 +6,22 @@ Each runner runs the flow in its own process (as a deployment would), against on
 (in ephemeral mode every Dask worker would start a server of its own), with a result store of its own, so no run
 finds another's cached chunks. Runs:
 - threads: `IBKR_GRID_RUNNER=threads`, 2 threads in the flow's process;
-- dask (temporary cluster): `IBKR_GRID_RUNNER=dask`, the flow starts a LocalCluster of 2 workers and stops it;
-- dask (running cluster): a LocalCluster of 2 single-thread workers started here first (its start-up timed apart),
-  the flow on it through `IBKR_DASK_ADDRESS`; afterwards each worker says how long its numba warm-up took
-  (`tasks.grid.kernel_warmup_s`: compile, or load from numba's on-disk cache);
-- dask (running cluster, again): the same flow once more on the same cluster (a result store of its own, so it
-  computes every chunk again), with workers that have imported the project and warmed numba: what a deployment
-  on a standing cluster sees from its second run on.
-Printed per run: the flow's wall time (from the call to its return, in its process) and the process's wall time
-(with Python and Prefect start-up), then the ratios dask / threads (< 1: Dask is faster).
+- dask, temporary cluster: `IBKR_GRID_RUNNER=dask`, the flow starts a LocalCluster of 2 workers and stops it;
+- dask, standing: a LocalCluster of 2 single-thread workers started here first (its start-up timed apart), the
+  flow on it through `IBKR_DASK_ADDRESS`, twice: in the 1st run the scheduler (in this process) imports Prefect
+  and the flow to unpickle the first tasks, and the workers import the project and warm numba inside their first
+  chunks; the 2nd run finds all that done (what a deployment on a standing cluster sees from its second run on);
+- dask, standing+preload: the same with the scheduler and workers started with the grid's preload
+  (`flows.grid_preload`: imports, and every kernel warmed at worker start, timed apart as
+  part of the cluster's start-up), so that its 1st run is already warm. Its scheduler's imports are cheap here
+  because the standing cluster before it left them in this process.
+After each standing cluster's 1st run, each worker says where its numba warm-ups happened (`tasks.grid.
+kernel_warmups`: compile, or load from numba's on-disk cache; at "worker start" or before a "first chunk").
+Printed per run: the flow's run time as Prefect records it (Running to Completed), its wall time (from the call to
+its return, in its process: besides the run, the engine's set-up and the join of Prefect's heartbeat thread, which
+sleeps in 1 s steps from the flow's start, so the call returns on the next whole second of the flow's life: wall
+times come in 1 s steps and only the run time compares runners finely) and the process's wall time (with Python
+and Prefect start-up), then the ratios dask / threads (< 1: Dask is faster).
 `--cold` gives every run an empty NUMBA_CACHE_DIR, so each process compiles (threads: once, in the flow's process;
 Dask: once per worker).
 Run: `.venv/bin/python bench/grid_dask.py [--symbols 4] [--bars 100000] [--chunks 4] [--folds N] [--cold]`.
@@ -31,6 +38,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -46,12 +54,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = ["AAPL", "MSFT", "SPY", "QQQ", "IWM", "NVDA", "AMZN", "META"]
 RUN_FLOW = """
 import json, sys, time
+from prefect.client.orchestration import get_client
 from flows.grid import backtest_grid
 from ibkr_flows.backtest.request import GridRequest
 request = GridRequest.model_validate_json(sys.argv[1])
 started = time.perf_counter()
-reports = backtest_grid(request=request, data_dir=sys.argv[2])
-print("RESULT", json.dumps({"flow_s": time.perf_counter() - started,
+state = backtest_grid(request=request, data_dir=sys.argv[2], return_state=True)
+flow_s = time.perf_counter() - started
+reports = state.result()
+with get_client(sync_client=True) as client:
+    run = client.read_flow_run(state.state_details.flow_run_id)
+print("RESULT", json.dumps({"flow_s": flow_s, "run_s": (run.end_time - run.start_time).total_seconds(),
                             "best": {s: r.best_params for s, r in reports.items()}}))
 """
 
@@ -111,60 +124,82 @@ def main() -> None:
             def numba_env(name: str) -> dict[str, str]:
                 return {"NUMBA_CACHE_DIR": str(work / f"numba-{name}")} if args.cold else {}
 
-            runs = {"threads": run_flow(env, request.model_dump_json(), location, work, "threads",
+            request_json = request.model_dump_json()
+            runs = {"threads": run_flow(env, request_json, location, work, "threads",
                                         {"IBKR_GRID_RUNNER": "threads", "IBKR_GRID_THREADS": "2",
                                          **numba_env("threads")})}
-            runs["dask (temporary cluster)"] = run_flow(
-                env, request.model_dump_json(), location, work, "dask-temporary",
+            runs["dask, temporary cluster"] = run_flow(
+                env, request_json, location, work, "dask-temporary",
                 {"IBKR_GRID_RUNNER": "dask", "IBKR_DASK_WORKERS": "2", **numba_env("dask-temporary")})
-            warmups, cluster_s = running_cluster_run(env, request.model_dump_json(), location, work, runs,
-                                                     numba_env("dask-running"))
+            clusters = {name: standing_cluster_runs(env, request_json, location, work, runs, name,
+                                                    numba_env(name.replace("+", "-")))
+                        for name in ("standing", "standing+preload")}
         best = {name: run.pop("best") for name, run in runs.items()}
         same = all(b == best["threads"] for b in best.values())
-        print(f"\n{'runner':28} {'flow s':>8} {'process s':>10}")
+        print(f"\n{'runner':34} {'run s':>7} {'flow s':>8} {'process s':>10}")
         for name, run in runs.items():
-            print(f"{name:28} {run['flow_s']:8.2f} {run['process_s']:10.2f}")
+            print(f"{name:34} {run['run_s']:7.2f} {run['flow_s']:8.2f} {run['process_s']:10.2f}")
         threads = runs["threads"]
         for name, run in runs.items():
             if name != "threads":
-                print(f"ratio {name} / threads: flow {run['flow_s'] / threads['flow_s']:.2f}, "  # type: ignore[operator]
-                      f"process {run['process_s'] / threads['process_s']:.2f}")  # type: ignore[operator]
-        print(f"running cluster start-up (not in its run): {cluster_s:.2f} s")
-        print("numba warm-up per worker (running cluster): "
-              + ", ".join(f"{w}: {s:.2f} s" if s is not None else f"{w}: no chunk" for w, s in warmups.items()))
+                print(f"ratio {name} / threads: "
+                      + ", ".join(f"{kind} {run[f'{kind}_s'] / threads[f'{kind}_s']:.2f}"  # type: ignore[operator]
+                                  for kind in ("run", "flow", "process")))
+        for name, cluster in clusters.items():
+            scheduler = (f"; the scheduler's preload imported in {cluster['scheduler']['imports_s']:.2f} s (this "
+                         "process's)" if cluster["scheduler"] else "")
+            print(f"{name} cluster start-up (not in its runs): {cluster['start_s']:.2f} s{scheduler}")
+            for worker, preload in cluster["preload"].items():
+                warm = cluster["warmups"][worker].get(("sma_crossover", False))
+                print(f"  {worker}: " + (f"preload imports {preload['imports_s']:.2f} s, every kernel warmed in "
+                                         f"{preload['warmup_s']:.2f} s; " if preload else "")
+                      + (f"the grid's kernels warmed in {warm['seconds']:.2f} s at {warm['at']}" if warm else
+                         "the grid's kernels never warmed (no chunk)"))
         print(f"same best cells on every runner: {same}")
 
 
-def running_cluster_run(env: dict[str, str], request_json: str, location: TableLocation, work: Path,
-                        runs: dict[str, dict[str, object]], numba: dict[str, str]) -> tuple[dict[str, float | None],
-                                                                                          float]:
-    """A LocalCluster started here (workers inherit this environment: the server's URL, the numba cache), the
-    flow on it, then each worker's numba warm-up time."""
+def standing_cluster_runs(env: dict[str, str], request_json: str, location: TableLocation, work: Path,
+                          runs: dict[str, dict[str, object]], name: str, numba: dict[str, str]) -> dict[str, Any]:
+    """A LocalCluster started here (workers inherit this environment: the server's URL, the numba cache; with
+    the grid's preload for "standing+preload"), the flow on it twice, and what each worker says after the 1st run:
+    its preload's parts and its numba warm-ups."""
     from dask.distributed import Client, LocalCluster
 
+    from flows.grid_preload import PRELOAD
+
     saved = dict(os.environ)
-    os.environ.update({**env, "PYTHONPATH": str(ROOT), "PREFECT_LOCAL_STORAGE_PATH": str(work / "dask-running"),
-                       **numba})
+    os.environ.update({**env, "PYTHONPATH": str(ROOT), **numba})
     try:
         started = time.perf_counter()
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
-            cluster_s = time.perf_counter() - started
+        preload = [PRELOAD] if name.endswith("preload") else []
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, preload=preload,
+                          scheduler_kwargs={"preload": preload}) as cluster, Client(cluster) as client:
+            start_s = time.perf_counter() - started
             on_cluster = {"IBKR_GRID_RUNNER": "dask", "IBKR_DASK_ADDRESS": cluster.scheduler_address, **numba}
-            runs["dask (running cluster)"] = run_flow(env, request_json, location, work, "dask-running", on_cluster)
-            warmups = client.run(_worker_warmup)
-            runs["dask (running cluster, again)"] = run_flow(env, request_json, location, work, "dask-running-again",
-                                                             on_cluster)
+            folder = name.replace("+", "-")
+            runs[f"dask, {name}: 1st run"] = run_flow(env, request_json, location, work, folder, on_cluster)
+            report = {"start_s": start_s, "preload": client.run(_worker_preload),
+                      "warmups": client.run(_worker_warmups), "scheduler": client.run_on_scheduler(_worker_preload)}
+            runs[f"dask, {name}: 2nd run"] = run_flow(env, request_json, location, work, f"{folder}-again",
+                                                      on_cluster)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return warmups, cluster_s
+    return report
 
 
-def _worker_warmup() -> float | None:
+def _worker_preload() -> dict[str, float]:  # also the scheduler's, run there
+    from flows import grid_preload
+
+    return grid_preload.startup
+
+
+def _worker_warmups() -> dict[tuple[str, bool], dict[str, object]]:
+    import dataclasses
+
     import tasks.grid
 
-    return tasks.grid.kernel_warmup_s
+    return {key: dataclasses.asdict(w) for key, w in tasks.grid.kernel_warmups.items()}
 
 
 if __name__ == "__main__":

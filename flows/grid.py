@@ -20,6 +20,7 @@ from storage.location import TableLocation
 from tasks.grid import (
     BarsSeries,
     BarsSlice,
+    grid_spec,
     load_grid_bars,
     publish_grid,
     remember_bars,
@@ -31,8 +32,12 @@ from tasks.grid import (
 def grid_task_runner() -> TaskRunner:
     """Threads by default (numba and polars release the GIL; two cores, two threads). `IBKR_GRID_RUNNER=dask`
     selects prefect-dask: `IBKR_DASK_ADDRESS=tcp://host:8786` for an existing cluster (its workers need this
-    project importable and PREFECT_API_URL set), otherwise a temporary LocalCluster. Read when the flow module is
-    imported, so a deployment sets it in its work pool's environment."""
+    project importable and PREFECT_API_URL set; started with the preload `flows.grid_preload`,
+    its scheduler and workers have imported the flow and warmed numba before the first grid), otherwise a
+    temporary LocalCluster. The temporary cluster does without the preload: its workers would import and warm at
+    start instead of in their first chunks, no faster (measured), and with an empty numba cache they would compile
+    every kernel instead of the grid's. Read when the flow module is imported, so a deployment sets it in its work
+    pool's environment."""
     if os.environ.get("IBKR_GRID_RUNNER", "threads") != "dask":
         return ThreadPoolTaskRunner(max_workers=int(os.environ.get("IBKR_GRID_THREADS", "2")))
     from prefect_dask import DaskTaskRunner
@@ -58,12 +63,12 @@ def backtest_grid(
     Every symbol's chunks of every slice (in-sample, walk-forward blocks) are submitted before any is awaited, so
     the task runner always has work: symbols fan out as well as chunks."""
     location = TableLocation.at(data_dir)
-    spec, symbols = request.spec(), request.grid_symbols
-    terms = read_contract_terms(location, list(symbols))
+    spec, symbols = grid_spec(request), request.grid_symbols  # the chunks' own, in this process
     first, version = load_grid_bars(request, location, symbols[0], request.table_version)
     bars = {symbols[0]: first}  # the first read pins the table version for the others
     for symbol in symbols[1:]:
         bars[symbol], _ = load_grid_bars(request, location, symbol, version)
+    terms = read_contract_terms(location, list(symbols))  # after the bars: missing bars are the error to report
     batches = spec.chunks(request.chunks)
     pending: dict[tuple[str, int, int], list[PrefectFuture[pl.DataFrame]]] = {}
     for symbol in symbols:
@@ -72,7 +77,7 @@ def backtest_grid(
         for rows in grid_slices(bars[symbol].height, spec, request.holdout, request.folds):
             train = bars[symbol].slice(rows.start, len(rows))
             pending[(symbol, rows.start, len(rows))] = submit_chunks(
-                BarsSlice(series, rows.start, len(rows)), train, spec, request.config(terms=terms[symbol]), batches)
+                BarsSlice(series, rows.start, len(rows)), train, request.config(terms=terms[symbol]), batches)
     progress = create_progress_artifact(0.0, key="grid-progress", description=f"{spec.size} combinations x "
                                         f"{len(symbols)} symbol(s)")
     done, total = 0, len(pending) * len(batches)
@@ -84,8 +89,7 @@ def backtest_grid(
             futures = pending.pop((symbol, offset, train.height), None)
             if futures is None:  # a slice `grid_slices` did not foresee: submitted now rather than wrong
                 futures = submit_chunks(BarsSlice(BarsSeries(location, request, symbol, version), offset,
-                                                  train.height), train, spec, request.config(terms=terms[symbol]),
-                                        batches)
+                                                  train.height), train, request.config(terms=terms[symbol]), batches)
             parts = []
             for future in futures:
                 parts.append(future.result())

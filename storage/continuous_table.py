@@ -12,12 +12,14 @@ the earlier builds.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import polars as pl
 
 from storage.errors import BarsSchemaError
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import conform, replace_where, scan, try_open
+from storage.tables import conform, current_version, replace_where, scan, try_open
 
 TABLE_NAME = "continuous"
 IB_CONTFUT_RULE = "ib-contfut"
@@ -78,14 +80,35 @@ def replace_series(location: TableLocation, frame: pl.DataFrame) -> int:
                          what="continuous series replace")
 
 
-def read_series(location: TableLocation, series: dict[str, object], *, version: int | None = None
-                ) -> pl.DataFrame:
-    """One stored series, oldest bar first; empty (in the table's schema) when none is stored."""
+def read_series(location: TableLocation, series: dict[str, object], *, version: int | None = None,
+                start: datetime | None = None, end: datetime | None = None) -> pl.DataFrame:
+    """One stored series (bars from `start`, before `end`, when given), oldest bar first; empty (in the table's
+    schema) when none is stored."""
     path = continuous_path(location)
     if try_open(path) is None:
         return pl.DataFrame(schema=CONTINUOUS_SCHEMA)
     lazy = scan(path, version).filter(*(pl.col(name) == series[name] for name in SERIES_COLUMNS))
+    if start is not None:
+        lazy = lazy.filter(pl.col("ts") >= start)
+    if end is not None:
+        lazy = lazy.filter(pl.col("ts") < end)
     return lazy.sort("ts").collect()
+
+
+def stored_bar_sizes(location: TableLocation, series: dict[str, object]) -> list[str]:
+    """The bar sizes stored of `series` (its `SERIES_COLUMNS` but `bar_size`), sorted."""
+    path = continuous_path(location)
+    if try_open(path) is None:
+        return []
+    keys = [name for name in SERIES_COLUMNS if name != "bar_size"]
+    sizes = (scan(path).filter(*(pl.col(name) == series[name] for name in keys)).select("bar_size").unique()
+             .collect())
+    return sorted(sizes["bar_size"].to_list())
+
+
+def continuous_version(location: TableLocation) -> int | None:
+    """The table's latest version (None before the first series is stored): what a backtest pins its reads to."""
+    return current_version(continuous_path(location))
 
 
 def _literal(value: object) -> str:

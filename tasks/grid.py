@@ -9,8 +9,10 @@ a chunk never retries (a failure there is in the data or the parameters).
 A chunk is not handed the bars: it gets a `BarsSlice` (which series at which table version, which rows) and the
 process that runs it reads that series once and keeps it (`series_bars`). On threads the flow's own read is
 reused; on Dask each worker reads each symbol once instead of unpickling the bars with every chunk. Each process
-also warms the numba kernels once (`warm_kernels`), timed, so a worker's compile (or on-disk cache load) is seen
-apart from its chunks."""
+also warms the numba kernels a chunk needs once (`warm_kernels`), timed, so a worker's compile (or on-disk cache
+load) is seen apart from its chunks; a Dask worker started with the preload (`flows.grid_preload`)
+has warmed every built-in kernel before its first task (`warm_every_kernel`). `kernel_warmups` records each warm-up
+and when it happened."""
 
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -32,13 +35,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
+from ibkr_flows.backtest.continuous_bars import is_continuous
 from ibkr_flows.backtest.engine import BacktestConfig
+from ibkr_flows.backtest.exits import ExitRules
 from ibkr_flows.backtest.grid import Combination, GridReport, GridSpec, evaluate_grid
 from ibkr_flows.backtest.grid.publish import grid_markdown, grid_symbols_markdown, heatmap_png
 from ibkr_flows.backtest.grid.store import store_grid_reports
 from ibkr_flows.backtest.report import format_value
 from ibkr_flows.backtest.request import GridRequest
 from ibkr_flows.backtest.runner import code_version, load_bars
+from ibkr_flows.backtest.strategies import STRATEGIES
+from storage.continuous_table import continuous_path
 from storage.location import TableLocation
 from tasks.retry import PUBLISH_POLICY, READ_POLICY, STORE_POLICY
 
@@ -71,11 +78,25 @@ class BarsSlice:
     length: int
 
 
+@dataclass(frozen=True)
+class KernelWarmup:
+    """One numba warm-up in this process: the kernels of `strategy` (with realism options if `exits`), how long it
+    took (compile, or load from numba's on-disk cache, wait for another process's warm-up included), and when: at
+    "worker start" (`warm_every_kernel`, the Dask preload) or before a "first chunk" (`warm_kernels`)."""
+
+    strategy: str
+    exits: bool
+    seconds: float
+    at: Literal["worker start", "first chunk"]
+
+
 _series_memo: dict[str, pl.DataFrame] = {}
 _series_lock = threading.Lock()
+_spec_memo: dict[str, GridSpec] = {}
+_spec_lock = threading.Lock()
 _warm_lock = threading.Lock()
-kernel_warmup_s: float | None = None
-"""This process's numba warm-up time (compile, or load from the on-disk cache); None until its first chunk."""
+kernel_warmups: dict[tuple[str, bool], KernelWarmup] = {}
+"""This process's warm-ups by (strategy, realism options on): a chunk whose kernels are here runs warm."""
 
 
 def remember_bars(series: BarsSeries, bars: pl.DataFrame) -> None:
@@ -113,20 +134,55 @@ def _one_warmup_per_machine() -> Iterator[None]:
 
 
 def warm_kernels(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: BacktestConfig,
-                 combination: Combination) -> float:
-    """Run one combination on a short head of the bars once per process, so numba compiles (or loads its cache)
-    here, timed, and not inside the first chunk; returns this process's warm-up seconds (lock wait included)."""
-    global kernel_warmup_s
+                 combination: Combination) -> KernelWarmup:
+    """Run one combination on a short head of the bars once per process and kernel, so numba compiles (or loads
+    its cache) here, timed, and not inside the first chunk; nothing to do when the kernels are already warm (an
+    earlier chunk, or the preload at worker start)."""
     with _warm_lock:
-        if kernel_warmup_s is None:
-            started = time.perf_counter()
-            with _one_warmup_per_machine():
-                evaluate_grid(bars.head(min(bars.height, spec.max_warmup_bars + 50)), bar_size, spec, base,
-                              [combination])
-            kernel_warmup_s = time.perf_counter() - started
-            get_run_logger().info("numba kernels ready in this process in %.2f s (compile or on-disk cache load)",
-                                  kernel_warmup_s)
-        return kernel_warmup_s
+        warmup = kernel_warmups.get((spec.strategy, base.exits.active))
+        if warmup is None:
+            warmup = _warm_up(bars.head(min(bars.height, spec.max_warmup_bars + 50)), bar_size, spec, base,
+                              combination, "first chunk")
+            get_run_logger().info("numba kernels of %s ready in this process in %.2f s (compile or on-disk cache "
+                                  "load)", spec.strategy, warmup.seconds)
+        return warmup
+
+
+def warm_every_kernel() -> list[KernelWarmup]:
+    """Every registered strategy's kernels, without and with realism options (a stop-loss), on synthetic bars with
+    the default costs: what a Dask worker's preload runs at start, so that no chunk compiles. Returns the warm-ups
+    done now (none for kernels already warm)."""
+    done = []
+    with _warm_lock:
+        for name in STRATEGIES:
+            spec = GridSpec(name, {})  # the strategy's defaults: one combination
+            bars = _synthetic_bars(spec.max_warmup_bars + 50)
+            for exits in (ExitRules(), ExitRules(stop_loss_pct=2.0)):
+                if (name, exits.active) not in kernel_warmups:
+                    done.append(_warm_up(bars, "1 min", spec, BacktestConfig(name, exits=exits),
+                                         spec.combinations()[0], "worker start"))
+    return done
+
+
+def _warm_up(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: BacktestConfig, combination: Combination,
+             at: Literal["worker start", "first chunk"]) -> KernelWarmup:
+    """One combination evaluated, timed and recorded in `kernel_warmups` (the caller holds `_warm_lock`)."""
+    started = time.perf_counter()
+    with _one_warmup_per_machine():
+        evaluate_grid(bars, bar_size, spec, base, [combination])
+    warmup = KernelWarmup(spec.strategy, base.exits.active, time.perf_counter() - started, at)
+    kernel_warmups[(spec.strategy, base.exits.active)] = warmup
+    return warmup
+
+
+def _synthetic_bars(n: int) -> pl.DataFrame:
+    """`n` one-minute bars of a seeded random walk, enough for every strategy to trade (and so to compile)."""
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.002, n)))
+    start = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    return pl.DataFrame({"ts": pl.datetime_range(start, start + timedelta(minutes=n - 1), "1m", eager=True,
+                                                 time_zone="UTC"),
+                         "open": np.r_[100.0, close[:-1]], "high": close * 1.001, "low": close * 0.998,
+                         "close": close, "volume": 1000.0})
 
 
 @task(name="load-grid-bars", cache_policy=NO_CACHE, **READ_POLICY)
@@ -146,25 +202,41 @@ def chunk_key(_context: Any, parameters: dict[str, Any]) -> str:
 
 @task(name="evaluate-grid-chunk", task_run_name="{symbol}: grid chunk of {combinations_count} combinations",
       cache_key_fn=chunk_key, cache_expiration=timedelta(days=7), persist_result=True)
-def evaluate_chunk(bars: BarsSlice, bar_size: str, spec: GridSpec, base: BacktestConfig,
-                   combinations: list[Combination], combinations_count: int, *, symbol: str, bars_id: str,
-                   spec_id: str) -> pl.DataFrame:
+def evaluate_chunk(bars: BarsSlice, bar_size: str, base: BacktestConfig, combinations: list[Combination],
+                   combinations_count: int, *, symbol: str, bars_id: str, spec_id: str) -> pl.DataFrame:
+    spec = grid_spec(bars.series.request)
     train = series_bars(bars.series).slice(bars.offset, bars.length)
     warm_kernels(train, bar_size, spec, base, combinations[0])
     return evaluate_grid(train, bar_size, spec, base, combinations)
 
 
-def submit_chunks(bars: BarsSlice, train: pl.DataFrame, spec: GridSpec, base: BacktestConfig,
-                  batches: list[list[Combination]]) -> list[PrefectFuture[pl.DataFrame]]:
-    """Every chunk of combinations on `train` (the rows `bars` names) to the task runner; the cache names the
-    slice by its table version, series and first/last bar instead of hashing it."""
+def grid_spec(request: GridRequest) -> GridSpec:
+    """The request's grid, built once per process (every combination validated: ~20 ms for 174 pairs). A chunk
+    finds it through its bars' request rather than carrying it: a GridSpec holds one strategy per combination,
+    which Prefect (looking for futures), Dask (hashing a task key) and pickle would walk with every chunk, ~10 ms
+    of the flow's time per chunk submitted."""
+    key = request.model_dump_json(include={"strategy", "grid", "rank_by"})
+    with _spec_lock:
+        spec = _spec_memo.get(key)
+        if spec is None:
+            spec = _spec_memo[key] = request.spec()
+        return spec
+
+
+def submit_chunks(bars: BarsSlice, train: pl.DataFrame, base: BacktestConfig, batches: list[list[Combination]]
+                  ) -> list[PrefectFuture[pl.DataFrame]]:
+    """Every chunk of combinations of the request's grid on `train` (the rows `bars` names) to the task runner;
+    the cache names the slice by its table version, series and first/last bar instead of hashing it."""
     series = bars.series
-    bars_id = (f"{series.location.bars}@{series.version}|"
-               f"{series.request.model_dump_json(include={'what_to_show', 'use_rth'})}|{series.symbol}|"
+    table = continuous_path(series.location) if is_continuous(series.symbol) else series.location.bars
+    bars_id = (f"{table}@{series.version}|"
+               f"{series.request.model_dump_json(include={'what_to_show', 'use_rth', 'roll', 'roll_adjust'})}|"
+               f"{series.symbol}|"
                f"{train['ts'].min()}..{train['ts'].max()} ({train.height} bars)")
+    spec = grid_spec(series.request)
     spec_id = repr((spec.strategy, dict(spec.params), spec.rank_by))
-    return [evaluate_chunk.submit(bars, series.request.bar_size, spec, base, batch, len(batch),
-                                  symbol=series.symbol, bars_id=bars_id, spec_id=spec_id) for batch in batches]
+    return [evaluate_chunk.submit(bars, series.request.bar_size, base, batch, len(batch), symbol=series.symbol,
+                                  bars_id=bars_id, spec_id=spec_id) for batch in batches]
 
 
 @task(name="publish-grid", cache_policy=NO_CACHE, **PUBLISH_POLICY)
@@ -176,7 +248,7 @@ def publish_grid(reports: dict[str, GridReport], request: GridRequest, *, table_
     for symbol, report in reports.items():
         heatmap = heatmap_png(report.results, x, y, report.rank_by) if {x, y} <= set(report.results.columns) else None
         sections[symbol] = grid_markdown(
-            report, symbol=symbol, table_version=table_version, adjust=request.adjust, code_version=code_version(),
+            report, symbol=symbol, data=request.data_text(symbol, table_version), code_version=code_version(),
             run_id=run_id, heatmap=heatmap, heatmap_axes=(x, y), heading="#" if len(reports) == 1 else "##")
     tried = sum(r.combinations_tried for r in reports.values())
     first = next(iter(reports.values()))

@@ -1,6 +1,6 @@
-"""The grid flow on Dask (prefect-dask, a temporary LocalCluster) against a real `prefect server` on loopback,
-with the same results as on threads. A real server because in ephemeral mode every Dask worker process would
-start a Prefect server of its own."""
+"""The grid flow on Dask (prefect-dask: a temporary LocalCluster, and a standing one started with the grid's worker
+preload) against a real `prefect server` on loopback, with the same results as on threads. A real server because
+in ephemeral mode every Dask worker process would start a Prefect server of its own."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from flows.grid_preload import PRELOAD
 from storage.bars_table import merge_bars
 from storage.grid_results_table import read_grid_results
 from storage.location import TableLocation
@@ -64,13 +65,13 @@ def _seed_symbol(location: TableLocation, symbol: str, con_id: int, seed: int) -
     }, schema={**BAR_COLUMNS, **LINEAGE_COLUMNS}))
 
 
-def _run(env: dict[str, str], runner: str, location: TableLocation) -> dict[str, object]:
+def _run(env: dict[str, str], runner: str, location: TableLocation, **extra: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", RUN_GRID, START.isoformat(), (START + timedelta(days=3)).isoformat(),
          str(location.root)],
         cwd=ROOT, env={**env, "IBKR_GRID_RUNNER": runner, "PREFECT_LOGGING_LEVEL": "WARNING",
                        # a result store per runner: Dask computes its chunks instead of finding the threads' cached
-                       "PREFECT_LOCAL_STORAGE_PATH": str(location.root / f"results-{runner}")},
+                       "PREFECT_LOCAL_STORAGE_PATH": str(location.root / f"results-{runner}"), **extra},
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))[7:])
@@ -92,3 +93,41 @@ def test_grid_on_a_dask_local_cluster_equals_threads(prefect_server: dict[str, s
     first, second = (results.filter(run_id=r).select(metrics).sort("symbol", "params") for r in runs)
     assert first.equals(second) and first.height == 18
     assert first.group_by("symbol").agg(pl.col("rank").max())["rank"].to_list() == [9, 9]
+
+
+def test_a_cluster_started_with_the_grid_preload_is_warm_before_its_first_task(
+        prefect_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started with `flows.grid_preload` have warmed every built-in kernel at start,
+    before any task (their `tasks.grid.kernel_warmups`, marked "worker start"); a grid run on that cluster (through
+    IBKR_DASK_ADDRESS, as a deployment on a standing cluster) warms nothing more in its chunks and equals threads."""
+    from dask.distributed import Client, LocalCluster
+
+    for name, value in prefect_server.items():  # the workers' environment: the server, a Prefect home
+        monkeypatch.setenv(name, value)
+    location = TableLocation(tmp_path)
+    _seed(location)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, preload=[PRELOAD],
+                      scheduler_kwargs={"preload": [PRELOAD]}) as cluster, Client(cluster) as client:
+        assert set(client.run_on_scheduler(_preload_startup)) == {"imports_s"}  # the scheduler imports, no more
+        at_start = client.run(_kernel_warmups)
+        assert len(at_start) == 2
+        for warmups in at_start.values():
+            assert ("sma_crossover", False) in warmups and ("rsi_reversion", True) in warmups
+            assert {warmup.at for warmup in warmups.values()} == {"worker start"}
+        dask = _run(prefect_server, "dask", location, IBKR_DASK_ADDRESS=cluster.scheduler_address)
+        assert client.run(_kernel_warmups) == at_start  # no chunk had a kernel to warm
+    threads = _run(prefect_server, "threads", location)
+    assert (threads.pop("runner"), dask.pop("runner")) == ("ThreadPoolTaskRunner", "DaskTaskRunner")
+    assert threads == dask and threads["tried"] == {"AAPL": 9, "MSFT": 9}
+
+
+def _kernel_warmups() -> dict[tuple[str, bool], object]:
+    import tasks.grid
+
+    return dict(tasks.grid.kernel_warmups)
+
+
+def _preload_startup() -> dict[str, float]:
+    from flows import grid_preload
+
+    return dict(grid_preload.startup)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from ibkr_flows.backtest.continuous_bars import is_continuous, root_and_exchange
+from ibkr_flows.backtest.errors import BacktestError
 from storage.instruments_table import read_instruments
 from storage.location import TableLocation
 
@@ -90,6 +92,11 @@ class ContractTerms:
 US_STOCK = ContractTerms()
 
 
+class UnknownTermsError(BacktestError):
+    """An instrument whose terms cannot be defaulted (a future is no US stock) and which the instruments table
+    does not know."""
+
+
 def read_contract_terms(location: TableLocation, symbols: Sequence[str]) -> dict[str, ContractTerms]:
     """The terms of each instrument stored under one of `symbols` (instrument ids, e.g. `FUT:ES@CME:202503`), from
     the instruments table (read once); a symbol the table does not know is a US stock."""
@@ -102,6 +109,8 @@ def terms_from_instruments(instruments: pl.DataFrame, symbol: str) -> ContractTe
     contracts of a continuous series, whose terms are the same), or a US stock without one. The calendar is the
     one ingestion planned the bars on: the listing's (`calendar_for`), NYSE's for a listing none is known for."""
     rows = instruments.filter(pl.col("instrument_id") == symbol)
+    if is_continuous(symbol):
+        rows = continuous_contracts(instruments, symbol)
     if rows.is_empty():
         return ContractTerms(symbol=symbol)
     row = rows.sort("last_updated").row(-1, named=True)
@@ -115,6 +124,20 @@ def terms_from_instruments(instruments: pl.DataFrame, symbol: str) -> ContractTe
         calendar=listing_calendar(row["sec_type"] or "STK", row["exchange"] or "", row["primary_exchange"] or "",
                                   row["time_zone_id"] or ""),
     )
+
+
+def continuous_contracts(instruments: pl.DataFrame, symbol: str) -> pl.DataFrame:
+    """The dated contracts of a continuous future (`CONTFUT:ES@CME`): every contract of a root shares its terms,
+    and a continuous series has no row of its own (IB describes it as its front contract)."""
+    root, exchange = root_and_exchange(symbol)
+    rows = instruments.filter(pl.col("sec_type") == "FUT", pl.col("symbol") == root,
+                              (pl.col("exchange") == exchange) | (pl.col("primary_exchange") == exchange))
+    if rows.is_empty():
+        raise UnknownTermsError(f"no dated {root} future on {exchange} in the instruments table, so {symbol}'s "
+                                f"multiplier and tick are unknown. Fix: ingest the series again "
+                                f"(`ibkr data ingest {symbol}` records its front contract) or one of its dated "
+                                f"contracts (FUT:{root}@{exchange}:YYYYMM)")
+    return rows
 
 
 def listing_calendar(sec_type: str, exchange: str, primary_exchange: str, time_zone_id: str) -> str:

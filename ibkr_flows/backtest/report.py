@@ -16,7 +16,6 @@ HEADLINE = ("total_return_pct", "buy_and_hold_return_pct", "annualized_return_pc
 """Metrics in the order a reader scans them; the rest (start, end, bars, annualization) go in the header."""
 
 
-ADJUST_WORDS = {"none": "as traded", "splits": "split-adjusted", "total": "split- and dividend-adjusted"}
 
 
 def format_value(name: str, value: Any) -> str:
@@ -76,8 +75,8 @@ def run_markdown(run: BacktestRun, charts: dict[str, bytes] | None = None) -> st
         f"{'regular hours' if r.use_rth else 'extended hours'}",
         f"- **Range asked**: {r.start:%Y-%m-%d %H:%M} → {r.end:%Y-%m-%d %H:%M} UTC; "
         f"**bars read**: {first.bars} ({first.start:%Y-%m-%d %H:%M} → {first.end:%Y-%m-%d %H:%M})",
-        f"- **Data**: bars table version {run.table_version}, prices: {r.adjust} "
-        f"({ADJUST_WORDS[r.adjust]}) · **code**: {run.code_version} · run `{run.run_id}`",
+        f"- **Data**: {r.data_text(r.symbols[0], run.table_version)} · **code**: {run.code_version} · run "
+        f"`{run.run_id}`",
         f"- **Costs**: {r.commission}{f' {r.commission_rate:.4%}' if r.commission == 'percent' else ''}, "
         f"slippage {r.slippage_bps:g} bps · sizing {r.sizing} · {r.mode} · cash {r.cash:,.0f}",
         f"- **Fills**: signal on bar close, fill at the next bar's open; entry on the {r.entry}; a position open at "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ibkr_flows.backtest.continuous_bars import is_continuous, root_and_exchange, series_key
 from ibkr_flows.backtest.contract_terms import US_STOCK, ContractTerms
 from ibkr_flows.backtest.costs import (
     CommissionModel,
@@ -24,6 +25,7 @@ from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
 from ibkr_flows.backtest.exits import ExitRules
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 from ibkr_flows.backtest.strategies.base import Entry
+from ibkr_flows.continuous.rules import RollRule
 from ibkr_flows.ib.historical import BarSize, WhatToShow
 
 if TYPE_CHECKING:
@@ -34,6 +36,9 @@ CommissionName = Literal["auto", "ibkr_fixed", "ibkr_tiered", "percent", "none"]
 SizingName = Literal["all_in", "fixed_shares", "fixed_fraction"]
 Adjust = Literal["none", "splits", "total"]
 """Which prices a backtest reads: `backtest.adjust`."""
+ADJUST_WORDS = {"none": "as traded", "splits": "split-adjusted", "total": "split- and dividend-adjusted"}
+RollAdjust = Literal["none", "difference", "ratio"]
+"""A rolled continuous series' back-adjustment (`continuous.rules.Adjustment`)."""
 DEFAULT_START = datetime(2024, 7, 1, tzinfo=UTC)
 DEFAULT_END = datetime(2024, 7, 13, tzinfo=UTC)
 DEFAULT_GRID: dict[str, Any] = {"fast_period": {"start": 5, "stop": 50, "step": 5},
@@ -83,10 +88,20 @@ class BacktestSettings(BaseModel):
                                    "overnight holding)")
     borrow_fee_pct: float = Field(0.0, ge=0, description="Annual short-borrow fee, percent of the short's value, "
                                   "charged daily")
-    table_version: int | None = Field(None, ge=0, description="Read this version of the bars table (time "
-                                      "travel); empty = the latest")
+    table_version: int | None = Field(None, ge=0, description="Read this version of the bars table (of the "
+                                      "continuous table for continuous futures): time travel; empty = the latest")
     adjust: Adjust = Field("splits", description="Prices as traded (none), adjusted for splits (splits: what IB "
                            "serves) or also for dividends (total), from the corporate_actions table")
+    roll: str | None = Field(None, description="For continuous futures (CONTFUT:ES@CME): the roll rule of the "
+                             "project's own series built by `ibkr data roll` (days:N or volume); empty = IB's own "
+                             "CONTFUT series")
+    roll_adjust: RollAdjust = Field("none", description="With `roll`: the back-adjustment the series was built "
+                                    "with (none, difference, ratio)")
+
+    @field_validator("roll")
+    @classmethod
+    def _roll(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else str(RollRule.parse(value))  # the stored text
 
     @field_validator("start", "end")
     @classmethod
@@ -101,6 +116,9 @@ class BacktestSettings(BaseModel):
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is not before end {self.end:%Y-%m-%d %H:%M}")
         if self.start > datetime.now(UTC):
             raise ValueError(f"start {self.start:%Y-%m-%d %H:%M} is in the future: no bars can exist yet")
+        if self.roll is None and self.roll_adjust != "none":
+            raise ValueError(f"roll_adjust={self.roll_adjust} needs a roll rule (roll=days:5 or volume): IB's own "
+                             "CONTFUT series is stored as IB serves it")
         if self.adjust != "splits" and self.what_to_show != "TRADES":
             raise ValueError(f"adjust={self.adjust} applies to TRADES bars only ({self.what_to_show} bars are read "
                              f"as stored): use adjust=splits, or what_to_show=TRADES")
@@ -134,9 +152,42 @@ class BacktestSettings(BaseModel):
                          trailing_stop_pct=self.trailing_stop_pct, flatten_at_close=self.flatten_at_close,
                          borrow_fee_pct=self.borrow_fee_pct)
 
+    def check_symbols(self, symbols: tuple[str, ...]) -> None:
+        """Continuous futures come from their own table, whose version `table_version` pins: a request reads
+        continuous series only or other instruments only; a roll rule applies to continuous futures only."""
+        continuous = [s for s in symbols if is_continuous(s)]
+        if continuous and len(continuous) < len(symbols):
+            others = ", ".join(s for s in symbols if not is_continuous(s))
+            raise ValueError(f"{', '.join(continuous)} read the continuous table and {others} the bars table: one "
+                             "run pins one table's version, so backtest them in separate runs")
+        if self.roll is not None and not continuous:
+            raise ValueError(f"roll={self.roll} applies to continuous futures (e.g. CONTFUT:ES@CME), not to "
+                             f"{', '.join(symbols)}")
+
+    def series_key(self, symbol: str) -> dict[str, object]:
+        """The continuous table's key of a continuous future's series in this request."""
+        return series_key(symbol, self.bar_size, self.what_to_show, self.use_rth, self.roll, self.roll_adjust)
+
+    def data_text(self, symbol: str, table_version: int) -> str:
+        """What a run read, for its reports: the table and version, and which prices."""
+        if not is_continuous(symbol):
+            return f"bars table version {table_version}, prices: {self.adjust} ({ADJUST_WORDS[self.adjust]})"
+        series = (f"rolled {self.roll}, adjustment {self.roll_adjust}, rolls charged" if self.roll is not None
+                  else "IB's CONTFUT series (its rolls unknown: none charged)")
+        return f"continuous table version {table_version}, {series}"
+
     def ingest_hint(self, symbol: str) -> str:
-        """The command that would fetch the missing bars."""
+        """The command that would fetch (or, for a rolled continuous series, build) the missing bars."""
         session = "--rth" if self.use_rth else "--eth"
+        if is_continuous(symbol) and self.roll is not None:
+            root, exchange = root_and_exchange(symbol)
+            return (f"ibkr data roll {root} --exchange {exchange} --rule {self.roll} --adjust {self.roll_adjust} "
+                    f"--bar-size '{self.bar_size}' --what-to-show {self.what_to_show} {session}   # after "
+                    f"ingesting its dated contracts (FUT:{root}@{exchange}:YYYYMM) over the range")
+        if is_continuous(symbol):  # IB serves it only up to now: no end date
+            days = max(1, (datetime.now(UTC) - self.start).days + 1)
+            return (f"ibkr data ingest {symbol} --bar-size '{self.bar_size}' --what-to-show {self.what_to_show} "
+                    f"{session} --lookback-days {days}")
         return (f"ibkr data ingest {symbol} --bar-size '{self.bar_size}' --what-to-show {self.what_to_show} "
                 f"{session} --start '{self.start:%Y-%m-%d %H:%M:%S}' --end '{self.end:%Y-%m-%d %H:%M:%S}'")
 
@@ -156,6 +207,7 @@ class BacktestRequest(BacktestSettings):
     @model_validator(mode="after")
     def _strategy(self) -> Self:
         self.config()  # strategy name, parameters, cash, mode, costs: all checked before any data is read
+        self.check_symbols(self.symbols)
         return self
 
     def config(self, params: dict[str, Any] | None = None, terms: ContractTerms = US_STOCK) -> BacktestConfig:
@@ -227,6 +279,7 @@ class GridRequest(BacktestSettings):
         from ibkr_flows.backtest.grid.evaluate import grid_base  # loads numba, like `spec`
 
         grid_base(self.spec(), self.config())  # a fixed parameter must be a one-value grid axis
+        self.check_symbols(self.grid_symbols)
         return self
 
     def spec(self) -> GridSpec:

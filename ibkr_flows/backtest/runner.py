@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from ibkr_flows.backtest.adjust import adjust_bars
+from ibkr_flows.backtest.continuous_bars import is_continuous, read_continuous
 from ibkr_flows.backtest.contract_terms import US_STOCK, ContractTerms, read_contract_terms
 from ibkr_flows.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 from ibkr_flows.backtest.errors import NoBarsError
@@ -79,15 +80,22 @@ class BacktestRun:
 
 
 class MissingBarsError(NoBarsError):
-    """No stored bars for a symbol in the range; the message carries the ingest command that would fetch them."""
+    """No stored bars for a symbol in the range; the message carries the command that would fetch them (or, for
+    a rolled continuous future, build them)."""
 
-    def __init__(self, request: BacktestSettings, symbol: str, version: int) -> None:
+    def __init__(self, request: BacktestSettings, symbol: str, version: int | None) -> None:
         super().__init__(symbol, request.start, request.end, request.bar_size)
         self.version = version
+        self.table = "continuous" if is_continuous(symbol) else "bars"
+        self.series = request.series_key(symbol) if is_continuous(symbol) else None
         self.hint = request.ingest_hint(symbol)
 
     def __str__(self) -> str:
-        return f"{super().__str__()} (bars table version {self.version}); fetch them with:\n  {self.hint}"
+        at = "nothing stored yet" if self.version is None else f"version {self.version}"
+        series = (f", series rule {self.series['rule']} adjustment {self.series['adjustment']}" if self.series
+                  else "")
+        verb = "build" if self.series and self.series["rule"] != "ib-contfut" else "fetch"
+        return f"{super().__str__()} ({self.table} table {at}{series}); {verb} them with:\n  {self.hint}"
 
 
 def grid_config(location: TableLocation, request: GridRequest) -> BacktestConfig:
@@ -99,7 +107,13 @@ def grid_config(location: TableLocation, request: GridRequest) -> BacktestConfig
 def load_bars(location: TableLocation, request: BacktestSettings, symbol: str, version: int | None
               ) -> tuple[pl.DataFrame, int]:
     """The symbol's bars at `version` (None: the latest), with prices as `request.adjust` asks (`adjust`), its
-    corporate actions dated on its instrument's sessions."""
+    corporate actions dated on its instrument's sessions. A continuous future's come from the continuous table
+    (`continuous_bars`), `version` being that table's."""
+    if is_continuous(symbol):
+        bars, at = read_continuous(location, request.series_key(symbol), request.start, request.end, version)
+        if bars.is_empty() or at is None:
+            raise MissingBarsError(request, symbol, at)
+        return bars, at
     bars, read_version = read_bars(location, [symbol], columns=["ts", "open", "high", "low", "close", "volume"],
                                    bar_size=request.bar_size, start=request.start, end=request.end,
                                    what_to_show=request.what_to_show, use_rth=request.use_rth, version=version)
@@ -117,18 +131,19 @@ def run_request(request: BacktestRequest, location: TableLocation) -> BacktestRu
     """Backtest every symbol on one table version (pinned by the first read, so all symbols see the same data),
     each with its instrument's terms and, for `commission="auto"`, its class's commission model."""
     started = time.perf_counter()
-    terms = read_contract_terms(location, request.symbols)
     version = request.table_version
-    results = []
+    bars = {}
+    for symbol in request.symbols:
+        bars[symbol], version = load_bars(location, request, symbol, version)
+    terms = read_contract_terms(location, request.symbols)  # after the bars: missing bars are the error to report
     read_s, engine_s = time.perf_counter() - started, 0.0
+    results = []
     for symbol in request.symbols:
         started = time.perf_counter()
-        bars, version = load_bars(location, request, symbol, version)
-        read = time.perf_counter()
         config = request.config(terms=terms[symbol])
-        result = run_backtest(bars, request.bar_size, config)
+        result = run_backtest(bars[symbol], request.bar_size, config)
         results.append(SymbolBacktest(symbol, result, terms[symbol], commission_name(config.commission)))
-        read_s, engine_s = read_s + read - started, engine_s + time.perf_counter() - read
+        engine_s += time.perf_counter() - started
     assert version is not None
     return BacktestRun(run_id=uuid.uuid4().hex[:12], request=request, table_version=version,
                        code_version=code_version(), results=results, read_s=read_s, engine_s=engine_s)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ibkr_flows.backtest.continuous_bars import is_continuous, series_key
 from ibkr_flows.backtest.errors import BacktestError
 from storage.bars_catalog import stored_bar_sizes
+from storage.continuous_table import stored_bar_sizes as continuous_bar_sizes
 from storage.location import TableLocation
 
 
@@ -41,11 +43,16 @@ class BarSizeChoice:
 
 
 def choose_bar_size(location: TableLocation, given: str | None, symbols: Sequence[str], what_to_show: str,
-                    use_rth: bool) -> BarSizeChoice:
-    """`given` when the user named one; otherwise the single stored size, `AmbiguousBarSizeError` for several."""
+                    use_rth: bool, roll: str | None = None, roll_adjust: str = "none") -> BarSizeChoice:
+    """`given` when the user named one; otherwise the single stored size, `AmbiguousBarSizeError` for several.
+    Continuous futures' sizes are those of their series in the continuous table (`roll`, `roll_adjust`: which)."""
     if given is not None:
         return BarSizeChoice(given, "given")
-    sizes = stored_bar_sizes(location, list(symbols), what_to_show, use_rth)
+    if symbols and all(is_continuous(s) for s in symbols):
+        sizes = sorted({size for s in symbols for size in continuous_bar_sizes(
+            location, series_key(s, "", what_to_show, use_rth, roll, roll_adjust))})
+    else:
+        sizes = stored_bar_sizes(location, list(symbols), what_to_show, use_rth)
     if len(sizes) > 1:
         raise AmbiguousBarSizeError(series_text(symbols, what_to_show, use_rth), sizes)
     return BarSizeChoice(sizes[0] if sizes else None, "stored")

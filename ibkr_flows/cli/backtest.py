@@ -61,6 +61,12 @@ BorrowFeeOption = Annotated[float, typer.Option(help="Annual short-borrow fee, p
 AdjustOption = Annotated[str, typer.Option(help="Prices as traded (none), split-adjusted (splits) or also "
                                                 "dividend-adjusted (total, TRADES only), from recorded corporate "
                                                 "actions.")]
+RollOption = Annotated[str | None, typer.Option(help="For continuous futures (CONTFUT:ES@CME): read the project's "
+                                                   "own roll built by `ibkr data roll` with this rule (days:N or "
+                                                   "volume), charging each roll [default: IB's own CONTFUT "
+                                                   "series]")]
+RollAdjustOption = Annotated[str, typer.Option(help="With --roll: the back-adjustment the series was built with "
+                                                    "(none, difference, ratio).")]
 
 
 @backtest_app.command("run")
@@ -95,8 +101,11 @@ def run(
     trailing_stop: TrailingStopOption = None,
     flatten_at_close: FlattenOption = False,
     borrow_fee: BorrowFeeOption = 0.0,
-    table_version: Annotated[int | None, typer.Option(help="Read this bars-table version (time travel).")] = None,
+    table_version: Annotated[int | None, typer.Option(help="Read this version of the bars table (of the continuous "
+                                                           "table for continuous futures): time travel.")] = None,
     adjust: AdjustOption = "splits",
+    roll: RollOption = None,
+    roll_adjust: RollAdjustOption = "none",
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write the equity/drawdown chart(s) as PNG here.")] = None,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Append to the backtest_results table.")
@@ -134,8 +143,9 @@ def run(
             slippage_bps=slippage_bps, sizing=sizing, size=size, mode=mode, entry=entry, finalize=finalize,
             stop_loss_pct=stop_loss, take_profit_pct=take_profit, trailing_stop_pct=trailing_stop,
             flatten_at_close=flatten_at_close, borrow_fee_pct=borrow_fee, table_version=table_version,
-            adjust=adjust, **({} if bar_size is None else {"bar_size": bar_size}))
-        choice = choose_bar_size(location, bar_size, request.symbols, request.what_to_show, request.use_rth)
+            adjust=adjust, roll=roll, roll_adjust=roll_adjust, **({} if bar_size is None else {"bar_size": bar_size}))
+        choice = choose_bar_size(location, bar_size, request.symbols, request.what_to_show, request.use_rth,
+                                 request.roll, request.roll_adjust)
         if choice.bar_size is not None:  # none stored: the request's default, whose missing bars say how to ingest
             request = request.model_copy(update={"bar_size": choice.bar_size})
         if as_flow:
@@ -176,15 +186,18 @@ class Timings:
 
 
 def _print(run_, choice, timings: Timings, as_json: bool, console: Console) -> None:  # type: ignore[no-untyped-def]
+    from ibkr_flows.backtest.continuous_bars import is_continuous
     from ibkr_flows.backtest.metrics import metric_values
     from ibkr_flows.backtest.report import metric_rows
     from ibkr_flows.backtest.stored_bar_size import series_text
     from ibkr_flows.cli.json_output import strict_json
 
     request = run_.request
+    source = "continuous" if is_continuous(request.symbols[0]) else "bars"
     if as_json:
         payload = {
-            "run_id": run_.run_id, "bars_version": run_.table_version, "code_version": run_.code_version,
+            "run_id": run_.run_id, "bars_version": run_.table_version, "table": source,
+            "code_version": run_.code_version, "roll": request.roll, "roll_adjust": request.roll_adjust,
             "bar_size": request.bar_size, "adjust": request.adjust, "bar_size_source": choice.source,
             "execution_time_s": round(timings.total_s, 4),
             "timings_s": {"read": round(timings.read_s, 4), "engine": round(timings.engine_s, 4),
@@ -203,9 +216,10 @@ def _print(run_, choice, timings: Timings, as_json: bool, console: Console) -> N
         table.add_row(*row.values())
     console.print(table)
     console.print(choice.describe(series_text(request.symbols, request.what_to_show, request.use_rth)))
-    console.print(f"{first.bars} bars {first.start:%Y-%m-%d %H:%M} → {first.end:%Y-%m-%d %H:%M} UTC, bars table "
-                  f"version {run_.table_version}, prices adjusted: {request.adjust}; {first.annualization}",
-                  soft_wrap=True)
+    series = (f"continuous series rolled {request.roll}, adjustment {request.roll_adjust}" if request.roll
+              else "IB's continuous series" if source == "continuous" else f"prices adjusted: {request.adjust}")
+    console.print(f"{first.bars} bars {first.start:%Y-%m-%d %H:%M} → {first.end:%Y-%m-%d %H:%M} UTC, {source} table "
+                  f"version {run_.table_version}, {series}; {first.annualization}", soft_wrap=True)
     console.print(f"execution time: {timings.total_s:.3f} s (read {timings.read_s:.3f} s, engine "
                   f"{timings.engine_s:.3f} s, store {timings.store_s:.3f} s)")
 
@@ -255,7 +269,10 @@ def grid(
     flatten_at_close: FlattenOption = False,
     borrow_fee: BorrowFeeOption = 0.0,
     adjust: AdjustOption = "splits",
-    table_version: Annotated[int | None, typer.Option(help="Read this bars-table version.")] = None,
+    roll: RollOption = None,
+    roll_adjust: RollAdjustOption = "none",
+    table_version: Annotated[int | None, typer.Option(help="Read this version of the bars table (of the "
+                                                           "continuous table for continuous futures).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Data directory [env IBKR_DATA_DIR, ./data]")] = None,
     heatmap: Annotated[Path | None, typer.Option(
         help="Write the heatmap of the first two parameters here (PNG; several symbols: NAME-SYMBOL.png).")
@@ -294,15 +311,18 @@ def grid(
     location = TableLocation.at(data_dir)
     with exit_on_error(console):
         one = {"symbol": symbol[0]} if len(symbol) == 1 else {"symbols": symbol}
-        choice = choose_bar_size(location, bar_size, [s.strip().upper() for s in symbol], "TRADES", rth)
         request = GridRequest(strategy=strategy, **one, start=as_utc(start), end=as_utc(end),
                               grid=dict(_axis(r) for r in ranges) or DEFAULT_GRID, rank_by=rank_by,
                               holdout=holdout or None, folds=folds or None, use_rth=rth,
                               cash=cash, commission=commission, mode=mode, entry=entry, finalize=finalize,
                               stop_loss_pct=stop_loss, take_profit_pct=take_profit, trailing_stop_pct=trailing_stop,
                               flatten_at_close=flatten_at_close, borrow_fee_pct=borrow_fee, adjust=adjust,
-                              table_version=table_version,
-                              **({} if choice.bar_size is None else {"bar_size": choice.bar_size}))
+                              roll=roll, roll_adjust=roll_adjust, table_version=table_version,
+                              **({} if bar_size is None else {"bar_size": bar_size}))
+        choice = choose_bar_size(location, bar_size, request.grid_symbols, request.what_to_show, request.use_rth,
+                                 request.roll, request.roll_adjust)
+        if choice.bar_size is not None:
+            request = request.model_copy(update={"bar_size": choice.bar_size})
         symbols = request.grid_symbols
         if choice.source == "stored" and choice.bar_size is not None:
             console.print(choice.describe(series_text(list(symbols), request.what_to_show, request.use_rth)))

@@ -161,8 +161,7 @@ class _Run:
 
             every = await asyncio.gather(*(resolved(i) for i in r.instruments()))
             series = [s for s in every if isinstance(s, ResolvedSeries)]
-            dated = [s for s in series if not s.is_ib_continuous]  # a CONTFUT is its front contract's conId
-            await asyncio.to_thread(upsert_instruments, self.location, instrument_rows(dated, datetime.now(UTC)))
+            await asyncio.to_thread(upsert_instruments, self.location, instrument_rows(series, datetime.now(UTC)))
             self.report.quality_warnings += filter(None, (s.sessions_note(r.use_rth) for s in series))
 
             async def one(outcome: ResolvedSeries | SymbolReport) -> SymbolReport:

@@ -35,7 +35,7 @@ class ResolvedSeries:
     @property
     def is_ib_continuous(self) -> bool:
         """IB's continuous future (CONTFUT): described as its front contract (that conId), so its bars are stored
-        in the continuous table and it gets no row of its own in the instruments table."""
+        in the continuous table and the instruments table records it as that dated contract."""
         return self.sec_type == "CONTFUT"
 
     @property

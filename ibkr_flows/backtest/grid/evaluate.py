@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
-from ibkr_flows.backtest.engine import BacktestConfig, _check_bars, run_backtest
+from ibkr_flows.backtest.engine import CONTRACT_COLUMN, BacktestConfig, _check_bars, run_backtest
 from ibkr_flows.backtest.errors import BacktestError
 from ibkr_flows.backtest.exits import ExitRules, sessions
 from ibkr_flows.backtest.grid import charges, indicators, kernel, realism
@@ -90,8 +90,10 @@ def evaluate_grid(bars: pl.DataFrame, bar_size: str, spec: GridSpec, base: Backt
     if longest is not None and bars.height < longest.warmup_bars + 3:
         raise BacktestError(f"{longest} cannot trade on {bars.height} bars: it needs {longest.warmup_bars + 3} "
                             "(warm-up, a bar to decide on, one to fill on and one to exit on)")
-    # the kernel counts money as quantity x price: an instrument with a multiplier (a future) runs in the engine
-    rules = _kernel_rules(base.commission, base.sizing) if base.terms.multiplier == 1.0 else None
+    # the kernel counts money as quantity x price and knows no rolls: an instrument with a multiplier (a future) or
+    # bars that change contract (a rolled continuous series) run in the engine
+    compiled = base.terms.multiplier == 1.0 and CONTRACT_COLUMN not in bars.columns
+    rules = _kernel_rules(base.commission, base.sizing) if compiled else None
     if rules is not None and strategies and all(_is_plain_crossover(s) for s in strategies) and not base.exits.active:
         metrics = _crossover_columns(bars, typing.cast(list[AverageCrossover], strategies), base, *rules, annual)
     elif rules is not None and strategies:

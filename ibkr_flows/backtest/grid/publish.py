@@ -10,7 +10,7 @@ import polars as pl
 
 from ibkr_flows.backtest.grid.report import GridReport
 from ibkr_flows.backtest.metrics import Metrics
-from ibkr_flows.backtest.report import ADJUST_WORDS, format_value
+from ibkr_flows.backtest.report import format_value
 
 
 def heatmap_png(results: pl.DataFrame, x: str, y: str, metric: str) -> bytes:
@@ -72,10 +72,11 @@ def grid_symbols_markdown(reports: dict[str, GridReport], sections: dict[str, st
     return "\n".join([*lines, *["\n" + sections[symbol] for symbol in reports]])
 
 
-def grid_markdown(report: GridReport, *, symbol: str, table_version: int, adjust: str, code_version: str, run_id: str,
+def grid_markdown(report: GridReport, *, symbol: str, data: str, code_version: str, run_id: str,
                   heatmap: bytes | None = None, heatmap_axes: tuple[str, str] = ("", ""), heading: str = "#") -> str:
-    """`heatmap_axes` (x, y) name the heatmap in its alt text, which is what a screen reader or a broken image
-    shows; `heading` is the title's markdown level (`##` as a section of a multi-symbol summary)."""
+    """`data`: what the grid read (`BacktestSettings.data_text`). `heatmap_axes` (x, y) name the heatmap in its
+    alt text, which is what a screen reader or a broken image shows; `heading` is the title's markdown level (`##`
+    as a section of a multi-symbol summary)."""
     wf = report.walk_forward
     lines = [
         f"{heading} Grid `{report.strategy}` on {symbol}",
@@ -87,8 +88,7 @@ def grid_markdown(report: GridReport, *, symbol: str, table_version: int, adjust
         f"beats the luck of {report.combinations_tried} trials; Bailey & López de Prado 2014)",
         f"- **Plateau score**: {format_value('sharpe', report.plateau_score)} (neighbours' {report.rank_by} over the "
         "best cell's; near 1 = a plateau, near 0 or negative = an isolated peak)",
-        f"- **Data**: bars table version {table_version}, prices: {adjust} ({ADJUST_WORDS[adjust]}) · **code**: "
-        f"{code_version} · run `{run_id}`",
+        f"- **Data**: {data} · **code**: {code_version} · run `{run_id}`",
         "",
         "| sample | return | sharpe | max drawdown | trades | bars |",
         "|---|---|---|---|---|---|",
