@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 from abc import ABC, abstractmethod
-from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
@@ -93,9 +92,9 @@ class SessionCalendar(ABC):
         local = instant.astimezone(self.time_zone).replace(tzinfo=None)
         return (local + self.evening_open).date()
 
-    def grid_origin(self, day: date) -> datetime:
-        """Midnight of `day` in the exchange's time zone, in UTC: IB's intraday bars sit on clock multiples of
-        their size counted from it (a Globex 1-hour bar starts 18:00, 19:00, ... New York)."""
+    def midnight(self, day: date) -> datetime:
+        """Midnight starting `day` in the exchange's time zone, in UTC (a session opening the evening before opens
+        `evening_open` earlier)."""
         return datetime.combine(day, time(0), tzinfo=self.time_zone).astimezone(UTC)
 
     def sessions_between(self, start: datetime, end: datetime) -> list[date]:
@@ -249,14 +248,15 @@ def bar_spans(calendar: str, day: date, use_rth: bool) -> list[tuple[datetime, d
 
 
 def session_bar_count(calendar: str, day: date, use_rth: bool, step: timedelta) -> int:
-    """How many `step` bars IB has in one session: per span (`bar_spans`), the bars on the clock grid from the
-    exchange's midnight that the span covers, its first (possibly partial) bar starting at the span's start, as
-    `ib.sessions.bar_start` stamps a session's first bar (1-hour RTH bars on NYSE: 09:30, 10:00, ..., 15:00 -> 7)."""
-    cal = calendar_named(calendar)
+    """How many `step` bars IB has in one session: per span (`bar_spans`), the cells of the exchange's clock grid
+    (`ib.sessions.grid_offset`) that the span meets, its first (possibly partial) bar starting at the span's start,
+    as `ib.sessions.bar_start` stamps a session's first bar (1-hour RTH bars on NYSE: 09:30, 10:00, ..., 15:00 ->
+    7; 4-hour Globex bars: 18:00, 20:00, 00:00, ..., 16:00 New York -> 7, on a daylight-saving Sunday too)."""
+    zone = calendar_named(calendar).time_zone
     count = 0
     for start, end in bar_spans(calendar, day, use_rth):
-        origin = cal.grid_origin(start.astimezone(cal.time_zone).date())
-        count += -((origin - end) // step) - (start - origin) // step  # ceil(end) - floor(start), in steps
+        first_line = start - nyse.grid_offset(start, step, zone)
+        count += -((first_line - end) // step)  # ceil((end - first_line) / step)
     return count
 
 
@@ -275,16 +275,14 @@ def sessions_per_year(calendar: str) -> int:
 
 @cache
 def full_session_bars(calendar: str, use_rth: bool, step: timedelta) -> int:
-    """`step` bars in a full session of the calendar: among the sessions of `ANNUAL_YEARS` with the most hours of
+    """`step` bars in a full session of the calendar: one of the sessions of `ANNUAL_YEARS` with the most hours of
     bars (half days have fewer; Tokyo's most are its sessions to 15:30 since November 2024), mid-day breaks
-    excluded, the most common count (next to a daylight-saving change a session can hold one more multi-hour bar).
-    1-minute bars: NYSE 390 (RTH) or 960 (04:00-20:00), Xetra 510, Tokyo 330, CME Globex 390 (RTH) or 1380 (23 h),
-    FX 1440."""
+    excluded. Every such session holds as many: the grid is on the exchange's clock (`session_bar_count`), so a
+    daylight-saving change moves none of its lines. 1-minute bars: NYSE 390 (RTH) or 960 (04:00-20:00), Xetra 510,
+    Tokyo 330, CME Globex 390 (RTH) or 1380 (23 h), FX 1440."""
     days = _annual_sessions(calendar)
     hours = {day: sum((end - start for start, end in bar_spans(calendar, day, use_rth)), timedelta()) for day in days}
-    most = max(hours.values())
-    counts = Counter(session_bar_count(calendar, day, use_rth, step) for day in days if hours[day] == most)
-    return counts.most_common(1)[0][0]
+    return session_bar_count(calendar, max(days, key=hours.__getitem__), use_rth, step)
 
 
 def session_dates(ts: pl.Expr, calendar: str) -> pl.Expr:

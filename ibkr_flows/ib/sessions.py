@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import exchange_calendars as xcals
 import pandas as pd
+import polars as pl
 
 if TYPE_CHECKING:
     from ibkr_flows.ib.calendars import SessionCalendar
@@ -112,25 +113,38 @@ def session_day(instant: datetime) -> date:
     return instant.astimezone(NEW_YORK).date()
 
 
-def grid_origin(day: date) -> datetime:
-    """Where a session's intraday bar grid is counted from: midnight New York, in UTC.
+def grid_offset(instant: datetime, step: timedelta, time_zone: ZoneInfo) -> timedelta:
+    """How far `instant` lies past the last line of IB's clock grid of `step` bars: the grid is the multiples of the
+    bar size on the exchange's wall clock from its local midnight (4 hours: 00:00, 04:00, ..., 20:00 local), the
+    same lines every day whatever the UTC offset. A session's first bar starts at its open and runs to the next
+    line (1-hour RTH bars: 09:30, 10:00, 11:00, ...); every later bar starts on a line.
 
-    IB's bars sit on clock multiples of their size (1-hour RTH bars start 09:30, 10:00, 11:00, ...): a session's
-    first bar starts at its open and runs to the next grid line, every later bar starts on the grid."""
-    return datetime.combine(day, time(0), tzinfo=NEW_YORK).astimezone(UTC)
+    The wall clock, not hours elapsed since a midnight: on a daylight-saving Sunday that midnight has the other UTC
+    offset, and elapsed hours would put the evening's 4-hour lines an hour off the clock's 16:00 and 20:00 (17:00
+    and 21:00 in March, 19:00 and 23:00 in November), where a Globex or FX session opens. The offset is taken off
+    in UTC, which would misplace a bar holding a clock change; none does: the clocks change on weekend nights, when
+    no calendar here trades. `grid_offsets` is the same rule over a column."""
+    local = instant.astimezone(time_zone)
+    return (datetime.combine(date.min, local.time()) - datetime.min) % step
+
+
+def grid_offsets(ts: pl.Expr, step: timedelta, time_zone: ZoneInfo) -> pl.Expr:
+    """`grid_offset` of every instant of a UTC datetime column, as a duration: 0 where a bar may start on the
+    grid; `ts` less it is the grid line at or before each instant."""
+    local = ts.dt.convert_time_zone(time_zone.key).dt.replace_time_zone(None)
+    since_midnight = (local - local.dt.truncate("1d")).dt.total_microseconds()
+    return pl.duration(microseconds=since_midnight % (step // timedelta(microseconds=1)))
 
 
 def bar_start(instant: datetime, step: timedelta, use_rth: bool, calendar: str = "XNYS") -> datetime:
-    """The start of the `step` bar holding `instant` (which must lie in a session): the grid line at or before it,
-    or the session's open for the first, partial bar."""
+    """The start of the `step` bar holding `instant` (which must lie in a session): the grid line at or before it
+    (`grid_offset`), or the session's open for the first, partial bar."""
     if calendar != NYSE:
         other = _instrument_calendar(calendar)
-        day = other.session_day(instant)
-        origin = other.grid_origin(instant.astimezone(other.time_zone).date())
+        zone, day = other.time_zone, other.session_day(instant)
     else:
-        day = session_day(instant)
-        origin = grid_origin(day)
-    on_grid = origin + (instant - origin) // step * step
+        zone, day = NEW_YORK, session_day(instant)
+    on_grid = instant - grid_offset(instant, step, zone)
     return max(on_grid, session_bounds(day, use_rth, calendar)[0])
 
 

@@ -102,7 +102,7 @@ def rescale_before_merge(location: TableLocation, check: ScaleCheck) -> RescaleR
                            kind=event.kind, factor=event.factor, effective=event.effective_date,
                            series=SeriesFilter(bar_size=str(s["bar_size"]), what_to_show=[str(s["what_to_show"])],
                                                use_rth=bool(s["use_rth"])),
-                           session_start=cal.grid_origin(event.effective_date) - cal.evening_open)
+                           session_start=cal.midnight(event.effective_date) - cal.evening_open)
 
 
 def record_replaced(location: TableLocation, check: ScaleCheck, version_before: int | None,

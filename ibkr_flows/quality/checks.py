@@ -17,6 +17,7 @@ import polars as pl
 
 from ibkr_flows.ib.calendars import SessionCalendar, bar_spans, calendar_named, session_dates
 from ibkr_flows.ib.historical import QUOTE_TYPES, bar_step, is_intraday
+from ibkr_flows.ib.sessions import grid_offsets
 from storage.schema import BAR_KEY, UTC_US
 
 NEW_YORK = "America/New_York"
@@ -42,8 +43,8 @@ RULE_TEXT = {
     "volume_non_negative": "volume, wap, bar_count >= 0 (-1 allowed for MIDPOINT, BID_ASK, BID, ASK, and for "
                            "CASH and IND bars)",
     "unique_key": f"one bar per ({', '.join(BAR_KEY)}); later copies are quarantined",
-    "aligned_ts": "ts on IB's clock grid of the bar size (multiples from the exchange's midnight), at the session "
-                  "open or at the end of its mid-day break (daily+: 00:00 UTC of a session date)",
+    "aligned_ts": "ts on IB's clock grid of the bar size (multiples on the exchange's clock from its midnight), at "
+                  "the session open or at the end of its mid-day break (daily+: 00:00 UTC of a session date)",
     "in_session": "ts within the session's [open, close) for the requested hours, not in a mid-day break",
     "completeness": "every bar of each session fully inside the window was received",
 }
@@ -100,12 +101,6 @@ class BarSeries:
         stamp."""
         ts = pl.col("ts")
         return session_dates(ts, self.calendar) if self.intraday else ts.dt.date()
-
-    def grid_origin(self) -> pl.Expr:
-        """Where a bar's clock grid is counted from: midnight (UTC) of its exchange-local date."""
-        zone = self.session_calendar.time_zone.key
-        local_day = pl.col("ts").dt.convert_time_zone(zone).dt.date()
-        return local_day.cast(pl.Datetime("us")).dt.replace_time_zone(zone).dt.convert_time_zone("UTC")
 
 
 @dataclass(frozen=True)
@@ -208,14 +203,16 @@ def unique_key() -> pl.Expr:
 
 
 def aligned_ts(series: BarSeries, sessions: Sessions) -> pl.Expr:
-    """Intraday bars start on IB's clock grid (multiples of the bar size from the exchange's midnight, as
-    `ib.sessions.bar_start` defines it) or at the session open, for the first, partial bar: 1-hour RTH bars start
-    09:30, 10:00, 11:00, .... Likewise at the end of a mid-day break (Tokyo's 1-hour bars: 11:00, then 12:30).
-    Daily and longer bars are stamped 00:00 UTC of a session date. A day that is no session is in_session's."""
+    """Intraday bars start on IB's clock grid (multiples of the bar size on the exchange's wall clock from its
+    midnight, `ib.sessions.grid_offsets`, the rule the simulator builds its bars on) or at the session open, for the
+    first, partial bar: 1-hour RTH bars start 09:30, 10:00, 11:00, ...; 4-hour Globex bars 18:00, 20:00, 00:00, ...
+    New York, on a daylight-saving Sunday evening too. Likewise at the end of a mid-day break (Tokyo's 1-hour bars:
+    11:00, then 12:30). Daily and longer bars are stamped 00:00 UTC of a session date. A day that is no session is
+    in_session's."""
     ts, day = pl.col("ts"), series.session_day()
     if not series.intraday:
         return _passes_on_ts((ts.dt.truncate("1d") == ts) & sessions.is_session(day))
-    on_grid = (ts - series.grid_origin()).dt.total_microseconds() % (series.step // timedelta(microseconds=1)) == 0
+    on_grid = grid_offsets(ts, series.step, series.session_calendar.time_zone).dt.total_microseconds() == 0
     return _passes_on_ts(on_grid | (ts == sessions.open_of(day)) | (ts == sessions.resume_of(day)).fill_null(False))
 
 

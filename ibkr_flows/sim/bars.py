@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from ibkr_flows.ib.historical import WHAT_TO_SHOW, bar_step, parse_duration
 from ibkr_flows.ib.sessions import (
     NEW_YORK,
     exchange_calendar,
-    grid_origin,
+    grid_offsets,
     midnight_utc,
     session_bounds,
     sessions_before,
@@ -182,18 +183,18 @@ def series_calendar(source: BarSource, inst: Instrument) -> str:
 
 # --- aggregation shared by both sources -------------------------------------------------------------------------
 
-def aggregate(base: pl.DataFrame, bar_size: str) -> pl.DataFrame:
-    """Bucket base bars (with `day`, `anchor` (the session's open) and `origin` columns) into `bar_size` bars.
+def aggregate(base: pl.DataFrame, bar_size: str, time_zone: ZoneInfo) -> pl.DataFrame:
+    """Bucket base bars (with `day`, `anchor` (the session's open) and `resume` columns of `session_table`) into
+    `bar_size` bars, on the clock of the exchange in `time_zone`.
 
-    Intraday bars sit on IB's clock grid (multiples of the size from midnight New York, `sessions.grid_origin`),
-    the session's first bar starting at the open: 1-hour RTH bars are 09:30 (half an hour), 10:00, 11:00, ...; after
-    a mid-day break the first bar starts at the resumption (Tokyo: 11:00-11:30, then 12:30, 13:00, ...).
+    Intraday bars sit on IB's clock grid (multiples of the size on the exchange's wall clock from its midnight,
+    `sessions.grid_offsets`, the rule the quality checks hold bars to), the session's first bar starting at the
+    open: 1-hour RTH bars are 09:30 (half an hour), 10:00, 11:00, ...; 4-hour Globex bars 18:00, 20:00, 00:00, ...
+    New York; after a mid-day break the first bar starts at the resumption (Tokyo: 11:00-11:30, then 12:30, ...).
     Daily bars are the session; weekly and monthly bars are stamped with their first session (IB's dates)."""
     step = bar_step(bar_size)
     if step < timedelta(days=1):
-        step_us = step // timedelta(microseconds=1)
-        offset = (pl.col("ts") - pl.col("origin")).dt.total_microseconds() // step_us * step_us
-        on_grid = pl.col("origin") + pl.duration(microseconds=offset)
+        on_grid = pl.col("ts") - grid_offsets(pl.col("ts"), step, time_zone)
         resumed = pl.col("resume").is_not_null() & (pl.col("ts") >= pl.col("resume"))
         span_start = pl.when(resumed).then(pl.col("resume")).otherwise(pl.col("anchor"))
         key = pl.max_horizontal(on_grid, span_start).alias("bucket")
@@ -257,17 +258,16 @@ def check_what_to_show(what_to_show: str) -> None:
 
 
 def session_table(days: Sequence[date], use_rth: bool, calendar: str) -> pl.DataFrame:
-    """One row per session: its date, its open/close, the origin of its bar grid, and its mid-day break (`pause`
-    to `resume`, null without one: Tokyo's lunch)."""
+    """One row per session: its date, its open/close, and its mid-day break (`pause` to `resume`, null without one:
+    Tokyo's lunch)."""
     bounds = [session_bounds(day, use_rth, calendar) for day in days]
-    origin = grid_origin if calendar == NYSE else calendar_named(calendar).grid_origin
     spans = [bar_spans(calendar, day, use_rth) for day in days] if calendar_named(calendar).has_breaks else []
     pauses = [(s[0][1], s[1][0]) if len(s) == 2 else (None, None) for s in spans] or [(None, None)] * len(days)
     utc = pl.Datetime("us", "UTC")
     return pl.DataFrame(
         {"day": list(days), "anchor": [b[0] for b in bounds], "close_at": [b[1] for b in bounds],
-         "origin": [origin(day) for day in days], "pause": [p[0] for p in pauses], "resume": [p[1] for p in pauses]},
-        schema={"day": pl.Date(), "anchor": utc, "close_at": utc, "origin": utc, "pause": utc, "resume": utc},
+         "pause": [p[0] for p in pauses], "resume": [p[1] for p in pauses]},
+        schema={"day": pl.Date(), "anchor": utc, "close_at": utc, "pause": utc, "resume": utc},
     )
 
 
@@ -281,12 +281,16 @@ def trading(use_rth: bool) -> pl.Expr:
 
 
 def finish_bars(base: pl.DataFrame, *, native: timedelta, bar_size: str, what_to_show: str, start: datetime,
-            end: datetime) -> pl.DataFrame:
-    """Aggregate base bars that started before `end` and keep the bars that start in [start, end)."""
+            end: datetime, calendar: str) -> pl.DataFrame:
+    """Aggregate base bars that started before `end` on the clock grid of `calendar`'s exchange, and keep the bars
+    that start in [start, end)."""
     base = base.filter(pl.col("ts") < end)
     if base.is_empty():
         return pl.DataFrame(schema=BAR_SCHEMA)
-    bars = base.select(list(BAR_SCHEMA)) if bar_step(bar_size) == native else aggregate(base, bar_size)
+    if bar_step(bar_size) == native:
+        bars = base.select(list(BAR_SCHEMA))
+    else:
+        bars = aggregate(base, bar_size, calendar_named(calendar).time_zone)
     bars = bars.filter(pl.col("ts").is_between(start, end, closed="left"))
     return as_quotes(bars, what_to_show)
 
@@ -395,7 +399,7 @@ class SyntheticBars:
             base = self._as_of(symbol, self._base(symbol, group, native), what_to_show, as_of)
             base = base.join(session_table(group, use_rth, calendar), on="day").filter(trading(use_rth))
             part = finish_bars(base, native=native, bar_size=bar_size, what_to_show=what_to_show, start=start,
-                               end=end)
+                               end=end, calendar=calendar)
             if part.height:
                 yield part
 

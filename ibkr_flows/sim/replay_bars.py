@@ -103,7 +103,7 @@ class ReplayBars:
         if not self.daily:
             rows = rows.filter(trading(use_rth))
         return finish_bars(rows, native=self.native, bar_size=bar_size, what_to_show=what_to_show, start=start,
-                       end=end)
+                           end=end, calendar=self.calendar_name)
 
     def _session_days(self, rows: pl.DataFrame) -> list[date]:
         if rows.is_empty():
