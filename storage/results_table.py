@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import append_once, conform, exists, open_in_background, scan
+from storage.tables import append_once, conform, exists, open_in_background, scan, stats_only_on
 from storage.trades_table import append_trades
 
 IDENTITY_COLUMNS: dict[str, pl.DataType] = {
@@ -94,6 +94,10 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
 
 RESULTS_SCHEMA = pl.Schema({**IDENTITY_COLUMNS, **METRIC_COLUMNS})
 
+RESULTS_CONFIGURATION = stats_only_on("run_id", "created_at")
+"""Per-file statistics on the run id and time only: the table is read whole (by time) or looked up by run, and
+every append would otherwise pay for the statistics of 32 columns of every stored run's file."""
+
 
 def result_row(*, identity: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     """One row from a run's identity and its metric values (as `METRIC_COLUMNS` names them)."""
@@ -110,7 +114,7 @@ def append_backtest_results(location: TableLocation, run_id: str, rows: list[dic
     frame = conform(pl.DataFrame(rows, schema_overrides=dict(RESULTS_SCHEMA), strict=False), RESULTS_SCHEMA,
                     what="backtest results")
     return append_once(location.backtest_results, frame, f"backtest_results:{run_id}", what="backtest results append",
-                       opened=opened)
+                       opened=opened, configuration=RESULTS_CONFIGURATION)
 
 
 def store_run(location: TableLocation, run_id: str, trades: Mapping[str, pl.DataFrame],

@@ -10,7 +10,7 @@ import polars as pl
 
 from storage.location import TableLocation
 from storage.schema import UTC_US
-from storage.tables import append_once, conform, exists, scan
+from storage.tables import append_once, conform, exists, scan, stats_only_on
 
 TRADE_COLUMNS: dict[str, pl.DataType] = {
     "entry_time": UTC_US,
@@ -25,6 +25,8 @@ TRADE_COLUMNS: dict[str, pl.DataType] = {
 }
 """The engine's trade columns but `duration`; a test keeps them equal."""
 TRADES_SCHEMA = pl.Schema({"run_id": pl.String(), "symbol": pl.String(), **TRADE_COLUMNS})
+TRADES_CONFIGURATION = stats_only_on("run_id", "symbol")
+"""Per-file statistics on what `read_trades` looks up: a run's trades (see `stats_only_on`)."""
 
 
 def append_trades(location: TableLocation, run_id: str, trades: Mapping[str, pl.DataFrame]) -> int:
@@ -34,7 +36,7 @@ def append_trades(location: TableLocation, run_id: str, trades: Mapping[str, pl.
                                                                      pl.lit(symbol).alias("symbol"))
                       for symbol, frame in trades.items()])
     return append_once(location.backtest_trades, conform(rows, TRADES_SCHEMA, what="backtest trades"),
-                       f"backtest_trades:{run_id}", what="backtest trades append")
+                       f"backtest_trades:{run_id}", what="backtest trades append", configuration=TRADES_CONFIGURATION)
 
 
 def read_trades(location: TableLocation, run_id: str) -> pl.DataFrame:
