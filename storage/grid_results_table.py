@@ -12,7 +12,7 @@ import polars as pl
 from storage.location import TableLocation
 from storage.results_table import NUMERIC_METRIC_COLUMNS
 from storage.schema import UTC_US
-from storage.tables import append_once, conform, exists, scan
+from storage.tables import append_once, conform, exists, scan, stats_only_on
 
 GRID_IDENTITY: dict[str, pl.DataType] = {
     "run_id": pl.String(),
@@ -43,9 +43,14 @@ def grid_rows(results: pl.DataFrame, axes: list[str], identity: dict[str, Any]) 
     return conform(frame, GRID_RESULTS_SCHEMA, what="grid results")
 
 
+GRID_RESULTS_CONFIGURATION = stats_only_on("run_id", "created_at")
+"""As the results table's (`results_table.RESULTS_CONFIGURATION`): one file per grid run, read whole or by run."""
+
+
 def append_grid_results(location: TableLocation, run_id: str, rows: pl.DataFrame) -> int:
     """Every combination of one grid run in one commit stamped with the run id (`append_once`)."""
-    return append_once(location.grid_results, rows, f"grid_results:{run_id}", what="grid results append")
+    return append_once(location.grid_results, rows, f"grid_results:{run_id}", what="grid results append",
+                       configuration=GRID_RESULTS_CONFIGURATION)
 
 
 def read_grid_results(location: TableLocation, run_id: str | None = None) -> pl.DataFrame:

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
+from storage.grid_results_table import GRID_RESULTS_SCHEMA, append_grid_results, read_grid_results
 from storage.location import TableLocation
 from storage.results_table import RESULTS_SCHEMA, append_backtest_results, read_backtest_results
 from storage.tables import CHECKPOINT_INTERVAL, append_once, conform, scan, write
@@ -148,3 +149,19 @@ def test_processes_racing_on_a_table_created_before_each_store_their_run_once(tm
     table = DeltaTable(location.backtest_results)
     assert table.metadata().configuration["delta.dataSkippingStatsColumns"] == "run_id,created_at"
     assert table.transaction_version("backtest_results:a") == table.transaction_version("backtest_results:b") == 1
+
+
+def test_the_grid_results_table_keeps_statistics_on_the_run_and_time_only(tmp_path: Path) -> None:
+    """One file per grid run too: its appends must not parse 32 columns' statistics of every stored grid."""
+    location = TableLocation(tmp_path)
+    filler: dict[type[pl.DataType], object] = {pl.String: "x", pl.Float64: 1.0, pl.Int64: 1, pl.Boolean: True,
+                                               pl.Datetime: datetime(2024, 6, 12, tzinfo=UTC)}
+    base = {name: filler[type(dtype)] for name, dtype in GRID_RESULTS_SCHEMA.items()}
+    for run in ("g1", "g2"):
+        rows = conform(pl.DataFrame([{**base, "run_id": run, "rank": rank} for rank in (1, 2)],
+                                    schema_overrides=dict(GRID_RESULTS_SCHEMA), strict=False),
+                       GRID_RESULTS_SCHEMA, what="test")
+        assert append_grid_results(location, run, rows) == 2
+        assert append_grid_results(location, run, rows) == 0  # a retried store adds nothing
+    assert stats_columns(location.grid_results, 0) == stats_columns(location.grid_results, 1) == RUN_STATS
+    assert read_grid_results(location, "g2")["rank"].to_list() == [1, 2]
