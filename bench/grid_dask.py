@@ -1,7 +1,8 @@
 """The `backtest-grid` flow on threads (2) against Dask (2 worker processes), same grid, same bars, real Prefect.
 
 Grid: SMA crossover, fast 5..50 step 5 x slow 20..200 step 10 (174 pairs with fast < slow) on 4 symbols x 100k
-one-minute bars (synthetic, merged into a Delta bars table), 30 % holdout, `--chunks` tasks per symbol and slice.
+one-minute bars (synthetic, merged into a Delta bars table), 30 % holdout, `--chunks` tasks per symbol and slice
+(default: the flow's own choice for each runner, 8 on threads, one per Dask worker thread across symbols and slices).
 Each runner runs the flow in its own process (as a deployment would), against one `prefect server` on loopback
 (in ephemeral mode every Dask worker would start a server of its own), with a result store of its own, so no run
 finds another's cached chunks. Runs:
@@ -24,7 +25,7 @@ times come in 1 s steps and only the run time compares runners finely) and the p
 and Prefect start-up), then the ratios dask / threads (< 1: Dask is faster).
 `--cold` gives every run an empty NUMBA_CACHE_DIR, so each process compiles (threads: once, in the flow's process;
 Dask: once per worker).
-Run: `.venv/bin/python bench/grid_dask.py [--symbols 4] [--bars 100000] [--chunks 4] [--folds N] [--cold]`.
+Run: `.venv/bin/python bench/grid_dask.py [--symbols 4] [--bars 100000] [--chunks N] [--folds N] [--cold]`.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=4)
     parser.add_argument("--bars", type=int, default=100_000)
-    parser.add_argument("--chunks", type=int, default=4, help="tasks per symbol and slice")
+    parser.add_argument("--chunks", type=int, default=None,
+                        help="tasks per symbol and slice (default: the flow's own choice for each runner)")
     parser.add_argument("--folds", type=int, default=None)
     parser.add_argument("--cold", action="store_true", help="an empty numba cache for every run")
     args = parser.parse_args()
@@ -117,7 +119,7 @@ def main() -> None:
         request = GridRequest(symbols=symbols, start=start, end=end, holdout=0.3, folds=args.folds,
                               chunks=args.chunks)
         print(f"grid: {request.spec().size} combinations x {len(symbols)} symbols, holdout 0.3, folds {args.folds}, "
-              f"{args.chunks} chunks per symbol and slice")
+              f"{args.chunks or 'default (per runner)'} chunks per symbol and slice")
         home = work / "prefect"
         home.mkdir()
         with prefect_server(home) as env:

@@ -20,6 +20,7 @@ from storage.location import TableLocation
 from tasks.grid import (
     BarsSeries,
     BarsSlice,
+    chunks_per_slice,
     grid_spec,
     load_grid_bars,
     publish_grid,
@@ -69,12 +70,13 @@ def backtest_grid(
     for symbol in symbols[1:]:
         bars[symbol], _ = load_grid_bars(request, location, symbol, version)
     terms = read_contract_terms(location, list(symbols))  # after the bars: missing bars are the error to report
-    batches = spec.chunks(request.chunks)
+    slices = {symbol: grid_slices(bars[symbol].height, spec, request.holdout, request.folds) for symbol in symbols}
+    batches = spec.chunks(chunks_per_slice(request.chunks, sum(map(len, slices.values()))))
     pending: dict[tuple[str, int, int], list[PrefectFuture[pl.DataFrame]]] = {}
     for symbol in symbols:
         series = BarsSeries(location, request, symbol, version)
         remember_bars(series, bars[symbol])
-        for rows in grid_slices(bars[symbol].height, spec, request.holdout, request.folds):
+        for rows in slices[symbol]:
             train = bars[symbol].slice(rows.start, len(rows))
             pending[(symbol, rows.start, len(rows))] = submit_chunks(
                 BarsSlice(series, rows.start, len(rows)), train, request.config(terms=terms[symbol]), batches)

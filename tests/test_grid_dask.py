@@ -29,15 +29,22 @@ START = datetime(2024, 7, 8, 13, 30, tzinfo=UTC)
 RUN_GRID = """
 import json, sys
 from datetime import datetime
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 from flows.grid import backtest_grid
 from ibkr_flows.backtest.request import GridRequest
 request = GridRequest(grid={"fast_period": [3, 5, 8], "slow_period": [12, 20, 30]}, symbols=["AAPL", "MSFT"],
                       start=datetime.fromisoformat(sys.argv[1]), end=datetime.fromisoformat(sys.argv[2]),
-                      holdout=0.3, folds=2, chunks=3)
-reports = backtest_grid(request=request, data_dir=sys.argv[3])
+                      holdout=0.3, folds=2, chunks=None if sys.argv[4] == "default" else int(sys.argv[4]))
+state = backtest_grid(request=request, data_dir=sys.argv[3], return_state=True)
+reports = state.result()
+with get_client(sync_client=True) as client:
+    chunk_runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+        task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="grid chunk of")))
 print("RESULT", json.dumps({"best": {s: r.best_params for s, r in reports.items()},
                             "tried": {s: r.combinations_tried for s, r in reports.items()},
-                            "runner": type(backtest_grid.task_runner).__name__}))
+                            "runner": type(backtest_grid.task_runner).__name__, "chunk_runs": len(chunk_runs)}))
 """
 
 
@@ -65,10 +72,13 @@ def _seed_symbol(location: TableLocation, symbol: str, con_id: int, seed: int) -
     }, schema={**BAR_COLUMNS, **LINEAGE_COLUMNS}))
 
 
-def _run(env: dict[str, str], runner: str, location: TableLocation, **extra: str) -> dict[str, object]:
+def _run(env: dict[str, str], runner: str, location: TableLocation, chunks: str = "3", **extra: str
+         ) -> dict[str, object]:
+    """The grid flow in a process of its own on `runner`, with `chunks` per symbol and slice ("default": the
+    flow's choice for the runner)."""
     done = subprocess.run(
         [sys.executable, "-c", RUN_GRID, START.isoformat(), (START + timedelta(days=3)).isoformat(),
-         str(location.root)],
+         str(location.root), chunks],
         cwd=ROOT, env={**env, "IBKR_GRID_RUNNER": runner, "PREFECT_LOGGING_LEVEL": "WARNING",
                        # a result store per runner: Dask computes its chunks instead of finding the threads' cached
                        "PREFECT_LOCAL_STORAGE_PATH": str(location.root / f"results-{runner}"), **extra},
@@ -85,6 +95,7 @@ def test_grid_on_a_dask_local_cluster_equals_threads(prefect_server: dict[str, s
     threads = _run(prefect_server, "threads", location)
     dask = _run(prefect_server, "dask", location)
     assert (threads.pop("runner"), dask.pop("runner")) == ("ThreadPoolTaskRunner", "DaskTaskRunner")
+    assert threads["chunk_runs"] == 2 * 3 * 3  # symbols x slices (in-sample, two folds) x chunks
     assert threads == dask and threads["tried"] == {"AAPL": 9, "MSFT": 9}
     results = read_grid_results(location)
     runs = results["run_id"].unique(maintain_order=True).to_list()
@@ -99,7 +110,9 @@ def test_a_cluster_started_with_the_grid_preload_is_warm_before_its_first_task(
         prefect_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers started with `flows.grid_preload` have warmed every built-in kernel at start,
     before any task (their `tasks.grid.kernel_warmups`, marked "worker start"); a grid run on that cluster (through
-    IBKR_DASK_ADDRESS, as a deployment on a standing cluster) warms nothing more in its chunks and equals threads."""
+    IBKR_DASK_ADDRESS, as a deployment on a standing cluster) warms nothing more in its chunks and equals threads.
+    Both runs leave `chunks` to the flow: 8 per symbol and slice on threads, where a task is cheap; on Dask, where
+    a task costs a few tenths of a second of Prefect set-up, one per slice (2 worker threads, 6 slices)."""
     from dask.distributed import Client, LocalCluster
 
     for name, value in prefect_server.items():  # the workers' environment: the server, a Prefect home
@@ -114,10 +127,11 @@ def test_a_cluster_started_with_the_grid_preload_is_warm_before_its_first_task(
         for warmups in at_start.values():
             assert ("sma_crossover", False) in warmups and ("rsi_reversion", True) in warmups
             assert {warmup.at for warmup in warmups.values()} == {"worker start"}
-        dask = _run(prefect_server, "dask", location, IBKR_DASK_ADDRESS=cluster.scheduler_address)
+        dask = _run(prefect_server, "dask", location, "default", IBKR_DASK_ADDRESS=cluster.scheduler_address)
         assert client.run(_kernel_warmups) == at_start  # no chunk had a kernel to warm
-    threads = _run(prefect_server, "threads", location)
+    threads = _run(prefect_server, "threads", location, "default")
     assert (threads.pop("runner"), dask.pop("runner")) == ("ThreadPoolTaskRunner", "DaskTaskRunner")
+    assert (threads.pop("chunk_runs"), dask.pop("chunk_runs")) == (2 * 3 * 8, 2 * 3 * 1)
     assert threads == dask and threads["tried"] == {"AAPL": 9, "MSFT": 9}
 
 

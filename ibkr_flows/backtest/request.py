@@ -232,7 +232,9 @@ class GridRequest(BacktestSettings):
     holdout: float | None = Field(0.3, gt=0, lt=1, description="Share of the bars at the end kept out of the "
                                   "search; empty = none")
     folds: int | None = Field(None, ge=1, description="Walk-forward folds over the in-sample bars; empty = none")
-    chunks: int = Field(8, ge=1, description="Coarse tasks the combinations are split into (progress, Dask)")
+    chunks: int | None = Field(None, ge=1, description="Coarse tasks the combinations are split into, per symbol "
+                               "and slice; empty = fitted to the task runner (8 on threads, one per Dask worker "
+                               "thread on Dask)")
     top_n: int = Field(20, ge=1, description="Rows of the ranking in the grid-top artifact")
     heatmap_x: str = "fast_period"
     heatmap_y: str = "slow_period"
