@@ -128,3 +128,36 @@ def test_sim_set_rejects_unknown_keys() -> None:
     result = runner.invoke(app, ["sim", "set", "no_such_fault=1", "--port", str(free_port())])
     assert result.exit_code != 0
     assert "no_such_fault" in result.output
+
+
+SCRIPT = """
+import json, sys
+from ibkr_flows.cli.app import main
+sys.argv = ["ibkr", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as done:
+    print("LOADED", json.dumps({"code": done.code, "modules": sorted(m for m in sys.modules
+                                                                     if m.startswith("ibkr_flows.cli."))}))
+"""
+
+
+@pytest.mark.parametrize(("argv", "loaded", "usage"), [
+    (["backtest", "--help"], {"ibkr_flows.cli.app", "ibkr_flows.cli.backtest"}, "Usage: ibkr backtest"),
+    (["demo", "--help"], {"ibkr_flows.cli.app", "ibkr_flows.cli.demo"}, "Usage: ibkr demo [OPTIONS]"),
+])
+def test_the_script_builds_only_the_group_it_runs(argv: list[str], loaded: set[str], usage: str) -> None:
+    """`ibkr` (`main`) imports and builds just the group or command named first: `ibkr backtest run` pays for
+    neither the simulator's commands (asyncio) nor typer's inspection of the whole tree. A lone command stays a
+    subcommand (`ibkr demo --help` is demo's help, not an unexpected argument)."""
+    done = subprocess.run([sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True, timeout=120)
+    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("LOADED"))[7:])
+    assert report["code"] == 0 and usage in done.stdout, done.stdout + done.stderr
+    cli_modules = {m for m in report["modules"] if m.count(".") == 2}
+    assert loaded <= cli_modules and "ibkr_flows.cli.sim" not in cli_modules
+
+
+def test_the_script_without_a_command_lists_every_group() -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, "--help"], capture_output=True, text=True, timeout=120)
+    listed = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("│ ") and line.split()[1:]}
+    assert {"data", "sim", "backtest", "alerts", "demo", "up", "down"} <= listed, done.stdout

@@ -122,9 +122,9 @@ def run(
     ingest` command that fetches them), 4 a damaged bars table. --stop-loss, --take-profit, --trailing-stop,
     --flatten-at-close and --borrow-fee follow the fill rules in `ibkr_flows.backtest.exits`.
     """
-    from ibkr_flows.backtest.runner import prefetch_code_version
+    from ibkr_flows.backtest.runner import prefetch
 
-    prefetch_code_version()
+    prefetch()
     from ibkr_flows.backtest.request import BacktestRequest
     from ibkr_flows.backtest.runner import run_request, store_run
     from ibkr_flows.backtest.stored_bar_size import choose_bar_size
