@@ -28,8 +28,8 @@ from ibkr_flows.backtest.request import BacktestRequest, BacktestSettings, GridR
 from storage.bars_table import read_bars
 from storage.corporate_actions_table import read_actions
 from storage.location import TableLocation
-from storage.results_table import append_backtest_results, result_row
-from storage.trades_table import append_trades
+from storage.results_table import result_row
+from storage.results_table import store_run as store_run_rows
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def _find_code_version() -> str:
 
 
 def store_run(location: TableLocation, run: BacktestRun, flow_run_id: str) -> int:
-    """Append the run's trades to backtest_trades, then its rows to backtest_results (each one commit stamped with
-    the run id: a retried store never doubles a run; a results row implies its trades are stored)."""
-    append_trades(location, run.run_id, {s.symbol: s.result.trades for s in run.results})
-    return append_backtest_results(location, run.run_id, run.result_rows(flow_run_id))
+    """The run's trades, then its rows (`storage.results_table.store_run`: a retried store never doubles a run; a
+    results row implies its trades are stored)."""
+    return store_run_rows(location, run.run_id, {s.symbol: s.result.trades for s in run.results},
+                          run.result_rows(flow_run_id))
