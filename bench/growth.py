@@ -5,12 +5,13 @@
 
 For each size, a bars table of that many 1-minute RTH bars (500 symbols x 390 bars a session, weekdays ending on
 the same last session, so both sizes hold the same current month and differ only in history) is written in
-`--days-per-commit` sessions per append, partitioned by month as `merge_bars` writes it; a backtest_results table
-holds rows // 1000 rows, one run (a row per symbol) a commit: 10 runs at 5M rows, 100 at 50M (a longer history
-holds more stored runs too, and an append must not cost more for them). Then one nightly, on a private copy of both
-tables per run (data files hard-linked):
+`--days-per-commit` sessions per append, partitioned by month and with the statistics setting `merge_bars` creates
+it with, then checkpointed (see `build`); a backtest_results table holds rows // 1000 rows, one run (a row per
+symbol) a commit: 10 runs at 5M rows, 100 at 50M (a longer history holds more stored runs too, and an append must
+not cost more for them). Then one nightly, on a private copy of both tables per run (data files hard-linked):
 
-- open: `DeltaTable` of the bars table (the log replay every write and read starts with);
+- open: `DeltaTable` of the bars table (the log replay every write and read starts with), the median of
+  `OPENS` in a row;
 - watermarks: `watermarks()` for every symbol (what the ingestion resumes from), and the full-table scan it was
   before issue 17 for comparison;
 - merge_bars: one new session for every symbol (a plain append), then the next session with `--revised` revised
@@ -18,7 +19,8 @@ tables per run (data files hard-linked):
   bars: it rewrites the data files holding the revised bars, so it costs what those files hold);
 - results: `append_backtest_results` of one run with one row per symbol, the median of five runs stored in a row.
 
-Prints the median of each figure at each size and the ratio largest/smallest. The generated tables are deleted at
+Prints the median of each figure at each size and the ratio largest/smallest; the sizes' nightlies take turns,
+run after run, so a shared machine's drifting load weighs on both alike. The generated tables are deleted at
 the end unless --keep.
 """
 
@@ -42,7 +44,7 @@ from deltalake import DeltaTable, write_deltalake
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.merge_bars import fresh_copy
-from storage.bars_table import conform_bars, merge_bars, watermarks
+from storage.bars_table import BARS_CONFIGURATION, conform_bars, merge_bars, watermarks
 from storage.location import TableLocation
 from storage.results_table import RESULTS_SCHEMA, append_backtest_results
 from storage.schema import BAR_COLUMNS, LINEAGE_COLUMNS, PARTITION_COLUMN
@@ -52,6 +54,7 @@ BARS_PER_SESSION = 390
 LAST_SESSION = date(2024, 6, 12)  # a Wednesday: the current month holds 9 sessions at every size
 OPEN_UTC = timedelta(hours=13, minutes=30)
 SERIES = {"bar_size": "1 min", "what_to_show": "TRADES", "use_rth": True}
+BUILD_FORMAT = 2  # bump when `build` changes: a --keep'd table of an older build is not reused
 
 
 def weekdays_ending(last: date, count: int) -> list[date]:
@@ -105,7 +108,13 @@ def result_rows(run_id: str, symbols: int) -> list[dict[str, Any]]:
 
 
 def build(root: Path, rows: int, symbols: int, days_per_commit: int) -> TableLocation:
-    """The bars and results tables of one size under `root` (sessions = rows / (symbols x 390), rounded down)."""
+    """The bars and results tables of one size under `root` (sessions = rows / (symbols x 390), rounded down).
+
+    The bars table ends checkpointed at its last commit. A real one gains a commit per symbol and night, so it is
+    always opened from a checkpoint (every 10th commit) plus the 0-9 commits since, each replayed at a cost that
+    does not depend on the history. Without the checkpoint the two sizes would be opened at two points of that
+    cycle: the 5M-row table, written in 5 commits, from 5 small JSON commits and no checkpoint (cheaper than
+    reading any checkpoint), the 50M-row one from its checkpoint plus 2 commits."""
     location = TableLocation(root)
     days = weekdays_ending(LAST_SESSION, rows // (symbols * BARS_PER_SESSION))
     started = time.perf_counter()
@@ -113,9 +122,10 @@ def build(root: Path, rows: int, symbols: int, days_per_commit: int) -> TableLoc
     for n, end in enumerate(reversed(ends)):
         bars = conform_bars(session_bars(days[max(0, end - days_per_commit):end], symbols, seed=n))
         if n == 0:
-            write(location.bars, bars, mode="error", partition_by=[PARTITION_COLUMN])
+            write(location.bars, bars, mode="error", partition_by=[PARTITION_COLUMN], configuration=BARS_CONFIGURATION)
         else:
             write_deltalake(location.bars, bars, mode="append", partition_by=[PARTITION_COLUMN])
+    DeltaTable(location.bars).create_checkpoint()
     for run in range(max(1, rows // 1000 // symbols)):
         append_backtest_results(location, f"seed-{run}", result_rows(f"seed-{run}", symbols))
     stored = scan_table(DeltaTable(location.bars)).select(pl.len()).collect().item()
@@ -152,6 +162,15 @@ def timed(fn: Callable[[], object]) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
+OPENS = 20
+"""Opens of the bars table timed one after another per nightly; their median is the figure (one ~3 ms open alone
+is within this machine's noise)."""
+
+
+def opens(location: TableLocation) -> float:
+    return statistics.median(timed(lambda: DeltaTable(location.bars))[0] for _ in range(OPENS))
+
+
 RESULTS_APPENDS = 5
 """Runs stored one after another per nightly (a commit each, none of them a checkpoint's: the tables hold 10 or
 100 commits and checkpoint every 10th); their median is the figure."""
@@ -170,33 +189,28 @@ def results_appends(location: TableLocation, run_id: str, symbols: int) -> float
     return statistics.median(seconds)
 
 
-def nightly(base: Path, symbols: int, revised: int, runs: int) -> dict[str, float]:
+def nightly(base: Path, symbols: int, revised: int, run: int) -> dict[str, float]:
+    """One nightly on a private copy of the tables under `base`: the seconds of each figure."""
     names = [symbol_name(i) for i in range(symbols)]
     expected = datetime.combine(LAST_SESSION, datetime.min.time(), UTC) + OPEN_UTC + timedelta(
         minutes=BARS_PER_SESSION - 1)
     appended_day = next_weekday(LAST_SESSION)
     only_new = nightly_batch(appended_day, symbols, 0)
     with_revisions = nightly_batch(next_weekday(appended_day), symbols, revised)
-    figures: dict[str, list[float]] = {}
-    for run in range(runs):
-        with tempfile.TemporaryDirectory(prefix="growth-run-", dir=base.parent) as tmp:
-            location = fresh_copy(base, Path(tmp) / "t")
-            seconds: dict[str, float] = {}
-            seconds["open"], _ = timed(lambda: DeltaTable(location.bars))  # noqa: B023
-            seconds["watermarks"], marks = timed(lambda: watermarks(location, symbols=names, **SERIES))  # noqa: B023
-            assert marks == dict.fromkeys(names, expected), "watermarks disagree with the generated table"
-            seconds["watermarks (full scan, before)"], before = timed(
-                lambda: watermarks_full_scan(location, names))  # noqa: B023
-            assert before == marks
-            seconds["merge_bars (new session)"], merged = timed(lambda: merge_bars(location, only_new))  # noqa: B023
-            assert (merged.operation, merged.rows_inserted) == ("append", symbols * BARS_PER_SESSION), merged
-            seconds[f"merge_bars (+{revised} revised)"], merged = timed(
-                lambda: merge_bars(location, with_revisions))  # noqa: B023
-            assert (merged.rows_inserted, merged.rows_updated) == (symbols * BARS_PER_SESSION, revised), merged
-            seconds["results append"] = results_appends(location, f"nightly-{run}", symbols)
-            for name, value in seconds.items():
-                figures.setdefault(name, []).append(value)
-    return {name: statistics.median(values) for name, values in figures.items()}
+    with tempfile.TemporaryDirectory(prefix="growth-run-", dir=base.parent) as tmp:
+        location = fresh_copy(base, Path(tmp) / "t")
+        seconds: dict[str, float] = {}
+        seconds["open"] = opens(location)
+        seconds["watermarks"], marks = timed(lambda: watermarks(location, symbols=names, **SERIES))
+        assert marks == dict.fromkeys(names, expected), "watermarks disagree with the generated table"
+        seconds["watermarks (full scan, before)"], before = timed(lambda: watermarks_full_scan(location, names))
+        assert before == marks
+        seconds["merge_bars (new session)"], merged = timed(lambda: merge_bars(location, only_new))
+        assert (merged.operation, merged.rows_inserted) == ("append", symbols * BARS_PER_SESSION), merged
+        seconds[f"merge_bars (+{revised} revised)"], merged = timed(lambda: merge_bars(location, with_revisions))
+        assert (merged.rows_inserted, merged.rows_updated) == (symbols * BARS_PER_SESSION, revised), merged
+        seconds["results append"] = results_appends(location, f"nightly-{run}", symbols)
+        return seconds
 
 
 def main() -> None:
@@ -211,16 +225,21 @@ def main() -> None:
     args = parser.parse_args()
     work = args.dir / "ibkr-growth"
     sizes = [int(r) for r in args.rows]
-    results: dict[int, dict[str, float]] = {}
+    bases = {rows: work / f"v{BUILD_FORMAT}-{rows}" / "base" for rows in sizes}
+    figures: dict[int, dict[str, list[float]]] = {rows: {} for rows in sizes}
     try:
-        for rows in sizes:
-            base = work / f"{rows}" / "base"
+        for rows, base in bases.items():
             if not DeltaTable.is_deltatable(str(base / "bars")):
                 shutil.rmtree(base, ignore_errors=True)
                 build(base, rows, args.symbols, args.days_per_commit)
-            results[rows] = nightly(base, args.symbols, args.revised, args.runs)
-            print(f"  nightly on {rows:,} rows: " + ", ".join(f"{k} {v:.3f}s" for k, v in results[rows].items()),
-                  flush=True)
+        for run in range(args.runs):  # the sizes take turns: this machine's load drifts over a bench's minutes
+            for rows, base in bases.items():
+                for name, value in nightly(base, args.symbols, args.revised, run).items():
+                    figures[rows].setdefault(name, []).append(value)
+        results = {rows: {name: statistics.median(values) for name, values in per_figure.items()}
+                   for rows, per_figure in figures.items()}
+        for rows, medians in results.items():
+            print(f"  nightly on {rows:,} rows: " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -229,7 +248,7 @@ def main() -> None:
           f"median of {args.runs} runs; ratio = {large:,} rows / {small:,} rows ({large / small:.0f}x data)")
     print(f"{'figure':<32}" + "".join(f"{f'{rows:,} rows':>16}" for rows in sizes) + f"{'ratio':>8}")
     for name in results[small]:
-        cells = "".join(f"{results[rows][name] * 1000:>14.0f}ms" for rows in sizes)
+        cells = "".join(f"{results[rows][name] * 1000:>14.1f}ms" for rows in sizes)
         print(f"{name:<32}{cells}{results[large][name] / results[small][name]:>7.2f}x")
 
 

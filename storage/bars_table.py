@@ -20,7 +20,17 @@ from storage.commits import with_commit_retries
 from storage.errors import BarsSchemaError, CorruptTableError
 from storage.location import TableLocation, storage_options
 from storage.schema import BAR_KEY, BARS_SCHEMA, PARTITION_COLUMN, PRICE_COLUMNS, UTC_US
-from storage.tables import conform, current_version, delta_table, open_table, scan_table, try_open, write
+from storage.tables import (
+    configure,
+    conform,
+    current_version,
+    delta_table,
+    open_table,
+    scan_table,
+    stats_only_on,
+    try_open,
+    write,
+)
 
 log = logging.getLogger("ibkr.storage")
 
@@ -44,6 +54,16 @@ class MergeResult:
 
 SERIES_KEY = ("con_id", "bar_size", "what_to_show", "use_rth")
 """One series: an instrument's bars of one size, type and session (the bar key without `ts`)."""
+
+BARS_CONFIGURATION = stats_only_on("symbol", *BAR_KEY)
+"""Per-file statistics on the symbol and the bar key only, not on all 20 columns: what files are selected by.
+`watermarks` and `scan_bars` select files by symbol, series and `ts` from them; beyond
+`storage.tables.SMALL_TABLE_FILES` files (and on an object store) polars' Delta scan selects by them too: by
+con_id, series and `ts` for the write plan's read of the stored overlap, by symbol or con_id for the catalog's
+reads. No reader selects files by a price or lineage column. Opening the table parses the statistics of every live
+file (see `stats_only_on`): checkpointed tables of 6 / 63 / 307 files (bench/growth.py's layout) opened in
+2.2 / 2.9 / 6.2 ms with every column's statistics, 1.9 / 2.3 / 3.9 ms with these six. A table created before gets
+the setting at its next write; its older files keep their statistics until a write or a compaction rewrites them."""
 
 OPERATION_KEY = "ibkr.operation"
 FLOW_RUN_KEY = "ibkr.flow_run_id"
@@ -185,7 +205,8 @@ def merge_bars(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
     limited to the months of the revisions, bars stored identically are not written. Always one commit (none
     when nothing changed), based on version v and carrying each series' app transaction: if another writer
     committed bars of the same series after v, delta-rs refuses the commit (`ConcurrentTransaction`) and the
-    whole write is planned again from the newer version, so no key is ever stored twice."""
+    whole write is planned again from the newer version, so no key is ever stored twice. A table created before
+    `BARS_CONFIGURATION` gets it first, in a commit of its own."""
     path = location.bars
     if frame.is_empty():
         return MergeResult(current_version(path), 0, 0, 0)
@@ -195,7 +216,7 @@ def merge_bars(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
         table = try_open(path)
         if table is None:
             try:
-                write(path, bars, mode="error", partition_by=[PARTITION_COLUMN],
+                write(path, bars, mode="error", partition_by=[PARTITION_COLUMN], configuration=BARS_CONFIGURATION,
                       commit_properties=_commit_properties(bars, "append-bars", None))
                 return 0, bars.height, 0, "create"
             except CommitFailedError:  # another writer created it first: plan again, against its table
@@ -205,6 +226,7 @@ def merge_bars(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
                     raise
                 log.info("bars table created concurrently (%s); merging instead", exc)
             table = delta_table(path)
+        configure(table, BARS_CONFIGURATION)
         return write_plan(table, bars, plan_write(table, bars))
 
     (version, inserted, updated, operation), attempts = with_commit_retries(write_bars, what="bars write")
@@ -229,6 +251,7 @@ def replace_series(location: TableLocation, frame: pl.DataFrame) -> MergeResult:
     def write_series() -> tuple[dict[str, Any], int]:
         keys = " AND ".join(f"t.{k} = s.{k}" for k in BAR_KEY)
         table = delta_table(path)
+        configure(table, BARS_CONFIGURATION)
         metrics = (table.merge(bars, keys, source_alias="s", target_alias="t",
                                commit_properties=_commit_properties(bars, "replace-series", table))
                    .when_matched_update_all(predicate=_changed())
