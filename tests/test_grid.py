@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -37,8 +38,8 @@ from ibkr_flows.backtest.grid import (
     walk_forward_folds,
 )
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
-from ibkr_flows.backtest.strategies import get_strategy
-from ibkr_flows.backtest.strategies.base import Entry
+from ibkr_flows.backtest.strategies import STRATEGIES, get_strategy
+from ibkr_flows.backtest.strategies.base import AverageCrossover, Entry
 
 START = datetime(2024, 1, 2, tzinfo=UTC)
 CROSSOVER_GRID = {"fast_period": range(2, 31, 2), "slow_period": range(5, 81, 5)}
@@ -87,6 +88,14 @@ SETTINGS = [  # (id, strategy, bars, mode, commission, sizing, cash, slippage_bp
     ("ema-penny-cap", "ema_crossover", walk(2500, 8, start=0.3, vol=0.02), "long_short", IBKRFixed(), AllIn(),
      1_000.0, 0.0),  # 1% cap below the USD 1 minimum
 ]
+
+
+def assert_grid_matches_engine(table: pl.DataFrame, bars: pl.DataFrame, spec: GridSpec, base: BacktestConfig
+                               ) -> None:
+    """Every row of a grid `table` equals `run_backtest` of its combination on `bars` ("5 mins")."""
+    for combination, row in zip(spec.combinations(), table.iter_rows(named=True), strict=True):
+        single = engine.run_backtest(bars, "5 mins", grid_evaluate.combination_config(base, combination))
+        assert_rows_equal(row, metric_row(single.metrics))
 
 
 def assert_rows_equal(grid_row: dict, engine_row: dict) -> None:
@@ -169,8 +178,8 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
                                          sizing: Sizing, cash: float, slippage_bps: float, entry: Entry,
                                          finalize: Finalize, monkeypatch: pytest.MonkeyPatch) -> None:
     """Sampled combinations of a 15 x 16 grid against `run_backtest`, under every entry and finalize convention.
-    The kernel path must compute them (the grid's own access to the engine is cut), across several bar blocks,
-    moving-average groups and threads."""
+    The kernel path must compute them (the grid's own access to the engine is cut), across several bar blocks
+    (averages computed block by block, their state carried over) and threads."""
     spec = GridSpec(strategy, CROSSOVER_GRID)
     base = BacktestConfig(strategy, cash=cash, commission=commission, slippage_bps=slippage_bps, sizing=sizing,
                           mode=mode, entry=entry, finalize=finalize)
@@ -180,8 +189,7 @@ def test_kernel_equals_single_run_engine(strategy: str, bars: pl.DataFrame, mode
     with monkeypatch.context() as patch:
         patch.setattr(grid_evaluate, "run_backtest", pytest.fail)
         patch.setattr(grid_evaluate, "BLOCK_BARS", 1000)  # 3 blocks for 2500 bars
-        patch.setattr(grid_evaluate, "AVERAGES_BYTES", 8 * bars.height * 6)  # at most 6 averages at a time
-        patch.setattr(grid_evaluate, "KERNEL_THREADS", 3)  # pairs split over three threads per group
+        patch.setattr(grid_evaluate, "KERNEL_THREADS", 3)  # pairs split over three threads
         table = evaluate_grid(bars, "5 mins", spec, base, sample)
     assert table.columns == [*spec.axes, *METRIC_COLUMNS]
     assert table["trades"].sum() > 100
@@ -203,6 +211,39 @@ def test_compiled_averages_are_the_polars_averages_bit_for_bit(name: str, closes
     frame = pl.DataFrame({"close": closes})
     expected = [frame.select(cls.average("close", p)).to_series().fill_null(np.nan).to_numpy() for p in periods]
     np.testing.assert_array_equal(cls.average_rows(np.array(closes), periods), np.array(expected))
+
+
+@dataclass(frozen=True)
+class MedianCrossover(AverageCrossover):
+    """A crossover whose average only polars knows (no `average_rows`): the grid computes its averages whole,
+    with the expression, in groups."""
+
+    name: ClassVar[str] = "test_median_crossover"
+    fast_period: int = 3
+    slow_period: int = 9
+
+    @staticmethod
+    def average(column: str, period: int) -> pl.Expr:
+        return pl.col(column).rolling_median(period)
+
+
+@pytest.mark.parametrize("entry", ["state", "cross"])
+def test_a_crossover_known_only_by_its_expression_equals_the_engine(entry: Entry,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pair against `run_backtest`, its averages in groups of at most three, over several blocks and
+    threads."""
+    monkeypatch.setitem(STRATEGIES, MedianCrossover.name, MedianCrossover)
+    bars = whole_dollars(2500, 11)  # medians of whole dollars tie often
+    spec = GridSpec(MedianCrossover.name, {"fast_period": [2, 3, 5, 8], "slow_period": [6, 10, 20]})
+    base = BacktestConfig(MedianCrossover.name, cash=1e4, mode="long_short", entry=entry)
+    with monkeypatch.context() as patch:
+        patch.setattr(grid_evaluate, "run_backtest", pytest.fail)
+        patch.setattr(grid_evaluate, "BLOCK_BARS", 1000)
+        patch.setattr(grid_evaluate, "AVERAGES_BYTES", 8 * bars.height * 3)  # at most 3 averages at a time
+        patch.setattr(grid_evaluate, "KERNEL_THREADS", 3)
+        table = evaluate_grid(bars, "5 mins", spec, base)
+    assert table["trades"].min() > 0
+    assert_grid_matches_engine(table, bars, spec, base)
 
 
 def test_kernel_compiles_without_a_cache_location() -> None:

@@ -11,14 +11,13 @@ import polars as pl
 import pytest
 
 import ibkr_flows.backtest.grid.evaluate as grid_evaluate
-from ibkr_flows.backtest import engine
 from ibkr_flows.backtest.costs import IBKRFixed, NoCommission
 from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
 from ibkr_flows.backtest.exits import ExitRules
-from ibkr_flows.backtest.grid import GridSpec, evaluate_grid, metric_row
+from ibkr_flows.backtest.grid import GridSpec, evaluate_grid
 from ibkr_flows.backtest.sizing import FixedShares
 from ibkr_flows.backtest.strategies.base import Entry
-from tests.test_grid import assert_rows_equal
+from tests.test_grid import assert_grid_matches_engine
 
 GRIDS = {
     "sma_crossover": {"fast_period": [2, 5], "slow_period": [8, 20]},
@@ -84,9 +83,7 @@ def test_every_combination_equals_the_engine(strategy: str, rules: ExitRules, mo
         table = evaluate_grid(BARS, "5 mins", spec, base)
     assert table.height == spec.size
     assert ((table["trades"] > 0) | (table["exposure_pct"] > 0)).all()  # not vacuous: every combination trades
-    for combination, row in zip(spec.combinations(), table.iter_rows(named=True), strict=True):
-        single = engine.run_backtest(BARS, "5 mins", grid_evaluate.combination_config(base, combination))
-        assert_rows_equal(row, metric_row(single.metrics))
+    assert_grid_matches_engine(table, BARS, spec, base)
 
 
 def test_the_options_change_the_results() -> None:
@@ -107,9 +104,7 @@ def test_crossover_signals_with_exits_are_the_strategys(entry: Entry) -> None:
     spec = GridSpec("ema_crossover", {"fast_period": [2, 4, 6], "slow_period": [7, 15]})
     base = BacktestConfig("ema_crossover", mode="long_short", entry=entry, exits=ExitRules(stop_loss_pct=0.5))
     table = evaluate_grid(BARS, "5 mins", spec, base)
-    for combination, row in zip(spec.combinations(), table.iter_rows(named=True), strict=True):
-        single = engine.run_backtest(BARS, "5 mins", grid_evaluate.combination_config(base, combination))
-        assert_rows_equal(row, metric_row(single.metrics))
+    assert_grid_matches_engine(table, BARS, spec, base)
 
 
 def test_a_hand_worked_stop_through_the_grid() -> None:

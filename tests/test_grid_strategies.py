@@ -17,19 +17,19 @@ from ibkr_flows.backtest import engine
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
 from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
 from ibkr_flows.backtest.errors import BacktestError
-from ibkr_flows.backtest.grid import GridSpec, evaluate_grid, metric_row, run_grid
+from ibkr_flows.backtest.grid import GridSpec, evaluate_grid, indicators, metric_row, run_grid
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 from ibkr_flows.backtest.strategies import STRATEGIES, Strategy, get_strategy, strategy_params
 from ibkr_flows.backtest.strategies.base import Entry, require_positive
-from tests.test_grid import assert_rows_equal, walk, whole_dollars
+from tests.test_grid import assert_grid_matches_engine, assert_rows_equal, walk, whole_dollars
 
 GRIDS = {
     "rsi_reversion": {"period": [2, 5, 14, 30], "lower": [20, 27.5, 35.0], "upper": [60.0, 70, 85.0]},
-    "donchian_breakout": {"lookback": [1, 2, 3, 7, 16, 40, 120]},
+    "donchian_breakout": {"lookback": [1, 2, 3, 7, 16, 40, 120, 1200]},
     "buy_and_hold": {},
 }
 """Grids of the strategies that are not crossovers (those are test_grid.py's): periods from degenerate (1, 2) to
-longer than a kernel block's share of the bars."""
+longer than a kernel block (a channel of 1200 bars when the tests cut 1000-bar blocks)."""
 
 SETTINGS = [  # (id, bars, mode, commission, sizing, cash, slippage_bps)
     ("fixed-small-cash", walk(2500, 21), "long_only", IBKRFixed(), AllIn(), 2_000.0, 0.0),
@@ -55,15 +55,14 @@ def test_every_combination_equals_the_engine(strategy: str, entry: Entry, finali
                                              mode: Mode, commission: CommissionModel, sizing: Sizing, cash: float,
                                              slippage_bps: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every combination against `run_backtest`, under every entry and finalize convention the strategy knows. The
-    kernel path must compute them (the grid's own access to the engine is cut), across several bar blocks, groups
-    of signal rows and threads."""
+    kernel path must compute them (the grid's own access to the engine is cut), across several bar blocks (the
+    built-in rules' indicators and decisions carried from block to block) and threads."""
     spec = GridSpec(strategy, GRIDS[strategy])
     base = BacktestConfig(strategy, cash=cash, commission=commission, slippage_bps=slippage_bps, sizing=sizing,
                           mode=mode, entry=entry, finalize=finalize)
     with monkeypatch.context() as patch:
         patch.setattr(grid_evaluate, "run_backtest", pytest.fail)
         patch.setattr(grid_evaluate, "BLOCK_BARS", 1000)  # 3 blocks for 2500 bars
-        patch.setattr(grid_evaluate, "TARGETS_BYTES", 2504 * 5)  # at most 5 signal rows at a time
         patch.setattr(grid_evaluate, "KERNEL_THREADS", 3)
         table = evaluate_grid(bars, "5 mins", spec, base)
     assert table.height == spec.size
@@ -109,6 +108,31 @@ def test_grid_targets_are_the_signals_bit_for_bit(chosen: tuple[str, list[Strate
         np.testing.assert_array_equal(row, strategy.signals(bars, entry).to_numpy(), err_msg=f"{strategy} {entry}")
 
 
+LONG_SETS = {
+    "sma_crossover": [{"fast_period": 2, "slow_period": 5}, {"fast_period": 3, "slow_period": 40}],
+    "ema_crossover": [{"fast_period": 2, "slow_period": 5}, {"fast_period": 3, "slow_period": 40}],
+    "rsi_reversion": [{"period": 5, "lower": 30.0, "upper": 70.0}, {"period": 14, "lower": 20.0, "upper": 80.0}],
+    "donchian_breakout": [{"lookback": 3}, {"lookback": 50}, {"lookback": 1500}],
+    "buy_and_hold": [{}],
+}
+"""Parameter sets for series longer than the ranges `grid.indicators` decides at a time."""
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(("name", "entry"), [(name, entry) for name in sorted(LONG_SETS)
+                                             for entry in get_strategy(name).entries])
+def test_grid_targets_carry_their_state_across_ranges(name: str, entry: Entry, ties: bool) -> None:
+    """The hooks decide `indicators.RANGE` bars at a time, holding the last decision, the levels' sides and the
+    channels' earlier bars from one range to the next: on 3.5 ranges of bars, row k is still the signals."""
+    n = indicators.RANGE * 7 // 2
+    bars = whole_dollars(n, 41) if ties else walk(n, 41)
+    strategies = [strategy_params(name, params) for params in LONG_SETS[name]]
+    out = np.full((len(strategies), n), 7, dtype=np.int8)
+    get_strategy(name).grid_targets(bars, strategies, out, entry)
+    for row, strategy in zip(out, strategies, strict=True):
+        np.testing.assert_array_equal(row, strategy.signals(bars, entry).to_numpy(), err_msg=f"{strategy} {entry}")
+
+
 @dataclass(frozen=True)
 class Momentum(Strategy):
     """A strategy the grid code has never heard of: only `target`, no `grid_targets` of its own."""
@@ -140,16 +164,18 @@ class Broken(Momentum):
 @pytest.mark.parametrize("mode", ["long_only", "long_short"])
 def test_a_new_strategy_runs_compiled_through_the_default_hook(mode: Mode, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(STRATEGIES, Momentum.name, Momentum)
+    """Its signal rows in groups (at most two rows at a time), over several blocks and threads."""
     bars = walk(1500, 31, vol=0.02)
-    spec = GridSpec(Momentum.name, {"lookback": [1, 4, 12, 50]})
+    spec = GridSpec(Momentum.name, {"lookback": [1, 4, 12, 50, 200]})
     base = BacktestConfig(Momentum.name, mode=mode)
     with monkeypatch.context() as patch:
         patch.setattr(grid_evaluate, "run_backtest", pytest.fail)
+        patch.setattr(grid_evaluate, "BLOCK_BARS", 600)
+        patch.setattr(grid_evaluate, "TARGETS_BYTES", 1504 * 2)
+        patch.setattr(grid_evaluate, "KERNEL_THREADS", 3)
         table = evaluate_grid(bars, "5 mins", spec, base)
     assert table["trades"].min() > 0
-    for combination, row in zip(spec.combinations(), table.iter_rows(named=True), strict=True):
-        single = engine.run_backtest(bars, "5 mins", grid_evaluate.combination_config(base, combination))
-        assert_rows_equal(row, metric_row(single.metrics))
+    assert_grid_matches_engine(table, bars, spec, base)
 
 
 def test_a_hook_writing_other_values_than_signals_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,9 +2,10 @@
 for overfitting (holdout, walk-forward, deflated Sharpe ratio, plateau score).
 
 Modules: `spec` (what to sweep, validated), `kernel` (the numba fill loop for every combination, fed target rows
-or crossovers; `charges`, `compiled` and `indicators` are its parts), `realism` (the same with stop-loss,
-take-profit, trailing stop, flatten at the close and borrow fees), `evaluate` (one row of metrics per
-combination), `overfitting` (splits and statistics), `report` (`run_grid`, the whole procedure).
+or decision masks; `charges`, `compiled` and `indicators` are its parts), `builtin` (the built-in strategies'
+rules in the kernel, block by block), `realism` (the fill loop with stop-loss, take-profit, trailing stop, flatten
+at the close and borrow fees), `evaluate` (one row of metrics per combination), `overfitting` (splits and
+statistics), `report` (`run_grid`, the whole procedure).
 """
 
 from ibkr_flows.backtest.grid.evaluate import METRIC_COLUMNS, combination_config, evaluate_grid, metric_row

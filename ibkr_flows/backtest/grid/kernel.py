@@ -1,9 +1,9 @@
 """The grid kernel: many combinations run through the engine's fill loop in one numba pass.
 
-Two entries feed the same fill loop (`_advance`): `targets_grid` takes one target row per combination (the
-strategy's signals, -1/0/1 decided at each close, as `Strategy.grid_targets` writes them), whatever the strategy;
-`crossover_grid` takes moving averages and (fast, slow) index pairs and compares them block by block, so a
-crossover grid never holds a pairs x bars array.
+The fill loop (`advance`) reads a combination's signals from one of two sources: a target row (the strategy's
+signals, -1/0/1 decided at each close, as `Strategy.grid_targets` writes them; `targets_grid` runs those, whatever
+the strategy), or two decision masks per block of bars, written by the built-in strategies' rules (`builtin`), so
+that their grids never hold a combinations x bars array.
 
 It is a transcription of `engine.held_positions` + `engine.simulate` + the sums behind `metrics.compute_metrics`,
 operation for operation in the same order (slippage, commission, whole-share sizing, cash updates, equity marks,
@@ -12,9 +12,9 @@ accumulated while streaming instead of from a stored equity curve (running sums 
 running peak and the longest stretch below it, trade sums), so memory is O(pairs), not O(pairs x bars).
 
 Cache blocking: bars are processed in blocks, and within a block every pair advances before the next block, so
-the block's moving averages are read from cache by all pairs instead of streamed from RAM once per pair. Each
+the block's prices and indicators are read from cache by all pairs instead of streamed from RAM once per pair. Each
 pair's state lives in a row of two arrays between blocks. Within a block a pair is walked from fill to fill
-(see `_advance`), not bar by bar: fills are rare, and between two of them shares and cash are constant.
+(see `advance`), not bar by bar: fills are rare, and between two of them shares and cash are constant.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from llvmlite import ir
+from numba.extending import intrinsic
 
 from ibkr_flows.backtest.contract_terms import ON_TICK_TOLERANCE
 from ibkr_flows.backtest.grid.charges import CommissionRule, SizingRule, commission_of, entry_size
@@ -38,7 +40,7 @@ N_INT = 9
 
 class Settings(NamedTuple):
     """The rest of the `BacktestConfig` every pair shares: starting cash, mode (long only or not), slippage and the
-    conventions (`finalize_close`: finalize "close"; `cross_entry`: entry "cross", read by `crossover_grid` only:
+    conventions (`finalize_close`: finalize "close"; `cross_entry`: entry "cross", read by the `builtin` grids only:
     target rows carry their entry already)."""
 
     long_only: bool
@@ -49,38 +51,6 @@ class Settings(NamedTuple):
     tick: float
     """The instrument's price grid fills are rounded to (0: none), and `ticks_per_unit` as in `ContractTerms`."""
     ticks_per_unit: int
-
-
-@_jit
-def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, averages: np.ndarray, fast: np.ndarray,
-                   slow: np.ndarray, settings: Settings, commission: CommissionRule, sizing: SizingRule, block: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Run pair k = (averages[fast[k]], averages[slow[k]]) for every k; returns the final (state_f, state_i).
-
-    `averages` rows are moving averages of `close`, NaN where undefined; `ts` is int64 in the bars' time unit.
-    With entry "cross" a pair's masks are blank before its first crossing (`_first_crossing`): from there on every
-    change of side is a crossing, so the state rule's masks are the crossing rule's.
-    """
-    n = close.shape[0]
-    pairs = fast.shape[0]
-    state_f, state_i = initial_state(pairs, settings)
-    armed = np.zeros(pairs, dtype=np.int64)  # the first bar whose masks count
-    if settings.cross_entry:
-        for k in range(pairs):
-            armed[k] = _first_crossing(averages[fast[k]], averages[slow[k]])
-    above = np.zeros(block // 8 + 1, dtype=np.uint64)  # the block's crossing masks, see _run_end
-    below = np.zeros_like(above)
-    no_targets = np.zeros(0, dtype=np.int8)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        opens = open_[start:stop]
-        closes = close[start:stop]
-        for k in range(pairs):
-            _crossing_masks(averages[fast[k], start:stop], averages[slow[k], start:stop], above, below,
-                            armed[k] - start)
-            _advance(start, n, opens, closes, ts, above, below, no_targets, state_f[k], state_i[k], settings,
-                     commission, sizing)
-    return state_f, state_i
 
 
 @_jit
@@ -103,8 +73,8 @@ def targets_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, targets: 
         closes = close[start:stop]
         for k in range(combinations):
             block_words = words[rows[k], start >> 3:(stop + 7) >> 3]
-            _advance(start, n, opens, closes, ts, block_words, block_words, targets[rows[k], start:stop],
-                     state_f[k], state_i[k], settings, commission, sizing)
+            advance(start, n, opens, closes, ts, block_words, block_words, targets[rows[k], start:stop], 0, 0,
+                    state_f[k], state_i[k], settings, commission, sizing)
     return state_f, state_i
 
 
@@ -136,42 +106,16 @@ def initial_state(combinations: int, settings: Settings) -> tuple[np.ndarray, np
 
 
 @_jit
-def _first_crossing(fast: np.ndarray, slow: np.ndarray) -> int:
-    """The first bar where fast and slow are strictly on the other side than at the last bar they differed
-    (`strategies.base.above` with entry "cross"; NaN and ties decide nothing); the bar count if there is none."""
-    side = 0
-    for i in range(fast.shape[0]):
-        now = 1 if fast[i] > slow[i] else (-1 if fast[i] < slow[i] else 0)
-        if now != 0:
-            if side != 0 and now != side:
-                return i
-            side = now
-    return fast.shape[0]
-
-
-@_jit
-def _crossing_masks(fast: np.ndarray, slow: np.ndarray, above: np.ndarray, below: np.ndarray, armed: int) -> None:
-    """One byte per bar of the block: 1 where fast > slow in `above`, where fast < slow in `below` (a vectorized
-    loop: the comparisons cost less made all at once than one by one inside the runs); 0 in both before bar `armed`
-    of the block (entry "cross": no crossing yet)."""
-    above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
-    for j in range(fast.shape[0]):
-        above_bytes[j] = fast[j] > slow[j]
-        below_bytes[j] = fast[j] < slow[j]
-    for j in range(min(max(armed, 0), fast.shape[0])):
-        above_bytes[j] = 0
-        below_bytes[j] = 0
-
-
-@_jit
-def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, above: np.ndarray,
-             below: np.ndarray, targets: np.ndarray, sf: np.ndarray, si: np.ndarray, settings: Settings,
-             commission: CommissionRule, sizing: SizingRule) -> None:
+def advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, above: np.ndarray,
+            below: np.ndarray, targets: np.ndarray, up: int, down: int, sf: np.ndarray, si: np.ndarray,
+            settings: Settings, commission: CommissionRule, sizing: SizingRule) -> None:
     """One combination over one block of bars (global bars start..start + len(closes)), state in and out of sf/si.
 
     The signals come from one of two sources: a target row (`targets` non-empty: the block's signals, `above` the
-    same bytes as uint64 words, `below` unused), or a crossover's masks (`targets` empty: `above` and `below` from
-    `_crossing_masks`; a tie keeps the signal).
+    same bytes as uint64 words, `below`, `up` and `down` unused), or a rule's decision masks (`targets` empty: one
+    byte per bar of the block, eight to a word; the signal becomes `up` at a close where `above` is 1, else `down`
+    where `below` is 1, and stays as it was where neither is: the `hold(when(...).then(up).when(...).then(down))`
+    of every built-in strategy, see `builtin`). `up` and `down` are already clipped to the mode.
 
     Per bar, in the engine's order: the target held during the bar is the previous close's signal (flat on the first
     bar, and on the last with finalize "close"); a change of target fills at this bar's open (close the old
@@ -180,11 +124,10 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     where the engine keeps -1 and clips it, the same target.
 
     The bars are walked in runs: `_run_end` (or `target_run_end`) finds the first close after a fill whose
-    signal changes the target, eight bars per step, and
-    the bars up to it hold the same shares and cash. A flat run's equity is its cash on every bar, so only its
-    first bar is marked (returns 0, the same side of the peak throughout): in long-only mode about half the bars
-    cost nothing but their comparisons. A held run's returns are summed four bars at a time (`held_run`); its
-    bars go through the peak rules one by one only if one of them may set a new peak or a new low.
+    signal changes the target, eight bars per step, and the bars up to it hold the same shares and cash. A flat
+    run's equity is its cash on every bar, so only its first bar is marked (returns 0, the same side of the peak
+    throughout): in long-only mode about half the bars cost nothing but their comparisons. A held run's bars go
+    through `held_run`.
     """
     cash, entry_price, entry_fee = sf[F_CASH], sf[F_ENTRY_PRICE], sf[F_ENTRY_FEE]
     prev_equity, peak, min_ratio = sf[F_PREV_EQUITY], sf[F_PEAK], sf[F_MIN_PEAK_RATIO]
@@ -192,7 +135,6 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
     low_water = low_water_mark(peak, min_ratio)
     shares, side, signal, held = si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD]
     last_peak, longest, exposed = si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED]
-    short = 0 if settings.long_only else -1  # engine.held_positions: a -1 target is flat in long-only mode
     m = closes.shape[0]
     by_target = targets.shape[0] > 0
     above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
@@ -223,30 +165,23 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
             e = target_run_end(above, j, last, held)
             signal = targets[e]
         else:
-            e = _run_end(above, below, j, last, held != 1, held != short)
+            e = _run_end(above, below, j, last, held != up, held != down)
             if above_bytes[e]:
-                signal = 1
+                signal = up
             elif below_bytes[e]:
-                signal = short
+                signal = down
         equity = cash + shares * closes[j]  # the run's first bar: its return is against the bar before it
         if bar > 0:
             sum_r, sum_r2, sum_down2 = bar_return(equity, prev_equity, sum_r, sum_r2, sum_down2)
         prev_equity = equity
-        marked = j + 1  # bars j..marked - 1 go through the peak rules one by one
-        if shares != 0 and e > j:  # the rest of a held run
-            run_r, run_r2, run_down2, touched = held_run(
-                closes, j + 1, e + 1, cash, float(shares), peak,
-                max(low_water, low_water_mark(max(peak, equity), min_ratio)))  # the highest low-water after bar j
-            sum_r += run_r
-            sum_r2 += run_r2
-            sum_down2 += run_down2
-            if touched:
-                marked = e + 1
-            prev_equity = cash + shares * closes[e]
-        for b in range(j, marked):
-            peak, last_peak, longest, min_ratio, low_water = peak_rules(
-                ts, start + b, cash + shares * closes[b], peak, last_peak, longest, min_ratio, low_water)
+        peak, last_peak, longest, min_ratio, low_water = peak_rules(ts, bar, equity, peak, last_peak, longest,
+                                                                    min_ratio, low_water)
         if shares != 0:
+            if e > j:  # the rest of a held run
+                sum_r, sum_r2, sum_down2, peak, last_peak, longest, min_ratio, low_water = held_run(
+                    ts, closes, start, j + 1, e + 1, cash, float(shares), sum_r, sum_r2, sum_down2, peak, last_peak,
+                    longest, min_ratio, low_water)
+                prev_equity = cash + shares * closes[e]
             exposed += e - j + 1
         elif e > j and equity >= peak:  # a flat run at the peak stays there to its end
             last_peak = start + e
@@ -260,7 +195,7 @@ def _advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.n
         si[I_LONGEST_UNDERWATER] = max(longest, ts[n - 1] - ts[last_peak])
 
 
-@_jit(error_model="numpy", fastmath={"reassoc", "nsz"})
+@_jit
 def on_tick(price: float, side: int, settings: Settings) -> float:
     """`ContractTerms.on_tick`, operation for operation: a fill between two ticks at the worse one."""
     if settings.tick <= 0.0:
@@ -272,23 +207,64 @@ def on_tick(price: float, side: int, settings: Settings) -> float:
     return whole / settings.ticks_per_unit if settings.ticks_per_unit else whole * settings.tick
 
 
-@_jit
-def held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
-              ) -> tuple[float, float, float, bool]:
-    """Bars lo..hi - 1 of a held run (same shares, same cash): the sums of their returns, squared returns and
-    squared downside returns, and whether any may set a new peak or a new low (given the lowest peak and the
-    highest low-water mark the bars before them can have left).
+HELD_CHUNK = 64
+"""Bars of a held run summed at once by `_held_sums`: long enough for its vectorized loop, short enough that a
+new peak sends only its own chunk, not the whole run, through the peak rules bar by bar."""
 
-    Reassociating the sums (the `reassoc` flag) lets the loop run four bars per instruction, divisions included;
-    the sums are not bit-identical to the engine's anyway (numpy sums pairwise). The peak test has a 1e-12
-    margin so that no rounding can hide a bar that the exact, bar-by-bar peak rules must see.
+
+@_jit
+def held_run(ts: np.ndarray, closes: np.ndarray, first: int, lo: int, hi: int, cash: float, shares: float,
+             sum_r: float, sum_r2: float, sum_down2: float, peak: float, last_peak: int, longest: int,
+             min_ratio: float, low_water: float) -> tuple[float, float, float, float, int, int, float, float]:
+    """Bars lo..hi - 1 of `closes` (global bars first + lo..), held with the same shares and cash after bar lo - 1:
+    their returns into the running sums, their equity through the peak rules; returns the sums and the rules'
+    state (`peak_rules`' order).
+
+    Taken `HELD_CHUNK` bars at a time, the chunk's sums vectorized: its bars go through the exact rules one by one
+    only if one of them may reach the peak (as of the chunk's start). If none may but one may set a new low of
+    equity / peak, the peak stays for the whole chunk and its lowest equity alone decides: equity (cash + shares x
+    close) is monotonic in the close, and so is its division by one peak, so the worst close's equity gives the
+    rules' minimum exactly (`peak_rules` skips only bars that cannot set one). Testing the whole run at once and
+    replaying it bar by bar sent ~40 % of an RSI grid's held bars through the rules one by one; a bleeding account
+    sets new lows all the time.
+    """
+    for chunk in range(lo, hi, HELD_CHUNK):
+        end = min(chunk + HELD_CHUNK, hi)
+        r, r2, down2, near_peak, near_low = _held_sums(closes, chunk, end, cash, shares, peak, low_water)
+        sum_r += r
+        sum_r2 += r2
+        sum_down2 += down2
+        if near_peak:
+            for b in range(chunk, end):
+                peak, last_peak, longest, min_ratio, low_water = peak_rules(
+                    ts, first + b, cash + shares * closes[b], peak, last_peak, longest, min_ratio, low_water)
+        elif near_low:
+            worst = closes[chunk]
+            for b in range(chunk + 1, end):
+                worst = min(worst, closes[b]) if shares > 0 else max(worst, closes[b])
+            if cash + shares * worst < low_water:
+                min_ratio = min(min_ratio, (cash + shares * worst) / peak)
+                low_water = low_water_mark(peak, min_ratio)
+    return sum_r, sum_r2, sum_down2, peak, last_peak, longest, min_ratio, low_water
+
+
+@_jit(error_model="numpy", fastmath={"reassoc", "nsz"})
+def _held_sums(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
+               ) -> tuple[float, float, float, bool, bool]:
+    """Bars lo..hi - 1 of a held run (same shares, same cash): the sums of their returns, squared returns and
+    squared downside returns, whether any may set a new peak (`peak_rules`: equity at or above `peak`) and whether
+    any may set a new low (equity under `low_water`).
+
+    Reassociating the sums (the `reassoc` flag) lets the loop run several bars per instruction, divisions
+    included; the sums are not bit-identical to the engine's anyway (numpy sums pairwise). The peak test has a
+    1e-12 margin so that no rounding can hide a bar that the exact, bar-by-bar peak rules must see.
     """
     near_peak = peak - abs(peak) * 1e-12
     near_low = low_water + abs(low_water) * 1e-12
     sum_r = 0.0
     sum_r2 = 0.0
     sum_down2 = 0.0
-    touched = 0
+    peaks = lows = 0
     run = closes[lo - 1:hi]  # from 1: numba's negative-index check on run[b - 1] would stop vectorization
     for b in range(1, run.shape[0]):
         equity = cash + shares * run[b]
@@ -297,8 +273,9 @@ def held_run(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, p
         sum_r2 += r * r
         down = min(r, 0.0)
         sum_down2 += down * down
-        touched += (equity >= near_peak) | (equity < near_low)
-    return sum_r, sum_r2, sum_down2, touched > 0
+        peaks += equity >= near_peak
+        lows += equity < near_low
+    return sum_r, sum_r2, sum_down2, peaks > 0, lows > 0
 
 
 @_jit
@@ -362,13 +339,24 @@ FROM_BYTE = np.array([ALL_BYTES << np.uint64(8 * b) for b in range(8)], dtype=np
 """FROM_BYTE[b]: the bytes b..7 of a word."""
 
 
+@intrinsic
+def trailing_zeros(typingctx: object, word: object) -> tuple[object, object]:
+    """The zero bits below the lowest 1 of a nonzero uint64 (LLVM's `cttz`, one instruction): the run ends' byte
+    index is this / 8, where a loop over the bytes mispredicted its exit at nearly every run end."""
+
+    def codegen(context: object, builder: ir.IRBuilder, signature: object, args: list[ir.Value]) -> ir.Value:
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return word(word), codegen
+
+
 @_jit
 def _run_end(above: np.ndarray, below: np.ndarray, j: int, last: int, watch_above: bool, watch_below: bool) -> int:
     """The first bar in j..last whose close changes the signal, else last (j if j >= last).
 
-    `above` and `below` hold one byte per bar of the block, 1 where fast > slow (resp. fast < slow), eight bars to
-    a word; the signal changes where a watched mask has a 1 (a cross above changes nothing while long, and so on),
-    so runs are skipped a word at a time. Bytes past `last` may be stale: a hit there is clipped to `last`.
+    `above` and `below` are a rule's two decision masks, one byte per bar of the block, eight bars to a word; the
+    signal changes where a watched mask has a 1 (a cross above changes nothing while long, and so on), so runs are
+    skipped a word at a time. Bytes past `last` may be stale: a hit there is clipped to `last`.
     """
     if j >= last:
         return j
@@ -381,10 +369,7 @@ def _run_end(above: np.ndarray, below: np.ndarray, j: int, last: int, watch_abov
         hits = (above[word] & watched_above) | (below[word] & watched_below)
     if hits == 0:
         return last
-    byte = 0
-    while (hits >> np.uint64(8 * byte)) & np.uint64(1) == 0:
-        byte += 1
-    return min(int(word) * 8 + byte, last)
+    return min(int(word) * 8 + (int(trailing_zeros(hits)) >> 3), last)
 
 
 BYTE_ONES = np.uint64(0x0101010101010101)
@@ -408,7 +393,4 @@ def target_run_end(words: np.ndarray, j: int, last: int, held: int) -> int:
         hits = words[word] ^ pattern
     if hits == 0:
         return last
-    byte = 0
-    while (hits >> np.uint64(8 * byte)) & np.uint64(0xFF) == 0:
-        byte += 1
-    return min(int(word) * 8 + byte, last)
+    return min(int(word) * 8 + (int(trailing_zeros(hits)) >> 3), last)

@@ -3,7 +3,7 @@ the session close and the short-borrow fee, for every combination in one numba p
 
 A transcription of `exits.simulate_with_exits` (with `engine.held_positions` in front and the streamed metrics of
 `kernel` behind), operation for operation, so that fills, share counts, fees and equity marks are the engine's to
-the bit. Like `kernel._advance` it walks each combination from event to event, not bar by bar: a flat stretch
+the bit. Like `kernel.advance` it walks each combination from event to event, not bar by bar: a flat stretch
 lasts until the target changes (found eight bars at a time, `kernel.target_run_end`); a held one until the target
 changes, a session end that closes or charges the position (`next_session_end`), or a bar whose high or low
 reaches a stop (tested bar by bar, the trailing stop's best price moving with them); in between, shares and cash
@@ -143,7 +143,7 @@ def _advance(start: int, stop: int, n: int, open_: np.ndarray, high: np.ndarray,
                 fee = -shares * close[t] * exits.borrow_fee_pct / 100 / BORROW_DAYS_PER_YEAR * days[t]
                 cash -= fee
                 borrow += fee
-        # bar t's mark: its return, the peak and drawdown rules (`kernel._advance`'s)
+        # bar t's mark: its return, the peak and drawdown rules (`kernel.advance`'s)
         equity = cash + shares * close[t]
         if t > 0:
             sum_r, sum_r2, sum_down2 = kernel.bar_return(equity, prev_equity, sum_r, sum_r2, sum_down2)
@@ -158,16 +158,10 @@ def _advance(start: int, stop: int, n: int, open_: np.ndarray, high: np.ndarray,
             e, best = _quiet_end(t, stop, n, signals, words, previous, next_session_end, session_stop,
                                  settings.finalize_close, exits, has_stops, side, entry_price, best, open_, high, low)
             exposed += e - t + 1
-            if e > t:  # bars t + 1..e hold the same shares and cash: `kernel._advance`'s held run
-                run_r, run_r2, run_down2, touched = kernel.held_run(close, t + 1, e + 1, cash, float(shares), peak,
-                                                                     low_water)
-                sum_r += run_r
-                sum_r2 += run_r2
-                sum_down2 += run_down2
-                if touched:
-                    for b in range(t + 1, e + 1):
-                        peak, last_peak, longest, min_ratio, low_water = kernel.peak_rules(
-                            ts, b, cash + shares * close[b], peak, last_peak, longest, min_ratio, low_water)
+            if e > t:  # bars t + 1..e hold the same shares and cash: `kernel.advance`'s held run
+                sum_r, sum_r2, sum_down2, peak, last_peak, longest, min_ratio, low_water = kernel.held_run(
+                    ts, close, 0, t + 1, e + 1, cash, float(shares), sum_r, sum_r2, sum_down2, peak, last_peak,
+                    longest, min_ratio, low_water)
                 prev_equity = cash + shares * close[e]
         t = e + 1
     sf[kernel.F_CASH], sf[kernel.F_ENTRY_PRICE], sf[kernel.F_ENTRY_FEE] = cash, entry_price, entry_fee

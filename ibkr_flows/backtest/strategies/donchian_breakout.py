@@ -39,14 +39,11 @@ class DonchianBreakout(Strategy):
     @classmethod
     def grid_targets(cls, bars: pl.DataFrame, strategies: Sequence[Self], out: np.ndarray, entry: Entry = "state"
                      ) -> None:
-        """The channels from one sparse table per side (`grid.indicators.SparseExtremes`, max and min being exact
-        whatever the algorithm), read and compared in one compiled pass per lookback."""
+        """Every lookback's channel in one compiled pass (`grid.indicators.breakout_targets`: a sparse table of the
+        highs and lows per range of bars, max and min being exact whatever the algorithm)."""
         from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
 
-        high, low, close = (bars[c].to_numpy().astype(np.float64) for c in ("high", "low", "close"))
-        longest = max(strategy.lookback for strategy in strategies)
-        highs = indicators.SparseExtremes(high, longest, highest=True)
-        lows = indicators.SparseExtremes(low, longest, highest=False)
-        for k, strategy in enumerate(strategies):
-            (high_level, span), (low_level, _) = highs.level(strategy.lookback), lows.level(strategy.lookback)
-            indicators.breakout_targets(close, high_level, low_level, span, strategy.lookback, out[k])
+        high, low, close = (np.ascontiguousarray(bars[c].to_numpy(), dtype=np.float64)
+                            for c in ("high", "low", "close"))
+        lookbacks = np.array([strategy.lookback for strategy in strategies], dtype=np.int64)
+        indicators.breakout_targets(close, high, low, lookbacks, out)

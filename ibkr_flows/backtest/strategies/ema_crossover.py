@@ -33,9 +33,10 @@ class EmaCrossover(AverageCrossover):
 
     @staticmethod
     def average_rows(values: np.ndarray, periods: Sequence[int]) -> np.ndarray:
-        """Every period's `ema` in one compiled pass (`grid.indicators.ema_rows`, the expression's operations)."""
+        """Every period's `ema` in one compiled pass (`grid.indicators.ema_block`, the expression's operations)."""
         from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
 
         rows = np.empty((len(periods), values.shape[0]))
-        indicators.ema_rows(np.ascontiguousarray(values, dtype=np.float64), np.asarray(periods, dtype=np.int64), rows)
+        indicators.ema_block(np.ascontiguousarray(values, dtype=np.float64), np.asarray(periods, dtype=np.int64), 0,
+                             values.shape[0], np.empty(len(periods)), rows)
         return rows

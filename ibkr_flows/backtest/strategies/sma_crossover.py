@@ -26,12 +26,12 @@ def sma(column: str, period: int) -> pl.Expr:
 
 def sma_rows(values: np.ndarray, periods: Sequence[int]) -> np.ndarray:
     """`sma` of a float64 array for each period, operation for operation, NaN where `sma` is null: one running sum,
-    then each row written in one compiled pass (`grid.indicators.sma_rows`)."""
+    then each row written in one compiled pass (`grid.indicators.sma_block`)."""
     from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
 
-    running = np.cumsum(values, dtype=np.float64)
+    running = indicators.running_sums(np.ascontiguousarray(values, dtype=np.float64))
     rows = np.empty((len(periods), running.shape[0]))
-    indicators.sma_rows(running, np.asarray(periods, dtype=np.int64), rows)
+    indicators.sma_block(running, np.asarray(periods, dtype=np.int64), 0, running.shape[0], rows)
     return rows
 
 
