@@ -26,6 +26,7 @@ from ibkr_flows.backtest.errors import NoBarsError
 from ibkr_flows.backtest.metrics import metric_values
 from ibkr_flows.backtest.request import BacktestRequest, BacktestSettings, GridRequest
 from storage.bars_table import read_bars
+from storage.continuous_table import IB_CONTFUT_RULE
 from storage.corporate_actions_table import read_actions
 from storage.location import TableLocation
 from storage.results_table import result_row
@@ -96,7 +97,7 @@ class MissingBarsError(NoBarsError):
         at = "nothing stored yet" if self.version is None else f"version {self.version}"
         series = (f", series rule {self.series['rule']} adjustment {self.series['adjustment']}" if self.series
                   else "")
-        verb = "build" if self.series and self.series["rule"] != "ib-contfut" else "fetch"
+        verb = "build" if self.series and self.series["rule"] != IB_CONTFUT_RULE else "fetch"
         return f"{super().__str__()} ({self.table} table {at}{series}); {verb} them with:\n  {self.hint}"
 
 
