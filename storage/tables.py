@@ -170,7 +170,9 @@ def insert_new_rows(path: str, rows: pl.DataFrame, key: tuple[str, ...], *, what
 
 def open_in_background(path: str) -> Future[DeltaTable | None]:
     """`try_open` on a thread of its own: delta-rs reads the log without holding the GIL, so a table the caller
-    writes next is opened while it does something else (commits to another table, say)."""
+    writes next is opened while it does something else (commits to another table, say). Not a daemon thread: one
+    still inside delta-rs when the interpreter exits (a command failing before it waits) crashed the process with
+    a segmentation fault; the interpreter waits for this one instead."""
     opening: Future[DeltaTable | None] = Future()
 
     def run() -> None:
@@ -179,8 +181,27 @@ def open_in_background(path: str) -> Future[DeltaTable | None]:
         except BaseException as exc:  # handed to whoever waits for the table
             opening.set_exception(exc)
 
-    threading.Thread(target=run, name=f"open {path}", daemon=True).start()
+    threading.Thread(target=run, name=f"open {path}").start()
     return opening
+
+
+def warm_up(path: str) -> None:
+    """Open the table and read one row of it on a thread, and forget the result: a process's first Delta open and
+    first Parquet query cost ~10 and ~8 ms of delta-rs and polars setting themselves up (runtimes, readers), and
+    ~1.5 ms each after that. Started before a command's remaining imports, that set-up runs beside them (it holds
+    the GIL for little of it), not before the command's first read. Errors are left to that read to report. Not a
+    daemon thread, as in `open_in_background`."""
+
+    def run() -> None:
+        try:
+            table = try_open(path)
+            files = [] if table is None else table.file_uris()
+            if files:  # one file, as Parquet: a Delta scan would import pyarrow
+                pl.scan_parquet(files[0], storage_options=storage_options(path)).head(1).collect()
+        except Exception:  # the command's own read of the table reports what is wrong
+            pass
+
+    threading.Thread(target=run, name=f"warm up {path}").start()
 
 
 TRANSACTION_RETENTION = "interval 7 days"

@@ -5,8 +5,10 @@ duration is not stored: it is `exit_time - entry_time`, and Delta has no duratio
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future
 
 import polars as pl
+from deltalake import DeltaTable
 
 from storage.location import TableLocation
 from storage.schema import UTC_US
@@ -29,14 +31,17 @@ TRADES_CONFIGURATION = stats_only_on("run_id", "symbol")
 """Per-file statistics on what `read_trades` looks up: a run's trades (see `stats_only_on`)."""
 
 
-def append_trades(location: TableLocation, run_id: str, trades: Mapping[str, pl.DataFrame]) -> int:
+def append_trades(location: TableLocation, run_id: str, trades: Mapping[str, pl.DataFrame],
+                  opened: Future[DeltaTable | None] | None = None) -> int:
     """Store a run's trades, per symbol, in one commit stamped with the run id (`append_once`: a retried store
-    never doubles them). Returns how many rows were new."""
+    never doubles them). Returns how many rows were new. `opened`: the table being opened meanwhile
+    (`open_in_background`)."""
     rows = pl.concat([frame.select(list(TRADE_COLUMNS)).with_columns(pl.lit(run_id).alias("run_id"),
                                                                      pl.lit(symbol).alias("symbol"))
                       for symbol, frame in trades.items()])
     return append_once(location.backtest_trades, conform(rows, TRADES_SCHEMA, what="backtest trades"),
-                       f"backtest_trades:{run_id}", what="backtest trades append", configuration=TRADES_CONFIGURATION)
+                       f"backtest_trades:{run_id}", what="backtest trades append", opened=opened,
+                       configuration=TRADES_CONFIGURATION)
 
 
 def read_trades(location: TableLocation, run_id: str) -> pl.DataFrame:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,15 @@ from deltalake import DeltaTable
 
 from storage.grid_results_table import GRID_RESULTS_SCHEMA, append_grid_results, read_grid_results
 from storage.location import TableLocation
-from storage.results_table import RESULTS_SCHEMA, append_backtest_results, read_backtest_results
+from storage.results_table import (
+    RESULTS_SCHEMA,
+    append_backtest_results,
+    open_run_tables,
+    read_backtest_results,
+    store_run,
+)
 from storage.tables import CHECKPOINT_INTERVAL, append_once, conform, scan, write
+from storage.trades_table import read_trades
 
 SYMBOLS = 3
 RUN_STATS = {"run_id", "created_at"}
@@ -165,3 +174,45 @@ def test_the_grid_results_table_keeps_statistics_on_the_run_and_time_only(tmp_pa
         assert append_grid_results(location, run, rows) == 0  # a retried store adds nothing
     assert stats_columns(location.grid_results, 0) == stats_columns(location.grid_results, 1) == RUN_STATS
     assert read_grid_results(location, "g2")["rank"].to_list() == [1, 2]
+
+
+def test_a_run_stored_into_tables_opened_before_it_ran_lands_once(tmp_path: Path) -> None:
+    """`open_run_tables` opens both tables before the run (as `ibkr backtest run` does, while it reads and
+    backtests); a commit landing in between is no conflict, and the stamped run id still keeps a retry out."""
+    location = TableLocation(tmp_path)
+    trades = pl.DataFrame({"entry_time": [datetime(2024, 6, 12, 14, 30, tzinfo=UTC)],
+                           "exit_time": [datetime(2024, 6, 12, 15, 30, tzinfo=UTC)], "side": ["long"],
+                           "size": [10.0], "entry_price": [190.0], "exit_price": [191.0], "pnl": [9.0],
+                           "return_pct": [0.47], "commission": [1.0]})
+    store_run(location, "r0", {"S0": trades}, result_rows("r0"))
+    opened = open_run_tables(location)
+    assert opened.trades.result() is not None and opened.results.result() is not None
+    store_run(location, "other", {"S0": trades}, result_rows("other"))  # another process's run, meanwhile
+    assert store_run(location, "r1", {"S0": trades}, result_rows("r1"), opened) == SYMBOLS
+    assert store_run(location, "r1", {"S0": trades}, result_rows("r1"), open_run_tables(location)) == 0
+    assert runs_stored(location.backtest_results) == {"r0": SYMBOLS, "other": SYMBOLS, "r1": SYMBOLS}
+    assert read_trades(location, "r1").height == 1
+
+
+EXIT_WHILE_OPENING = """
+import sys
+from storage.location import TableLocation
+from storage.results_table import open_run_tables
+from storage.tables import warm_up
+location = TableLocation(sys.argv[1])
+warm_up(location.bars)
+open_run_tables(location)
+sys.exit(2)
+"""
+
+
+def test_a_process_exiting_while_its_tables_open_exits_with_its_own_code(tmp_path: Path) -> None:
+    """A command failing right after it began opening tables (bad arguments, say) exits with its code: the opening
+    threads are waited for. As daemon threads, still inside delta-rs at the interpreter's exit, they crashed every
+    such process with a segmentation fault."""
+    location = TableLocation(tmp_path)
+    append_backtest_results(location, "r0", result_rows("r0"))
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", EXIT_WHILE_OPENING, str(tmp_path)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2, done.stderr

@@ -214,11 +214,13 @@ def _check_bars(bars: pl.DataFrame, bar_size: str) -> None:
     ts_type = bars.schema["ts"]
     if not isinstance(ts_type, pl.Datetime) or ts_type.time_zone != "UTC":
         raise BacktestError(f"ts must be Datetime in UTC, got {ts_type}")
-    # numpy, not a polars query: a grid evaluates many symbols and this ran 2 ms of its ~35 ms per 100k bars
+    # numpy, not a polars query: a grid evaluates many symbols and this ran 2 ms of its ~35 ms per 100k bars; a
+    # comparison of two views and one minimum per price column, no temporary arrays but one of booleans
     ts = bars["ts"]
-    if ts.null_count() or (np.diff(ts.to_numpy().view(np.int64)) <= 0).any():
+    ticks = ts.to_numpy().view(np.int64)
+    if ts.null_count() or (ticks[1:] <= ticks[:-1]).any():
         raise BacktestError("bars must be sorted by ts with no missing or repeated timestamps")
-    if not all((bars[column].to_numpy() > 0).all() for column in PRICE_COLUMNS):  # null is NaN here; NaN > 0 is False
+    if not all(bars[column].to_numpy().min() > 0 for column in PRICE_COLUMNS):  # null is NaN here, min keeps NaN
         raise BacktestError("bars have null, NaN or non-positive prices")
 
 

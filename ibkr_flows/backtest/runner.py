@@ -29,7 +29,7 @@ from storage.bars_table import read_bars
 from storage.continuous_table import IB_CONTFUT_RULE
 from storage.corporate_actions_table import read_actions
 from storage.location import TableLocation
-from storage.results_table import result_row
+from storage.results_table import RunTables, result_row
 from storage.results_table import store_run as store_run_rows
 
 
@@ -206,8 +206,8 @@ def _find_code_version() -> str:
             return "unknown"
 
 
-def store_run(location: TableLocation, run: BacktestRun, flow_run_id: str) -> int:
+def store_run(location: TableLocation, run: BacktestRun, flow_run_id: str, opened: RunTables | None = None) -> int:
     """The run's trades, then its rows (`storage.results_table.store_run`: a retried store never doubles a run; a
-    results row implies its trades are stored)."""
+    results row implies its trades are stored). `opened`: the tables as `open_run_tables` began opening them."""
     return store_run_rows(location, run.run_id, {s.symbol: s.result.trades for s in run.results},
-                          run.result_rows(flow_run_id))
+                          run.result_rows(flow_run_id), opened)

@@ -122,6 +122,15 @@ def run(
     ingest` command that fetches them), 4 a damaged bars table. --stop-loss, --take-profit, --trailing-stop,
     --flatten-at-close and --borrow-fee follow the fill rules in `ibkr_flows.backtest.exits`.
     """
+    from storage.location import TableLocation
+    from storage.results_table import open_run_tables
+    from storage.tables import warm_up
+
+    location = TableLocation.at(data_dir)
+    # delta-rs and polars set themselves up, and the tables the run is stored into open, while the engine's modules
+    # are imported and the run reads and backtests
+    warm_up(location.bars)
+    run_tables = open_run_tables(location) if store and not as_flow else None
     from ibkr_flows.backtest.runner import prefetch
 
     prefetch()
@@ -129,12 +138,10 @@ def run(
     from ibkr_flows.backtest.runner import run_request, store_run
     from ibkr_flows.backtest.stored_bar_size import choose_bar_size
     from ibkr_flows.cli.errors import exit_on_error
-    from storage.location import TableLocation
 
     started = time.perf_counter()
     store_s = 0.0
     console = Console(stderr=as_json)
-    location = TableLocation.at(data_dir)
     with exit_on_error(console):
         request = BacktestRequest(
             strategy=strategy, symbols=tuple(symbol), start=as_utc(start), end=as_utc(end),
@@ -158,7 +165,7 @@ def run(
             run_ = run_request(request, location)
             if store:
                 stored = time.perf_counter()
-                store_run(location, run_, "cli")
+                store_run(location, run_, "cli", run_tables)
                 store_s = time.perf_counter() - stored
     elapsed = time.perf_counter() - started
     if plot is not None:
