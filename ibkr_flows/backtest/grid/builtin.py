@@ -61,7 +61,7 @@ def crossover_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, source:
             indicators.ema_block(close, periods, start, stop, means, averages)
         else:
             averages[:, :m] = source[:, start:stop]
-        opens, closes = open_[start:stop], close[start:stop]
+        opens, closes = open_[start:stop], close[start:]  # closes to the end of the series: `kernel.advance`
         for k in range(pairs):
             f, s = averages[fast[k], :m], averages[slow[k], :m]
             if armed[k] < 0:
@@ -92,7 +92,7 @@ def rsi_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, periods: np.n
     for start in range(0, n, block):
         stop = min(start + block, n)
         indicators.rsi_block(close, periods, start, stop, gains, losses, rsi)
-        opens, closes = open_[start:stop], close[start:stop]
+        opens, closes = open_[start:stop], close[start:]  # closes to the end of the series: `kernel.advance`
         for k in range(count):
             indicators.threshold_masks(rsi[row[k], :stop - start], lower[k], upper[k], settings.cross_entry,
                                        sides[k], above_bytes, below_bytes)
@@ -123,7 +123,7 @@ def breakout_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, high: np
         lo = max(start - longest, 0)
         indicators.extremes_block(high, lo, stop, True, highs)
         indicators.extremes_block(low, lo, stop, False, lows)
-        opens, closes = open_[start:stop], close[start:stop]
+        opens, closes = open_[start:stop], close[start:]  # closes to the end of the series: `kernel.advance`
         for k in range(count):
             indicators.breakout_masks(close, highs, lows, lo, start, stop, lookbacks[k], above_bytes, below_bytes)
             kernel.advance(start, n, opens, closes, ts, above, below, no_targets, 1, short, state_f[k], state_i[k],

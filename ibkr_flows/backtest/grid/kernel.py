@@ -15,6 +15,11 @@ Cache blocking: bars are processed in blocks, and within a block every pair adva
 the block's prices and indicators are read from cache by all pairs instead of streamed from RAM once per pair. Each
 pair's state lives in a row of two arrays between blocks. Within a block a pair is walked from fill to fill
 (see `advance`), not bar by bar: fills are rare, and between two of them shares and cash are constant.
+
+The walk and every function it calls with arrays are compiled without numba's reference counting (`_nrt=False`:
+they allocate nothing, and their callers hold the arrays): an array handed to an inlined helper was otherwise
+counted in and out with two atomic instructions at every run, a sixth of the SMA grid's time. (`_nrt` is an
+underscored numba option, 0.68's: a numba upgrade must keep it, or the walk runs with the counting again.)
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def targets_grid(open_: np.ndarray, close: np.ndarray, ts: np.ndarray, targets: 
     for start in range(0, n, block):
         stop = min(start + block, n)
         opens = open_[start:stop]
-        closes = close[start:stop]
+        closes = close[start:]  # to the end of the series: `advance`
         for k in range(combinations):
             block_words = words[rows[k], start >> 3:(stop + 7) >> 3]
             advance(start, n, opens, closes, ts, block_words, block_words, targets[rows[k], start:stop], 0, 0,
@@ -105,11 +110,12 @@ def initial_state(combinations: int, settings: Settings) -> tuple[np.ndarray, np
     return state_f, state_i
 
 
-@_jit
+@_jit(_nrt=False)
 def advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.ndarray, above: np.ndarray,
             below: np.ndarray, targets: np.ndarray, up: int, down: int, sf: np.ndarray, si: np.ndarray,
             settings: Settings, commission: CommissionRule, sizing: SizingRule) -> None:
-    """One combination over one block of bars (global bars start..start + len(closes)), state in and out of sf/si.
+    """One combination over one block of bars (global bars start..start + len(opens)), state in and out of sf/si.
+    `closes` runs from the block's first bar to the end of the series: `held_run` reads past a run's end.
 
     The signals come from one of two sources: a target row (`targets` non-empty: the block's signals, `above` the
     same bytes as uint64 words, `below`, `up` and `down` unused), or a rule's decision masks (`targets` empty: one
@@ -135,7 +141,7 @@ def advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.nd
     low_water = low_water_mark(peak, min_ratio)
     shares, side, signal, held = si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD]
     last_peak, longest, exposed = si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED]
-    m = closes.shape[0]
+    m = opens.shape[0]
     by_target = targets.shape[0] > 0
     above_bytes, below_bytes = above.view(np.uint8), below.view(np.uint8)
     # a run ends here at the latest; with finalize "close" bar n - 1 is always flat, a run of its own
@@ -191,7 +197,7 @@ def advance(start: int, n: int, opens: np.ndarray, closes: np.ndarray, ts: np.nd
     sf[F_SUM_R], sf[F_SUM_R2], sf[F_SUM_DOWN2] = sum_r, sum_r2, sum_down2
     si[I_SHARES], si[I_SIDE], si[I_SIGNAL], si[I_HELD] = shares, side, signal, held
     si[I_LAST_PEAK], si[I_LONGEST_UNDERWATER], si[I_EXPOSED] = last_peak, longest, exposed
-    if start + closes.shape[0] == n and n - 1 > last_peak + 1:  # underwater to the end: the last bar closes it
+    if start + m == n and n - 1 > last_peak + 1:  # underwater to the end: the last bar closes it
         si[I_LONGEST_UNDERWATER] = max(longest, ts[n - 1] - ts[last_peak])
 
 
@@ -210,15 +216,20 @@ def on_tick(price: float, side: int, settings: Settings) -> float:
 HELD_CHUNK = 64
 """Bars of a held run summed at once by `_held_sums`: long enough for its vectorized loop, short enough that a
 new peak sends only its own chunk, not the whole run, through the peak rules bar by bar."""
+HELD_LANES = 16
+"""`_held_sums` reads a whole number of this many bars where `closes` has them: a multiple of its vectorized
+loop's step (8 measured the same)."""
 
 
-@_jit
+@_jit(_nrt=False, inline="always")
 def held_run(ts: np.ndarray, closes: np.ndarray, first: int, lo: int, hi: int, cash: float, shares: float,
              sum_r: float, sum_r2: float, sum_down2: float, peak: float, last_peak: int, longest: int,
              min_ratio: float, low_water: float) -> tuple[float, float, float, float, int, int, float, float]:
     """Bars lo..hi - 1 of `closes` (global bars first + lo..), held with the same shares and cash after bar lo - 1:
     their returns into the running sums, their equity through the peak rules; returns the sums and the rules'
-    state (`peak_rules`' order).
+    state (`peak_rules`' order). Bars of `closes` past hi are read, not counted (`_held_sums`). Inlined where it
+    is called (numba's `inline`): a call passed its fifteen arguments and eight results through memory at every
+    held run.
 
     Taken `HELD_CHUNK` bars at a time, the chunk's sums vectorized: its bars go through the exact rules one by one
     only if one of them may reach the peak (as of the chunk's start). If none may but one may set a new low of
@@ -248,7 +259,7 @@ def held_run(ts: np.ndarray, closes: np.ndarray, first: int, lo: int, hi: int, c
     return sum_r, sum_r2, sum_down2, peak, last_peak, longest, min_ratio, low_water
 
 
-@_jit(error_model="numpy", fastmath={"reassoc", "nsz"})
+@_jit(error_model="numpy", fastmath={"reassoc", "nsz"}, _nrt=False)
 def _held_sums(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float, peak: float, low_water: float
                ) -> tuple[float, float, float, bool, bool]:
     """Bars lo..hi - 1 of a held run (same shares, same cash): the sums of their returns, squared returns and
@@ -258,6 +269,10 @@ def _held_sums(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float,
     Reassociating the sums (the `reassoc` flag) lets the loop run several bars per instruction, divisions
     included; the sums are not bit-identical to the engine's anyway (numpy sums pairwise). The peak test has a
     1e-12 margin so that no rounding can hide a bar that the exact, bar-by-bar peak rules must see.
+
+    The loop runs over a whole number of `HELD_LANES` bars, those from hi on read from `closes` (up to its end)
+    but counted as a return of 0, at neither peak nor low: a held run's length is arbitrary, and the vectorized
+    loop's remainder went through two more loops, each one's exit mispredicted at nearly every run.
     """
     near_peak = peak - abs(peak) * 1e-12
     near_low = low_water + abs(low_water) * 1e-12
@@ -265,16 +280,18 @@ def _held_sums(closes: np.ndarray, lo: int, hi: int, cash: float, shares: float,
     sum_r2 = 0.0
     sum_down2 = 0.0
     peaks = lows = 0
-    run = closes[lo - 1:hi]  # from 1: numba's negative-index check on run[b - 1] would stop vectorization
-    for b in range(1, run.shape[0]):
+    count = hi - lo + 1
+    run = closes[lo - 1:]  # from 1: numba's negative-index check on run[b - 1] would stop vectorization
+    for b in range(1, min((count + HELD_LANES - 2) // HELD_LANES * HELD_LANES + 1, run.shape[0])):
+        counted = b < count
         equity = cash + shares * run[b]
-        r = equity / (cash + shares * run[b - 1]) - 1
+        r = equity / (cash + shares * run[b - 1]) - 1 if counted else 0.0
         sum_r += r
         sum_r2 += r * r
         down = min(r, 0.0)
         sum_down2 += down * down
-        peaks += equity >= near_peak
-        lows += equity < near_low
+        peaks += counted & (equity >= near_peak)
+        lows += counted & (equity < near_low)
     return sum_r, sum_r2, sum_down2, peaks > 0, lows > 0
 
 
@@ -293,7 +310,7 @@ def bar_return(equity: float, prev_equity: float, sum_r: float, sum_r2: float, s
     return sum_r, sum_r2, sum_down2
 
 
-@_jit
+@_jit(_nrt=False)
 def peak_rules(ts: np.ndarray, bar: int, equity: float, peak: float, last_peak: int, longest: int,
                min_ratio: float, low_water: float) -> tuple[float, int, int, float, float]:
     """One bar's equity through the drawdown rules: a new peak (drawdown exactly 0, metrics.max_drawdown_duration's
@@ -317,7 +334,7 @@ def low_water_mark(peak: float, min_ratio: float) -> float:
     return level + abs(level) * 1e-15
 
 
-@_jit
+@_jit(_nrt=False)
 def record_trade(sf: np.ndarray, si: np.ndarray, pnl: float, entry_value: float, commission: float) -> None:
     """engine._trades_frame's pnl and return_pct, folded into metrics.trade_stats' sums."""
     return_pct = pnl / entry_value * 100
@@ -350,7 +367,7 @@ def trailing_zeros(typingctx: object, word: object) -> tuple[object, object]:
     return word(word), codegen
 
 
-@_jit
+@_jit(_nrt=False)
 def _run_end(above: np.ndarray, below: np.ndarray, j: int, last: int, watch_above: bool, watch_below: bool) -> int:
     """The first bar in j..last whose close changes the signal, else last (j if j >= last).
 
@@ -375,7 +392,7 @@ def _run_end(above: np.ndarray, below: np.ndarray, j: int, last: int, watch_abov
 BYTE_ONES = np.uint64(0x0101010101010101)
 
 
-@_jit
+@_jit(_nrt=False)
 def target_run_end(words: np.ndarray, j: int, last: int, held: int) -> int:
     """The first bar in j..last whose signal differs from `held`, else last (j if j >= last).
 
