@@ -22,9 +22,13 @@ from deltalake.schema import PrimitiveType
 from storage.commits import with_commit_retries
 from storage.location import TableLocation
 from storage.schema import BAR_KEY, QUARANTINE_SCHEMA, UTC_US
-from storage.tables import conform, delta_table, exists, insert_new_rows, scan
+from storage.tables import conform, delta_table, exists, insert_new_rows, scan, stats_only_on
 
 QUARANTINE_KEY = ("flow_run_id", *BAR_KEY, "failed_check")
+QUARANTINE_CONFIGURATION = stats_only_on("symbol", *QUARANTINE_KEY)
+"""Per-file statistics on what readers and the insert's MERGE select files by: the symbol and the key (see
+`stats_only_on`), not all of its 21-25 columns (Delta's default: the first 32), the prices and the check's
+detail text among them."""
 ReviewAction = Literal["released", "dropped"]
 REVIEW_COLUMNS: dict[str, pl.DataType] = {"review_action": pl.String(), "review_reason": pl.String(),
                                           "reviewed_by": pl.String(), "reviewed_at": UTC_US}
@@ -55,7 +59,8 @@ def append_quarantine(location: TableLocation, frame: pl.DataFrame) -> int:
         frame = frame.with_columns(quarantined_at=pl.lit(datetime.now(UTC)))
     rows = conform(frame, QUARANTINE_SCHEMA, what="quarantine").unique(QUARANTINE_KEY, keep="first",
                                                                       maintain_order=True)
-    return insert_new_rows(location.quarantine, rows, QUARANTINE_KEY, what="quarantine append")
+    return insert_new_rows(location.quarantine, rows, QUARANTINE_KEY, what="quarantine append",
+                           configuration=QUARANTINE_CONFIGURATION)
 
 
 def read_quarantine(location: TableLocation, flow_run_id: str | None = None) -> pl.DataFrame:

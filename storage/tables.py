@@ -147,18 +147,23 @@ def conform(frame: pl.DataFrame, schema: pl.Schema, *, what: str) -> pl.DataFram
     return pl.DataFrame(columns)
 
 
-def insert_new_rows(path: str, rows: pl.DataFrame, key: tuple[str, ...], *, what: str) -> int:
+def insert_new_rows(path: str, rows: pl.DataFrame, key: tuple[str, ...], *, what: str,
+                    configuration: Mapping[str, str] | None = None) -> int:
     """Append the rows whose `key` is not in the table yet (creating it on first write): a retried task or a
     re-run batch never stores a row twice. Returns how many rows were new. A table written before a column was
-    added to its schema gains the column (null in its older rows)."""
+    added to its schema gains the column (null in its older rows). `configuration`: table properties the table is
+    created with (a table created without them gets them set, one commit, by the first insert that finds them
+    missing)."""
     if rows.is_empty():
         return 0
+    settings = dict(configuration or {})
 
     def write_new() -> int:
         table = try_open(path)
         if table is None:
-            write(path, rows, mode="error")
+            write(path, rows, mode="error", configuration=settings)
             return rows.height
+        configure(table, settings)
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in key)
         metrics = table.merge(rows, predicate, source_alias="s", target_alias="t", merge_schema=True) \
             .when_not_matched_insert_all().execute()

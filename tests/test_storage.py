@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,8 +28,9 @@ from storage.bars_table import (
 from storage.errors import BarsSchemaError, NotADeltaTableError
 from storage.location import TableLocation
 from storage.maintenance import compact, vacuum
-from storage.quarantine_table import append_quarantine, read_quarantine
-from storage.schema import BAR_COLUMNS, LINEAGE_COLUMNS
+from storage.quarantine_table import QUARANTINE_CONFIGURATION, QUARANTINE_KEY, append_quarantine, read_quarantine
+from storage.schema import BAR_COLUMNS, LINEAGE_COLUMNS, QUARANTINE_SCHEMA
+from storage.tables import conform, write
 
 CON_IDS = {"AAPL": 265598, "MSFT": 272093, "SPY": 756733}
 
@@ -243,6 +245,37 @@ def test_quarantine_is_idempotent_per_run(tmp_path: Path) -> None:
     assert read_quarantine(location).height == 8
     assert read_quarantine(location, "run-2")["failed_check"].unique().to_list() == ["high_ge_open_close"]
     assert read_quarantine(TableLocation(tmp_path / "none")).is_empty()
+
+
+def file_statistics(path: str) -> list[set[str]]:
+    """The columns each data file added by the table's latest commit keeps statistics on, as written in its log
+    (delta-rs reports only the configured columns' once a table has the setting)."""
+    table = DeltaTable(path)
+    log = Path(path) / "_delta_log" / f"{table.version():020d}.json"
+    adds = [json.loads(line)["add"] for line in log.read_text().splitlines() if '"add"' in line]
+    return [set(json.loads(add["stats"])["minValues"]) | set(json.loads(add["stats"])["nullCount"]) for add in adds]
+
+
+def test_the_quarantine_keeps_statistics_on_the_symbol_and_its_key_only(tmp_path: Path) -> None:
+    """Readers and the insert's MERGE select files by the symbol and the key; statistics on the other columns
+    (prices, detail text) only made every open and commit parse more. A table created before gets the setting
+    from its next insert, and its new files follow it."""
+    location = TableLocation(tmp_path)
+    bad = make_bars("AAPL", JULY, 4).with_columns(failed_check=pl.lit("high_ge_open_close"),
+                                                  check_detail=pl.lit("high below open"),
+                                                  quarantined_at=pl.lit(JULY))
+    wanted = {"symbol", *QUARANTINE_KEY}
+    assert append_quarantine(location, bad) == 4
+    assert file_statistics(location.quarantine) == [wanted]
+
+    older = TableLocation(tmp_path / "older")
+    write(older.quarantine, conform(bad, QUARANTINE_SCHEMA, what="test"), mode="error")  # as before the setting
+    assert file_statistics(older.quarantine)[0] > wanted
+    assert append_quarantine(older, bad.with_columns(flow_run_id=pl.lit("run-2"))) == 4
+    assert DeltaTable(older.quarantine).metadata().configuration["delta.dataSkippingStatsColumns"] == \
+        QUARANTINE_CONFIGURATION["delta.dataSkippingStatsColumns"]
+    assert file_statistics(older.quarantine) == [wanted]
+    assert read_quarantine(older).height == 8 and read_quarantine(older, "run-2").height == 4
 
 
 def test_compaction_and_vacuum_keep_every_row(tmp_path: Path) -> None:
