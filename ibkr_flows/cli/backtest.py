@@ -295,6 +295,11 @@ def grid(
     """
     import uuid
 
+    from storage.location import TableLocation
+    from storage.tables import warm_up
+
+    location = TableLocation.at(data_dir)
+    warm_up(location.bars)  # as `backtest run`: delta-rs and polars set themselves up while the grid's modules import
     import polars as pl
     from rich.progress import (
         BarColumn,
@@ -312,10 +317,8 @@ def grid(
     from ibkr_flows.backtest.runner import grid_config, load_bars
     from ibkr_flows.backtest.stored_bar_size import choose_bar_size, series_text
     from ibkr_flows.cli.errors import exit_on_error
-    from storage.location import TableLocation
 
     console = Console()
-    location = TableLocation.at(data_dir)
     with exit_on_error(console):
         one = {"symbol": symbol[0]} if len(symbol) == 1 else {"symbols": symbol}
         request = GridRequest(strategy=strategy, **one, start=as_utc(start), end=as_utc(end),
