@@ -15,7 +15,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from storage.commits import with_commit_retries
 from storage.errors import BarsSchemaError, NotADeltaTableError
-from storage.location import storage_options
+from storage.location import is_remote, storage_options
 
 
 def _delta_owned(entry: Path) -> bool:
@@ -195,7 +195,10 @@ def warm_up(path: str) -> None:
     first Parquet query cost ~10 and ~8 ms of delta-rs and polars setting themselves up (runtimes, readers), and
     ~1.5 ms each after that. Started before a command's remaining imports, that set-up runs beside them (it holds
     the GIL for little of it), not before the command's first read. Errors are left to that read to report. Not a
-    daemon thread, as in `open_in_background`."""
+    daemon thread, as in `open_in_background`; so, local tables only: on an object store, a command exiting early
+    (bad arguments) would wait for the open's network time-outs."""
+    if is_remote(path):
+        return
 
     def run() -> None:
         try:

@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from storage.results_table import (
     read_backtest_results,
     store_run,
 )
-from storage.tables import CHECKPOINT_INTERVAL, append_once, conform, scan, write
+from storage.tables import CHECKPOINT_INTERVAL, append_once, conform, scan, warm_up, write
 from storage.trades_table import read_trades
 
 SYMBOLS = 3
@@ -216,3 +217,11 @@ def test_a_process_exiting_while_its_tables_open_exits_with_its_own_code(tmp_pat
         done = subprocess.run([sys.executable, "-c", EXIT_WHILE_OPENING, str(tmp_path)], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 2, done.stderr
+
+
+def test_no_table_on_an_object_store_is_warmed_up_beside_a_command() -> None:
+    """A warm-up thread is waited for at exit, so on an object store (network time-outs) none is started."""
+    before = {thread.name for thread in threading.enumerate()}
+    warm_up("s3://no-such-bucket/bars")
+    assert not any(thread.name.startswith("warm up") for thread in threading.enumerate()
+                   if thread.name not in before)

@@ -122,15 +122,15 @@ def run(
     ingest` command that fetches them), 4 a damaged bars table. --stop-loss, --take-profit, --trailing-stop,
     --flatten-at-close and --borrow-fee follow the fill rules in `ibkr_flows.backtest.exits`.
     """
-    from storage.location import TableLocation
+    from storage.location import TableLocation, is_remote
     from storage.results_table import open_run_tables
     from storage.tables import warm_up
 
     location = TableLocation.at(data_dir)
     # delta-rs and polars set themselves up, and the tables the run is stored into open, while the engine's modules
-    # are imported and the run reads and backtests
+    # are imported and the run reads and backtests (local tables: see `warm_up`)
     warm_up(location.bars)
-    run_tables = open_run_tables(location) if store and not as_flow else None
+    run_tables = open_run_tables(location) if store and not as_flow and not is_remote(location.bars) else None
     from ibkr_flows.backtest.runner import prefetch
 
     prefetch()
