@@ -11,13 +11,15 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numba.core.dispatcher import Dispatcher
 
 import ibkr_flows.backtest.grid.evaluate as grid_evaluate
 from ibkr_flows.backtest import engine
 from ibkr_flows.backtest.costs import CommissionModel, IBKRFixed, IBKRTiered, NoCommission, PercentCommission
 from ibkr_flows.backtest.engine import BacktestConfig, Finalize, Mode
 from ibkr_flows.backtest.errors import BacktestError
-from ibkr_flows.backtest.grid import GridSpec, evaluate_grid, indicators, metric_row, run_grid
+from ibkr_flows.backtest.exits import ExitRules
+from ibkr_flows.backtest.grid import GridSpec, builtin, evaluate_grid, indicators, kernel, metric_row, realism, run_grid
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
 from ibkr_flows.backtest.strategies import STRATEGIES, Strategy, get_strategy, strategy_params
 from ibkr_flows.backtest.strategies.base import Entry, require_positive
@@ -197,3 +199,32 @@ def test_chunked_evaluation_is_the_whole_grid_to_the_last_bit() -> None:
     split = run_grid(bars, "5 mins", spec, base, holdout=0.3, evaluate=chunked)
     assert split.results.equals(whole.results)
     assert (split.best_params, split.out_of_sample) == (whole.best_params, whole.out_of_sample)
+
+
+def _compiled_signatures() -> dict[str, int]:
+    """How many type signatures each of the grid's numba functions has compiled in this process."""
+    return {f"{module.__name__}.{name}": len(function.signatures)
+            for module in (kernel, builtin, indicators, realism)
+            for name, function in vars(module).items() if isinstance(function, Dispatcher)}
+
+
+@pytest.mark.parametrize(("strategy", "axes", "exits"), [
+    ("sma_crossover", {"fast_period": [3, 5], "slow_period": [20]}, ExitRules()),
+    ("ema_crossover", {"fast_period": [3, 5], "slow_period": [20]}, ExitRules()),
+    ("sma_crossover", {"fast_period": [3, 5], "slow_period": [20]}, ExitRules(stop_loss_pct=2.0)),
+    *((name, axes, ExitRules()) for name, axes in GRIDS.items()),
+])
+def test_the_kernels_compile_once_whatever_memory_polars_hands_them(strategy: str, axes: dict[str, list[object]],
+                                                                    exits: ExitRules) -> None:
+    """Bars in one chunk (polars hands out read-only views) and in several (writable copies: a sliced or concatenated
+    frame, as the grid flow reads) run the same compiled kernels and give the same rows: a Dask worker's preload
+    warms the kernels on the one, and the flow's chunks ran on the other, compiling everything again."""
+    bars = walk(2500, 41)
+    pieces = pl.concat([bars.head(1000), bars.tail(1500)], rechunk=False)
+    assert (bars["close"].n_chunks(), pieces["close"].n_chunks()) == (1, 2)
+    spec = GridSpec(strategy, axes)
+    base = BacktestConfig(strategy, exits=exits)
+    whole = evaluate_grid(bars, "5 mins", spec, base)
+    compiled = _compiled_signatures()
+    assert evaluate_grid(pieces, "5 mins", spec, base).equals(whole)
+    assert _compiled_signatures() == compiled

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numba
+import numpy as np
+import polars as pl
 
 
 def jit(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -20,3 +22,19 @@ def jit(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         return numba.njit(cache=True, nogil=True, **options)(function)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
         return numba.njit(nogil=True, **options)(function)
+
+
+def kernel_column(bars: pl.DataFrame, name: str, dtype: type[np.generic] = np.float64) -> np.ndarray:
+    """A column as a kernel takes it: contiguous, of `dtype`, read-only (a view, no copy, where polars' array
+    already is one; datetimes as their integer ticks with `np.int64`).
+
+    Read-only is part of an array's numba type, and numba compiles a kernel once per combination of argument
+    types. Polars hands out a column held in one chunk as a read-only view and one held in several (a sliced or
+    concatenated frame: the grid flow's bars) as a writable copy, so the same kernels were compiled twice, once
+    per kind, and a Dask worker's preload (which warms them on bars of one chunk) warmed the other kind's."""
+    values = bars[name].to_numpy()
+    if values.dtype.kind == "M":
+        values = values.view(np.int64)
+    array = np.ascontiguousarray(values, dtype=dtype).view()
+    array.flags.writeable = False
+    return array

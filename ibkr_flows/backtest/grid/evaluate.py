@@ -31,6 +31,7 @@ from ibkr_flows.backtest.engine import CONTRACT_COLUMN, BacktestConfig, _check_b
 from ibkr_flows.backtest.errors import BacktestError
 from ibkr_flows.backtest.exits import ExitRules, sessions
 from ibkr_flows.backtest.grid import builtin, charges, indicators, kernel, realism
+from ibkr_flows.backtest.grid.compiled import kernel_column
 from ibkr_flows.backtest.grid.spec import Combination, GridSpec, GridSpecError
 from ibkr_flows.backtest.metrics import Annualization, Metrics, annualization
 from ibkr_flows.backtest.sizing import AllIn, FixedFraction, FixedShares, Sizing
@@ -218,7 +219,7 @@ def _rsi_run(bars: pl.DataFrame, strategies: list[RsiReversion], kernel_args: Ke
 def _breakout_run(bars: pl.DataFrame, strategies: list[DonchianBreakout], kernel_args: KernelArgs
                   ) -> tuple[int, Run]:
     """`builtin.breakout_grid`: every lookback's channel from one table of highs and lows per block."""
-    high, low = (np.ascontiguousarray(bars[c].to_numpy(), dtype=np.float64) for c in ("high", "low"))
+    high, low = (kernel_column(bars, c) for c in ("high", "low"))
     lookbacks = np.array([s.lookback for s in strategies], dtype=np.int64)
     return len(strategies), functools.partial(_run_breakouts, kernel_args, high, low, lookbacks)
 
@@ -230,7 +231,7 @@ def _target_runs(bars: pl.DataFrame, strategies: list[Strategy], base: BacktestC
     `TARGETS_BYTES`."""
     n = bars.height
     if base.exits.active:
-        high, low = (np.ascontiguousarray(bars[c].to_numpy(), dtype=np.float64) for c in ("high", "low"))
+        high, low = (kernel_column(bars, c) for c in ("high", "low"))
         session_end, next_session_end, days = _sessions(bars, base.exits, base.terms.calendar)
         exits = realism.ExitSettings.of(base.exits)
     padded = -(-n // 8) * 8  # whole uint64 words per row
@@ -265,7 +266,7 @@ def _write_targets(bars: pl.DataFrame, strategies: list[Strategy], out: np.ndarr
 def _write_trend_targets(bars: pl.DataFrame, strategies: list[AverageCrossover], out: np.ndarray, entry: Entry
                          ) -> None:
     """A plain crossover's signals (`strategies.base.trend_target`) from each distinct average, computed once."""
-    close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
+    close = kernel_column(bars, "close")
     periods = sorted({p for s in strategies for p in (s.fast_period, s.slow_period)})
     averages = _averages(bars, type(strategies[0]), close, periods)
     row_of = {period: row for row, period in enumerate(periods)}
@@ -276,10 +277,8 @@ def _write_trend_targets(bars: pl.DataFrame, strategies: list[AverageCrossover],
 
 def _prices(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The kernel's inputs from the bars: opens, closes, timestamps as int64 ticks, and the ticks' unit."""
-    ts = bars["ts"].to_numpy()
-    open_ = np.ascontiguousarray(bars["open"].to_numpy(), dtype=np.float64)
-    close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
-    return open_, close, np.ascontiguousarray(ts.view(np.int64)), np.datetime_data(ts.dtype)[0]
+    return (kernel_column(bars, "open"), kernel_column(bars, "close"), kernel_column(bars, "ts", np.int64),
+            typing.cast(pl.Datetime, bars.schema["ts"]).time_unit)
 
 
 def _settings(base: BacktestConfig) -> kernel.Settings:

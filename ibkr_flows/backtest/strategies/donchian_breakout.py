@@ -42,8 +42,8 @@ class DonchianBreakout(Strategy):
         """Every lookback's channel in one compiled pass (`grid.indicators.breakout_targets`: a sparse table of the
         highs and lows per range of bars, max and min being exact whatever the algorithm)."""
         from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
+        from ibkr_flows.backtest.grid.compiled import kernel_column
 
-        high, low, close = (np.ascontiguousarray(bars[c].to_numpy(), dtype=np.float64)
-                            for c in ("high", "low", "close"))
+        high, low, close = (kernel_column(bars, c) for c in ("high", "low", "close"))
         lookbacks = np.array([strategy.lookback for strategy in strategies], dtype=np.int64)
         indicators.breakout_targets(close, high, low, lookbacks, out)

@@ -83,8 +83,9 @@ class RsiReversion(Strategy):
         expression itself (`wilder_seeds`); the recursion after them is the compiled twin's,
         `grid.indicators.rsi_block`."""
         from ibkr_flows.backtest.grid import indicators  # the grid package loads numba: only grids pay for it
+        from ibkr_flows.backtest.grid.compiled import kernel_column
 
-        close = np.ascontiguousarray(bars["close"].to_numpy(), dtype=np.float64)
+        close = kernel_column(bars, "close")
         by_period: dict[int, list[int]] = defaultdict(list)
         for k, strategy in enumerate(strategies):
             by_period[strategy.period].append(k)
