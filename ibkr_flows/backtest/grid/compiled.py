@@ -24,17 +24,16 @@ def jit(function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         return numba.njit(nogil=True, **options)(function)
 
 
-def kernel_column(bars: pl.DataFrame, name: str, dtype: type[np.generic] = np.float64) -> np.ndarray:
-    """A column as a kernel takes it: contiguous, of `dtype`, read-only (a view, no copy, where polars' array
-    already is one; datetimes as their integer ticks with `np.int64`).
+def kernel_column(bars: pl.DataFrame, name: str) -> np.ndarray:
+    """A column as a kernel takes it: contiguous, read-only, float64 (datetimes: their int64 ticks); a view, no
+    copy, where polars' array already is one.
 
     Read-only is part of an array's numba type, and numba compiles a kernel once per combination of argument
     types. Polars hands out a column held in one chunk as a read-only view and one held in several (a sliced or
     concatenated frame: the grid flow's bars) as a writable copy, so the same kernels were compiled twice, once
     per kind, and a Dask worker's preload (which warms them on bars of one chunk) warmed the other kind's."""
     values = bars[name].to_numpy()
-    if values.dtype.kind == "M":
-        values = values.view(np.int64)
-    array = np.ascontiguousarray(values, dtype=dtype).view()
+    values = values.view(np.int64) if values.dtype.kind == "M" else values.astype(np.float64, copy=False)
+    array = np.ascontiguousarray(values).view()
     array.flags.writeable = False
     return array

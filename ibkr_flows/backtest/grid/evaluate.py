@@ -277,7 +277,7 @@ def _write_trend_targets(bars: pl.DataFrame, strategies: list[AverageCrossover],
 
 def _prices(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The kernel's inputs from the bars: opens, closes, timestamps as int64 ticks, and the ticks' unit."""
-    return (kernel_column(bars, "open"), kernel_column(bars, "close"), kernel_column(bars, "ts", np.int64),
+    return (kernel_column(bars, "open"), kernel_column(bars, "close"), kernel_column(bars, "ts"),
             typing.cast(pl.Datetime, bars.schema["ts"]).time_unit)
 
 
